@@ -1,0 +1,160 @@
+//! The `prefflow` command line. `main.rs` only calls [`main`].
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::Engine;
+use crate::error::{PrefflowError, Result, one_line};
+use crate::output::{Format, write_result};
+use crate::script::Script;
+use crate::session::SessionOptions;
+
+const EXAMPLES: &str = "\
+Examples:
+  prefflow run queries/conversation_pairs.sql
+  prefflow run queries/conversation_pairs.sql --param out=out/pairs.parquet
+  prefflow sql \"SELECT strip_think('<think>hm</think> 42') AS answer\"
+  prefflow sql \"SELECT * FROM 'data/oasst_trees.jsonl' LIMIT 5\" --format csv
+  prefflow sql \"SELECT count(*) FROM 'hf://datasets/ORG/NAME/train.jsonl'\" --output counts.json
+
+Statements run in order; the last one's rows are written (a table on a terminal, JSON lines
+in a pipe). ${name} in a statement takes the value of --param name=VALUE, or
+${name:-default} its default.";
+
+#[derive(Debug, Parser)]
+#[command(name = "prefflow", version, about = "Build LLM training data with SQL", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run query files, in order, in one session.
+    #[command(after_help = EXAMPLES)]
+    Run {
+        /// Query files (.sql).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run SQL statements given as a string.
+    #[command(after_help = EXAMPLES)]
+    Sql {
+        /// One or more statements separated by ';'.
+        statements: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Fill ${NAME} in the statements (repeatable).
+    #[arg(short, long = "param", value_name = "NAME=VALUE")]
+    param: Vec<String>,
+    /// How to write the final query's result [default: table on a terminal, else ndjson;
+    /// with --output, from the file name].
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
+    /// Write the final query's result to this file (atomically) instead of standard output.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Partitions to run queries in [default: CPU cores].
+    #[arg(long, value_name = "N")]
+    partitions: Option<usize>,
+    /// Print nothing but the result and errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Parses `NAME=VALUE` parameters.
+fn parse_params(raw: &[String]) -> Result<HashMap<String, String>> {
+    raw.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(PrefflowError::Usage(format!(
+                "--param expects NAME=VALUE, got '{p}'"
+            ))),
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let (scripts, common) = match cli.command {
+        Command::Run { files, common } => (
+            files
+                .iter()
+                .map(Script::from_file)
+                .collect::<Result<Vec<_>>>()?,
+            common,
+        ),
+        Command::Sql { statements, common } => (vec![Script::parse("<sql>", &statements)?], common),
+    };
+    let params = parse_params(&common.param)?;
+    let format = Format::choose(common.format, common.output.as_deref())?;
+    let engine = Engine::with_options(&SessionOptions {
+        target_partitions: common.partitions,
+        ..Default::default()
+    })?;
+    let mut last = None;
+    for script in &scripts {
+        if let Some(q) = engine.run_script(script, &params).await? {
+            last = Some(q);
+        }
+    }
+    let Some(query) = last else {
+        return Err(PrefflowError::Usage("no statements to run".to_string()));
+    };
+    let rows = write_result(query.dataframe, format, common.output.as_deref())
+        .await
+        .map_err(|e| e.at(query.location))?;
+    if let Some(path) = &common.output
+        && !common.quiet
+    {
+        eprintln!("prefflow: wrote {rows} rows to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs the CLI with these arguments; returns the process exit code (1 on any error, 2 on a
+/// usage error), having printed a one-line error.
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("prefflow: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prefflow: error: {}", one_line(&e.to_string()));
+            ExitCode::from(if matches!(e, PrefflowError::Usage(_)) {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}

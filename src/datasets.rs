@@ -1,0 +1,389 @@
+//! Datasets in: file paths and `hf://` addresses used directly in FROM, `CREATE EXTERNAL
+//! TABLE` (also `STORED AS JSONL` / `NDJSON`, and hf:// locations), and errors that name the
+//! file and line of a malformed JSONL record.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory, UrlTableFactory};
+use datafusion::common::plan_datafusion_err;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::DefaultTableSource;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::listing_table_factory::ListingTableFactory;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{CreateExternalTable, LogicalPlan};
+use datafusion_session::SessionStore;
+
+use crate::hf;
+
+/// A file format recognised from a path's ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recognised {
+    /// The DataFusion file format name: parquet, csv or json.
+    pub format: &'static str,
+    /// The ending to list files by, compression included (".jsonl.gz").
+    pub extension: String,
+    /// Options for the format factory (compression, delimiter).
+    pub options: HashMap<String, String>,
+}
+
+const COMPRESSIONS: [(&str, &str); 4] = [
+    ("gz", "gzip"),
+    ("bz2", "bzip2"),
+    ("xz", "xz"),
+    ("zst", "zstd"),
+];
+
+/// The format of a file from its name: .parquet, .csv, .tsv, .json, .jsonl, .ndjson, the
+/// text ones optionally compressed (.gz, .bz2, .xz, .zst).
+pub fn recognise(path: &str) -> Option<Recognised> {
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    let mut options = HashMap::new();
+    let mut stem = name.as_str();
+    let mut compression = "";
+    for (ending, kind) in COMPRESSIONS {
+        if let Some(s) = stem.strip_suffix(&format!(".{ending}")) {
+            options.insert("format.compression".to_string(), kind.to_string());
+            stem = s;
+            compression = ending;
+        }
+    }
+    let (format, ext) = match stem.rsplit_once('.')?.1 {
+        "parquet" if compression.is_empty() => ("parquet", "parquet"),
+        "csv" => ("csv", "csv"),
+        "tsv" => {
+            options.insert("format.delimiter".to_string(), "\t".to_string());
+            ("csv", "tsv")
+        }
+        "json" => ("json", "json"),
+        "jsonl" => ("json", "jsonl"),
+        "ndjson" => ("json", "ndjson"),
+        _ => return None,
+    };
+    let extension = if compression.is_empty() {
+        format!(".{ext}")
+    } else {
+        format!(".{ext}.{compression}")
+    };
+    Some(Recognised {
+        format,
+        extension,
+        options,
+    })
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Local files under `root` (recursively), sorted, so a folder's format is found the same way
+/// every time.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Builds a listing table over a local (already resolved) location: a file, folder or glob.
+async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn TableProvider>> {
+    let recognised = if Path::new(location).is_dir() {
+        walk(Path::new(location))
+            .iter()
+            .find_map(|p| recognise(&p.display().to_string()))
+            .ok_or_else(|| {
+                plan_datafusion_err!(
+                    "{location}: no .parquet, .csv, .json, .jsonl or .ndjson files in this folder"
+                )
+            })?
+    } else {
+        let r = recognise(location).ok_or_else(|| {
+            plan_datafusion_err!(
+                "{location}: unknown file type (use .parquet, .csv, .tsv, .json, .jsonl or .ndjson)"
+            )
+        })?;
+        if !is_glob(location) && !Path::new(location).exists() && !location.contains("://") {
+            return Err(plan_datafusion_err!("{location}: no such file"));
+        }
+        r
+    };
+    let mut options = recognised.options.clone();
+    if recognised.extension == ".json"
+        && !is_glob(location)
+        && Path::new(location).is_file()
+        && json_array_file(Path::new(location))
+    {
+        // Hub datasets often ship one JSON array instead of JSON lines.
+        options.insert("format.newline_delimited".to_string(), "false".to_string());
+    }
+    let format = state
+        .get_file_format_factory(recognised.format)
+        .ok_or_else(|| plan_datafusion_err!("file format {} is not registered", recognised.format))?
+        .create(state, &options)?;
+    let url = ListingTableUrl::parse(location)?;
+    let listing = ListingOptions::new(format).with_file_extension(recognised.extension.clone());
+    let config = ListingTableConfig::new(url).with_listing_options(listing);
+    let config = config
+        .infer_partitions_from_path(state)
+        .await?
+        .infer_schema(state)
+        .await
+        .map_err(|e| with_json_diagnostics(e, &[location.to_string()]))?;
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Does this `.json` file hold one JSON array (rather than JSON lines)?
+fn json_array_file(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut buf = [0u8; 256];
+    let Ok(n) = BufReader::new(file).read(&mut buf) else {
+        return false;
+    };
+    buf[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// Resolves hf:// addresses to local paths; other locations pass through.
+pub async fn resolve_location(location: &str) -> Result<String> {
+    if location.starts_with(hf::PREFIX) {
+        Ok(hf::resolve(location).await.map_err(DataFusionError::from)?)
+    } else {
+        Ok(location.to_string())
+    }
+}
+
+/// Does a table name in FROM look like a dataset address rather than a missing table?
+fn looks_like_location(name: &str) -> bool {
+    name.starts_with(hf::PREFIX)
+        || recognise(name).is_some()
+        || ((name.contains('/') || name.starts_with('.')) && Path::new(name).is_dir())
+}
+
+/// `SELECT … FROM 'data/x.jsonl'` and `FROM 'hf://datasets/…'`.
+#[derive(Debug, Default)]
+pub struct PathTables {
+    session: SessionStore,
+}
+
+impl PathTables {
+    /// A factory; call [`PathTables::session_store`]`.with_state(..)` once the session exists.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where the factory finds the session it plans in.
+    pub fn session_store(&self) -> &SessionStore {
+        &self.session
+    }
+}
+
+#[async_trait]
+impl UrlTableFactory for PathTables {
+    async fn try_new(&self, url: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if !looks_like_location(url) {
+            return Ok(None);
+        }
+        let state = self
+            .session
+            .get_session()
+            .upgrade()
+            .and_then(|s| s.read().as_any().downcast_ref::<SessionState>().cloned())
+            .ok_or_else(|| plan_datafusion_err!("the session behind {url} is gone"))?;
+        let location = resolve_location(url).await?;
+        listing_table(&state, &location).await.map(Some)
+    }
+}
+
+/// `CREATE EXTERNAL TABLE … STORED AS PARQUET | CSV | JSON | JSONL | NDJSON LOCATION '…'`
+/// with hf:// locations resolved first.
+#[derive(Debug, Default)]
+pub struct ExternalTables {
+    inner: ListingTableFactory,
+}
+
+#[async_trait]
+impl TableProviderFactory for ExternalTables {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let mut cmd = cmd.clone();
+        let mut locations = Vec::with_capacity(cmd.locations.len());
+        for l in &cmd.locations {
+            let local = resolve_location(l).await?;
+            // DataFusion reads a folder as `folder/*.<STORED AS type>`, which misses .jsonl
+            // and .ndjson files; glob for the ending the folder's files really have.
+            let dir = Path::new(&local);
+            let found = dir
+                .is_dir()
+                .then(|| walk(dir).iter().find_map(|p| recognise(&p.display().to_string())))
+                .flatten();
+            match found {
+                Some(r) => {
+                    locations.push(format!("{}/*{}", local.trim_end_matches('/'), r.extension));
+                    for (k, v) in r.options {
+                        cmd.options.entry(k).or_insert(v);
+                    }
+                }
+                None => locations.push(local),
+            }
+        }
+        cmd.locations = locations;
+        if matches!(
+            cmd.file_type.to_ascii_uppercase().as_str(),
+            "JSONL" | "NDJSON"
+        ) {
+            cmd.file_type = "JSON".to_string();
+        }
+        let locations = cmd.locations.clone();
+        self.inner
+            .create(state, &cmd)
+            .await
+            .map_err(|e| with_json_diagnostics(e, &locations))
+    }
+}
+
+/// The file types `CREATE EXTERNAL TABLE` accepts through [`ExternalTables`].
+pub const EXTERNAL_TABLE_TYPES: [&str; 5] = ["PARQUET", "CSV", "JSON", "JSONL", "NDJSON"];
+
+fn is_json_error(e: &DataFusionError) -> bool {
+    let msg = e.to_string();
+    msg.contains("Json error") || msg.contains("JSON") && msg.contains("pars")
+}
+
+/// If `e` is a JSON parse error, finds the first malformed line in the JSON-lines files of
+/// `locations` and names it (Arrow's reader only reports the byte it choked on).
+pub fn with_json_diagnostics(e: DataFusionError, locations: &[String]) -> DataFusionError {
+    if !is_json_error(&e) {
+        return e;
+    }
+    let found = locations
+        .iter()
+        .find_map(|l| first_bad_line(&local_files(l)));
+    match found {
+        Some(detail) => DataFusionError::Execution(format!("malformed JSON: {detail}")),
+        None => e,
+    }
+}
+
+/// Same as [`with_json_diagnostics`] for the JSON tables a logical plan scans.
+pub fn with_plan_json_diagnostics(e: DataFusionError, plan: &LogicalPlan) -> DataFusionError {
+    if !is_json_error(&e) {
+        return e;
+    }
+    let mut locations = Vec::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(source) = scan.source.as_ref().downcast_ref::<DefaultTableSource>()
+            && let Some(table) = source
+                .table_provider
+                .as_ref()
+                .downcast_ref::<ListingTable>()
+        {
+            for url in table.table_paths() {
+                if let Ok(path) = url.get_url().to_file_path() {
+                    let mut s = path.display().to_string();
+                    if let Some(glob) = url.get_glob() {
+                        s = format!("{}/{}", s.trim_end_matches('/'), glob.as_str());
+                    }
+                    locations.push(s);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    with_json_diagnostics(e, &locations)
+}
+
+fn local_files(location: &str) -> Vec<PathBuf> {
+    let p = Path::new(location);
+    if p.is_file() {
+        vec![p.to_path_buf()]
+    } else if p.is_dir() {
+        walk(p)
+    } else if is_glob(location) {
+        glob::glob(location)
+            .map(|g| g.flatten().collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// `file:line: reason` of the first line of a JSON-lines file that is not one JSON value.
+fn first_bad_line(files: &[PathBuf]) -> Option<String> {
+    for file in files {
+        let name = file.display().to_string();
+        let Some(r) = recognise(&name) else { continue };
+        if r.format != "json"
+            || r.options.contains_key("format.compression")
+            || json_array_file(file)
+        {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(file) else {
+            continue;
+        };
+        for (n, line) in BufReader::new(f).lines().enumerate() {
+            let Ok(line) = line else {
+                return Some(format!("{name}:{}: not valid UTF-8", n + 1));
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Err(err) = serde_json::from_str::<serde_json::Value>(&line) {
+                return Some(format!("{name}:{}: {err}", n + 1));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recognise;
+
+    #[test]
+    fn recognises_endings() {
+        assert_eq!(recognise("a/b.parquet").unwrap().format, "parquet");
+        assert_eq!(recognise("x.JSONL").unwrap().extension, ".jsonl");
+        let gz = recognise("x.jsonl.gz").unwrap();
+        assert_eq!(gz.extension, ".jsonl.gz");
+        assert_eq!(gz.options["format.compression"], "gzip");
+        assert_eq!(
+            recognise("x.tsv").unwrap().options["format.delimiter"],
+            "\t"
+        );
+        assert!(recognise("table_name").is_none());
+        assert!(recognise("x.txt").is_none());
+    }
+}

@@ -1,0 +1,205 @@
+//! The library API: run SQL and query files against a prefflow session.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::dml::CopyTo;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+use crate::datasets::with_plan_json_diagnostics;
+use crate::error::{PrefflowError, Result};
+use crate::script::{Script, substitute};
+use crate::session::{SessionOptions, build_session};
+
+/// A prefflow session: every prefflow function, format and dataset address registered.
+#[derive(Clone)]
+pub struct Engine {
+    ctx: SessionContext,
+}
+
+/// The last statement of a script, planned but not yet run, so its rows can be streamed.
+pub struct FinalQuery {
+    /// The planned result.
+    pub dataframe: DataFrame,
+    /// `file:line` of the statement, for errors while it streams.
+    pub location: String,
+}
+
+impl Engine {
+    /// An engine with default options.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&SessionOptions::default())
+    }
+
+    /// An engine with the given options.
+    pub fn with_options(options: &SessionOptions) -> Result<Self> {
+        Ok(Self {
+            ctx: build_session(options)?,
+        })
+    }
+
+    /// The underlying DataFusion session, for registering tables or functions of your own.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans one statement. DDL runs now; a `COPY … TO` runs now too, writing atomically (a
+    /// failed query leaves no partial output and the previous file intact), and the returned
+    /// frame holds its row count.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        if let LogicalPlan::Copy(copy) = &plan
+            && let Some(target) = local_path(&copy.output_url)
+        {
+            let batches = self.atomic_copy(copy, &target).await?;
+            return Ok(self.ctx.read_batches(batches)?);
+        }
+        Ok(self.ctx.execute_logical_plan(plan).await?)
+    }
+
+    /// Runs one statement and collects its rows.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        collect(self.sql(sql).await?).await
+    }
+
+    /// Runs one statement and streams its rows as record batches.
+    pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        Ok(self.sql(sql).await?.execute_stream().await?)
+    }
+
+    /// Runs every statement of `script` in order with `${name}` parameters filled in, and
+    /// returns the last one planned but not run. Parameters are checked for every statement
+    /// before any runs, so a typo at the end of a long pipeline fails at once.
+    pub async fn run_script(
+        &self,
+        script: &Script,
+        params: &HashMap<String, String>,
+    ) -> Result<Option<FinalQuery>> {
+        let mut statements = Vec::with_capacity(script.statements.len());
+        for st in &script.statements {
+            let sql = substitute(&st.sql, params)
+                .map_err(|m| PrefflowError::Script(m).at(script.location(st)))?;
+            statements.push((sql, script.location(st)));
+        }
+        let n = statements.len();
+        for (i, (sql, location)) in statements.into_iter().enumerate() {
+            let df = self.sql(&sql).await.map_err(|e| e.at(location.clone()))?;
+            if i + 1 == n {
+                return Ok(Some(FinalQuery {
+                    dataframe: df,
+                    location,
+                }));
+            }
+            drain(df).await.map_err(|e| e.at(location))?;
+        }
+        Ok(None)
+    }
+
+    async fn atomic_copy(&self, copy: &CopyTo, target: &Path) -> Result<Vec<RecordBatch>> {
+        let tmp = temp_sibling(target);
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| PrefflowError::io(parent, e))?;
+        }
+        let mut staged = copy.clone();
+        staged.output_url = tmp.display().to_string();
+        if copy.output_url.ends_with('/') {
+            staged.output_url.push('/');
+        }
+        let result = async {
+            self.ctx
+                .execute_logical_plan(LogicalPlan::Copy(staged))
+                .await?
+                .collect()
+                .await
+        }
+        .await;
+        match result {
+            Ok(batches) => {
+                commit(&tmp, target)?;
+                Ok(batches)
+            }
+            Err(e) => {
+                remove_path(&tmp);
+                Err(with_plan_json_diagnostics(e, &copy.input).into())
+            }
+        }
+    }
+}
+
+/// Runs a planned statement and collects its rows; a malformed JSON-lines record is reported
+/// with its file and line.
+pub async fn collect(df: DataFrame) -> Result<Vec<RecordBatch>> {
+    let plan = df.logical_plan().clone();
+    df.collect()
+        .await
+        .map_err(|e| with_plan_json_diagnostics(e, &plan).into())
+}
+
+/// Runs a planned statement to the end, dropping its rows.
+async fn drain(df: DataFrame) -> Result<()> {
+    let plan = df.logical_plan().clone();
+    let diagnose =
+        |e: DataFusionError| -> PrefflowError { with_plan_json_diagnostics(e, &plan).into() };
+    let mut stream = df.execute_stream().await.map_err(diagnose)?;
+    while let Some(batch) = stream.next().await {
+        batch.map_err(diagnose)?;
+    }
+    Ok(())
+}
+
+/// A local filesystem path for a COPY target, or None for object-store URLs.
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(p));
+    }
+    (!url.contains("://")).then(|| PathBuf::from(url.trim_end_matches('/')))
+}
+
+/// A hidden name beside `target`, keeping its ending so DataFusion picks the same output
+/// kind (one file for `x.parquet`, a folder of parts for `x/`).
+pub(crate) fn temp_sibling(target: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_string());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!(".prefflow-tmp-{}-{n}-{name}", std::process::id());
+    match target.parent() {
+        Some(p) => p.join(tmp),
+        None => PathBuf::from(tmp),
+    }
+}
+
+/// Moves a finished output into place. A file is replaced by one rename (atomic); a folder
+/// is swapped with two renames, the old one removed only after the new one is in place.
+pub(crate) fn commit(tmp: &Path, target: &Path) -> Result<()> {
+    if !tmp.exists() {
+        return Ok(());
+    }
+    if target.is_dir() {
+        let old = temp_sibling(target);
+        std::fs::rename(target, &old).map_err(|e| PrefflowError::io(target, e))?;
+        std::fs::rename(tmp, target).map_err(|e| PrefflowError::io(target, e))?;
+        remove_path(&old);
+    } else {
+        std::fs::rename(tmp, target).map_err(|e| PrefflowError::io(target, e))?;
+    }
+    Ok(())
+}
+
+/// Best-effort removal of a staged output.
+pub(crate) fn remove_path(p: &Path) {
+    if p.is_dir() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}

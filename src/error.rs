@@ -1,0 +1,78 @@
+//! The engine's error type: `thiserror` inside, `DataFusionError` at the SQL boundary.
+
+use datafusion::error::DataFusionError;
+
+/// Result with [`PrefflowError`].
+pub type Result<T, E = PrefflowError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong running prefflow statements.
+#[derive(Debug, thiserror::Error)]
+pub enum PrefflowError {
+    /// A planning or execution error from DataFusion (including our SQL functions).
+    #[error("{}", one_line(&.0.to_string()))]
+    DataFusion(#[from] DataFusionError),
+    /// A statement failed; `location` is `file:line`.
+    #[error("{location}: {source}")]
+    Statement {
+        /// Where the failing statement starts, as `file:line`.
+        location: String,
+        /// Why it failed.
+        #[source]
+        source: Box<PrefflowError>,
+    },
+    /// A query file could not be split into statements, or a `${name}` has no value.
+    #[error("{0}")]
+    Script(String),
+    /// Reading or writing a local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Fetching from the Hugging Face Hub failed.
+    #[error("{url}: {message}")]
+    Hub {
+        /// The hf:// address asked for.
+        url: String,
+        /// What went wrong (never contains the token).
+        message: String,
+    },
+    /// A bad command-line or API argument.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl PrefflowError {
+    /// Attaches the `file:line` of the statement that failed.
+    pub fn at(self, location: impl Into<String>) -> Self {
+        PrefflowError::Statement {
+            location: location.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        PrefflowError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+impl From<PrefflowError> for DataFusionError {
+    fn from(e: PrefflowError) -> Self {
+        match e {
+            PrefflowError::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+/// DataFusion wraps messages in context lines and backtraces; a CLI error is one line.
+pub fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,67 @@
+//! The one place that builds a [`SessionContext`]. The CLI, the library API ([`crate::Engine`])
+//! and the tests all call [`build_session`], so they can never drift apart.
+
+use std::sync::Arc;
+
+use datafusion::catalog::{DynamicFileCatalog, UrlTableFactory};
+use datafusion::error::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::datasets::{EXTERNAL_TABLE_TYPES, ExternalTables, PathTables};
+
+/// Settings a caller may choose; everything else is prefflow's fixed default.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Partitions a query runs in; default: the number of CPU cores. Tests fix it so plans
+    /// and row order are deterministic.
+    pub target_partitions: Option<usize>,
+    /// Rows per record batch; default DataFusion's 8192.
+    pub batch_size: Option<usize>,
+}
+
+/// Builds a session with every prefflow function, file format and dataset address.
+pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        // SHOW TABLES / SHOW COLUMNS / SHOW FUNCTIONS for people exploring a dataset.
+        .with_information_schema(true);
+    if let Some(n) = options.target_partitions {
+        config = config.with_target_partitions(n);
+    }
+    if let Some(n) = options.batch_size {
+        config = config.with_batch_size(n);
+    }
+
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+
+    for udf in prefflow_udfs::scalar_functions() {
+        state.register_udf(udf)?;
+    }
+    for udaf in prefflow_udfs::aggregate_functions() {
+        state.register_udaf(udaf)?;
+    }
+    // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
+    for file_type in EXTERNAL_TABLE_TYPES {
+        state
+            .table_factories_mut()
+            .insert(file_type.to_string(), Arc::new(ExternalTables::default()));
+    }
+
+    // Paths and hf:// addresses directly in FROM, like DataFusion's enable_url_table() but
+    // recognising .jsonl / .ndjson / .tsv and Hub datasets.
+    let paths = Arc::new(PathTables::new());
+    let catalogs = Arc::new(DynamicFileCatalog::new(
+        Arc::clone(state.catalog_list()),
+        Arc::clone(&paths) as Arc<dyn UrlTableFactory>,
+    ));
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_catalog_list(catalogs)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    paths.session_store().with_state(ctx.state_weak_ref());
+    Ok(ctx)
+}

@@ -1,0 +1,92 @@
+//! Every queries/*.sql runs, on the bundled data, and returns rows.
+
+use std::collections::HashMap;
+
+use prefflow::{Engine, Script, SessionOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_file_runs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().unwrap();
+    let params = HashMap::from([
+        ("out_dir".to_string(), out.path().display().to_string()),
+        ("data_dir".to_string(), format!("{root}/data")),
+    ]);
+    let mut files: Vec<_> = std::fs::read_dir(format!("{root}/queries"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.starts_with("--"),
+            "{} needs a -- header",
+            file.display()
+        );
+        let engine = Engine::with_options(&SessionOptions {
+            target_partitions: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        let script = Script::from_file(&file).unwrap();
+        let last = engine
+            .run_script(&script, &params)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("a final query");
+        let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert!(rows > 0, "{} returned no rows", file.display());
+    }
+}
+
+/// The pipelines' outputs hold what their headers promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_results() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().unwrap();
+    let params = HashMap::from([
+        ("out_dir".to_string(), out.path().display().to_string()),
+        ("data_dir".to_string(), format!("{root}/data")),
+    ]);
+    let engine = Engine::new().unwrap();
+    let script = Script::from_file(format!("{root}/queries/math_pairs.sql")).unwrap();
+    engine.run_script(&script, &params).await.unwrap();
+    let csv = |sql: String| {
+        let engine = engine.clone();
+        async move {
+            let batches = engine.query(&sql).await.unwrap();
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        }
+    };
+    let table = csv(format!(
+        "SELECT prompt_id, chosen, rejected FROM '{}/math_dpo.parquet' ORDER BY prompt_id",
+        out.path().display()
+    ))
+    .await;
+    // m3 (all correct) makes no pair; m1's chosen is the shorter correct answer.
+    assert!(!table.contains("m3"), "{table}");
+    assert!(table.contains("| m1        | So 12 * 7 = \\boxed{84}"), "{table}");
+    assert!(table.contains("| m5        | \\boxed{1024}"), "{table}");
+
+    let script = Script::from_file(format!("{root}/queries/conversation_pairs.sql")).unwrap();
+    let last = engine.run_script(&script, &params).await.unwrap().unwrap();
+    let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
+    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        table.contains("| t1-m1   | 3     | 3             |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| t2-m1   | 3     | 3             |"),
+        "{table}"
+    );
+}

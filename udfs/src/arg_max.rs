@@ -1,0 +1,354 @@
+//! `arg_max(value, key)` (alias `max_by`): the `value` of the row with the largest `key`.
+//!
+//! ```sql
+//! SELECT prompt, arg_max(response, score) AS chosen, arg_min(response, score) AS rejected
+//! FROM scored GROUP BY prompt;
+//! -- or as a window:
+//! SELECT *, arg_max(response, score) OVER (PARTITION BY prompt) AS best FROM scored;
+//! ```
+//!
+//! Rows whose key is NULL are ignored; a group with no non-NULL key gives NULL. Ties: among
+//! rows with the same best key, the smallest value wins (NULL values last), in both `arg_max`
+//! and `arg_min`, so the result never depends on row order, batch size or partitioning.
+//! The shared accumulator lives here; `arg_min` only flips the direction.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::mem::size_of_val;
+
+use datafusion::arrow::array::make_comparator;
+use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+
+/// Which end of the key order wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The largest key wins (`arg_max`).
+    Max,
+    /// The smallest key wins (`arg_min`).
+    Min,
+}
+
+/// The `arg_max` SQL aggregate (alias `max_by`).
+pub fn arg_max() -> ArgBest {
+    ArgBest::new("arg_max", "max_by", Direction::Max)
+}
+
+/// Shared implementation of `arg_max` and `arg_min`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ArgBest {
+    name: &'static str,
+    aliases: Vec<String>,
+    direction: Direction,
+    signature: Signature,
+}
+
+impl ArgBest {
+    /// An aggregate called `name` (also `alias`) picking by `direction`.
+    pub fn new(name: &'static str, alias: &str, direction: Direction) -> Self {
+        Self {
+            name,
+            aliases: vec![alias.to_string()],
+            direction,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+
+    fn check(&self, arg_types: &[DataType]) -> Result<()> {
+        if arg_types.len() != 2 {
+            return exec_err!(
+                "{}: expected (value, key), got {} arguments",
+                self.name,
+                arg_types.len()
+            );
+        }
+        let key = &arg_types[1];
+        if !key.is_null()
+            && !(key.is_primitive()
+                || matches!(
+                    key,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+                ))
+        {
+            return datafusion::common::plan_err!(
+                "{}: the key must be a number, string, boolean or date, got {key}",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}
+
+impl AggregateUDFImpl for ArgBest {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.check(arg_types)?;
+        Ok(arg_types[0].clone())
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let value = args.input_fields[0].data_type().clone();
+        let key = args.input_fields[1].data_type().clone();
+        Ok(vec![
+            Field::new(format!("{}[key]", args.name), key, true).into(),
+            Field::new(format!("{}[value]", args.name), value, true).into(),
+        ])
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let value_type = args.expr_fields[0].data_type().clone();
+        Ok(Box::new(BestAccumulator::new(self.direction, value_type)?))
+    }
+
+    fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let value_type = args.expr_fields[0].data_type().clone();
+        Ok(Box::new(SlidingBestAccumulator::new(
+            self.direction,
+            value_type,
+        )?))
+    }
+}
+
+/// Is candidate (key, value) better than the incumbent?
+fn better(
+    direction: Direction,
+    key: &ScalarValue,
+    value: &ScalarValue,
+    best_key: &ScalarValue,
+    best_value: &ScalarValue,
+) -> bool {
+    let by_key = key.partial_cmp(best_key).unwrap_or(Ordering::Equal);
+    let by_key = match direction {
+        Direction::Max => by_key,
+        Direction::Min => by_key.reverse(),
+    };
+    match by_key {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => value_before(value, best_value),
+    }
+}
+
+/// The tie rule: the smaller value wins, NULL values last.
+fn value_before(a: &ScalarValue, b: &ScalarValue) -> bool {
+    match (a.is_null(), b.is_null()) {
+        (true, _) => false,
+        (false, true) => true,
+        (false, false) => a.partial_cmp(b) == Some(Ordering::Less),
+    }
+}
+
+/// Index of the best row of one batch, comparing inside Arrow without building scalars.
+fn best_row(direction: Direction, values: &dyn Array, keys: &dyn Array) -> Result<Option<usize>> {
+    if keys.null_count() == keys.len() {
+        return Ok(None);
+    }
+    let key_cmp = make_comparator(keys, keys, SortOptions::default())?;
+    let value_cmp = make_comparator(
+        values,
+        values,
+        SortOptions {
+            descending: false,
+            nulls_first: false,
+        },
+    )?;
+    let mut best: Option<usize> = None;
+    for i in 0..keys.len() {
+        if keys.is_null(i) {
+            continue;
+        }
+        let Some(b) = best else {
+            best = Some(i);
+            continue;
+        };
+        let by_key = match direction {
+            Direction::Max => key_cmp(i, b),
+            Direction::Min => key_cmp(b, i),
+        };
+        if by_key == Ordering::Greater
+            || (by_key == Ordering::Equal && value_cmp(i, b) == Ordering::Less)
+        {
+            best = Some(i);
+        }
+    }
+    Ok(best)
+}
+
+/// Keeps only the best (key, value) seen: constant memory per group.
+#[derive(Debug)]
+pub struct BestAccumulator {
+    direction: Direction,
+    value_type: DataType,
+    best: Option<(ScalarValue, ScalarValue)>,
+}
+
+impl BestAccumulator {
+    /// An empty accumulator.
+    pub fn new(direction: Direction, value_type: DataType) -> Result<Self> {
+        Ok(Self {
+            direction,
+            value_type,
+            best: None,
+        })
+    }
+
+    fn offer(&mut self, values: &ArrayRef, keys: &ArrayRef) -> Result<()> {
+        let Some(i) = best_row(self.direction, values.as_ref(), keys.as_ref())? else {
+            return Ok(());
+        };
+        let key = ScalarValue::try_from_array(keys, i)?;
+        let value = ScalarValue::try_from_array(values, i)?;
+        let replace = match &self.best {
+            None => true,
+            Some((bk, bv)) => better(self.direction, &key, &value, bk, bv),
+        };
+        if replace {
+            self.best = Some((key, value));
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for BestAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.offer(&values[0], &values[1])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        // State columns are [key, value].
+        self.offer(&states[1], &states[0])
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        match &self.best {
+            Some((k, v)) => Ok(vec![k.clone(), v.clone()]),
+            None => Ok(vec![
+                ScalarValue::Null,
+                ScalarValue::try_from(&self.value_type)?,
+            ]),
+        }
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        match &self.best {
+            Some((_, v)) => Ok(v.clone()),
+            None => ScalarValue::try_from(&self.value_type),
+        }
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+            + self
+                .best
+                .as_ref()
+                .map(|(k, v)| k.size() + v.size())
+                .unwrap_or(0)
+    }
+}
+
+/// For window frames that slide: keeps the frame's rows so rows leaving it can be retracted.
+#[derive(Debug)]
+pub struct SlidingBestAccumulator {
+    direction: Direction,
+    value_type: DataType,
+    rows: VecDeque<(ScalarValue, ScalarValue)>,
+}
+
+impl SlidingBestAccumulator {
+    /// An empty accumulator.
+    pub fn new(direction: Direction, value_type: DataType) -> Result<Self> {
+        Ok(Self {
+            direction,
+            value_type,
+            rows: VecDeque::new(),
+        })
+    }
+}
+
+impl Accumulator for SlidingBestAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        for i in 0..values[0].len() {
+            self.rows.push_back((
+                ScalarValue::try_from_array(&values[1], i)?,
+                ScalarValue::try_from_array(&values[0], i)?,
+            ));
+        }
+        Ok(())
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        // Frames retract the rows they added, oldest first.
+        for _ in 0..values[0].len() {
+            self.rows.pop_front();
+        }
+        Ok(())
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        for i in 0..states[0].len() {
+            self.rows.push_back((
+                ScalarValue::try_from_array(&states[0], i)?,
+                ScalarValue::try_from_array(&states[1], i)?,
+            ));
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        match self.best() {
+            Some((k, v)) => Ok(vec![k.clone(), v.clone()]),
+            None => Ok(vec![
+                ScalarValue::Null,
+                ScalarValue::try_from(&self.value_type)?,
+            ]),
+        }
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        match self.best() {
+            Some((_, v)) => Ok(v.clone()),
+            None => ScalarValue::try_from(&self.value_type),
+        }
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+            + self
+                .rows
+                .iter()
+                .map(|(k, v)| k.size() + v.size())
+                .sum::<usize>()
+    }
+}
+
+impl SlidingBestAccumulator {
+    fn best(&self) -> Option<&(ScalarValue, ScalarValue)> {
+        let mut best: Option<&(ScalarValue, ScalarValue)> = None;
+        for row in self.rows.iter().filter(|(k, _)| !k.is_null()) {
+            best = match best {
+                Some(b) if !better(self.direction, &row.0, &row.1, &b.0, &b.1) => Some(b),
+                _ => Some(row),
+            };
+        }
+        best
+    }
+}

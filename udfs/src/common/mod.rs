@@ -1,0 +1,4 @@
+//! Helpers shared by several SQL functions.
+
+pub mod text;
+pub mod values;

@@ -1,0 +1,15 @@
+//! prefflow's SQL functions.
+//!
+//! One file per SQL function, named after it; [`registry`] is the one table from SQL name to
+//! function, so the list of everything the engine offers is readable in one place.
+
+pub mod arg_max;
+pub mod arg_min;
+pub mod common;
+pub mod extract_boxed;
+pub mod extract_tag;
+pub mod registry;
+pub mod render;
+pub mod strip_think;
+
+pub use registry::{aggregate_functions, scalar_functions};
