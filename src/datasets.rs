@@ -184,7 +184,8 @@ pub async fn resolve_location(location: &str) -> Result<String> {
 fn looks_like_location(name: &str) -> bool {
     name.starts_with(hf::PREFIX)
         || recognise(name).is_some()
-        || ((name.contains('/') || name.starts_with('.')) && Path::new(name).is_dir())
+        || name.contains('/')
+        || name.starts_with('.')
 }
 
 /// `SELECT … FROM 'data/x.jsonl'` and `FROM 'hf://datasets/…'`.
@@ -245,7 +246,11 @@ impl TableProviderFactory for ExternalTables {
             let dir = Path::new(&local);
             let found = dir
                 .is_dir()
-                .then(|| walk(dir).iter().find_map(|p| recognise(&p.display().to_string())))
+                .then(|| {
+                    walk(dir)
+                        .iter()
+                        .find_map(|p| recognise(&p.display().to_string()))
+                })
                 .flatten();
             match found {
                 Some(r) => {

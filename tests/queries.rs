@@ -72,7 +72,10 @@ async fn pipeline_results() {
     .await;
     // m3 (all correct) makes no pair; m1's chosen is the shorter correct answer.
     assert!(!table.contains("m3"), "{table}");
-    assert!(table.contains("| m1        | So 12 * 7 = \\boxed{84}"), "{table}");
+    assert!(
+        table.contains("| m1        | So 12 * 7 = \\boxed{84}"),
+        "{table}"
+    );
     assert!(table.contains("| m5        | \\boxed{1024}"), "{table}");
 
     let script = Script::from_file(format!("{root}/queries/conversation_pairs.sql")).unwrap();

@@ -111,17 +111,22 @@ impl AggregateUDFImpl for ArgBest {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let value_type = args.expr_fields[0].data_type().clone();
-        Ok(Box::new(BestAccumulator::new(self.direction, value_type)?))
+        Ok(Box::new(BestAccumulator::new(self.direction, types(&args))))
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let value_type = args.expr_fields[0].data_type().clone();
         Ok(Box::new(SlidingBestAccumulator::new(
             self.direction,
-            value_type,
-        )?))
+            types(&args),
+        )))
     }
+}
+
+fn types(args: &AccumulatorArgs) -> (DataType, DataType) {
+    (
+        args.expr_fields[0].data_type().clone(),
+        args.expr_fields[1].data_type().clone(),
+    )
 }
 
 /// Is candidate (key, value) better than the incumbent?
@@ -155,7 +160,8 @@ fn value_before(a: &ScalarValue, b: &ScalarValue) -> bool {
 
 /// Index of the best row of one batch, comparing inside Arrow without building scalars.
 fn best_row(direction: Direction, values: &dyn Array, keys: &dyn Array) -> Result<Option<usize>> {
-    if keys.null_count() == keys.len() {
+    // A NULL-typed key column has no physical null mask, so ask for logical nulls.
+    if keys.logical_null_count() == keys.len() {
         return Ok(None);
     }
     let key_cmp = make_comparator(keys, keys, SortOptions::default())?;
@@ -193,18 +199,19 @@ fn best_row(direction: Direction, values: &dyn Array, keys: &dyn Array) -> Resul
 #[derive(Debug)]
 pub struct BestAccumulator {
     direction: Direction,
-    value_type: DataType,
+    /// (value, key) types, for typed NULLs.
+    types: (DataType, DataType),
     best: Option<(ScalarValue, ScalarValue)>,
 }
 
 impl BestAccumulator {
     /// An empty accumulator.
-    pub fn new(direction: Direction, value_type: DataType) -> Result<Self> {
-        Ok(Self {
+    pub fn new(direction: Direction, types: (DataType, DataType)) -> Self {
+        Self {
             direction,
-            value_type,
+            types,
             best: None,
-        })
+        }
     }
 
     fn offer(&mut self, values: &ArrayRef, keys: &ArrayRef) -> Result<()> {
@@ -238,8 +245,8 @@ impl Accumulator for BestAccumulator {
         match &self.best {
             Some((k, v)) => Ok(vec![k.clone(), v.clone()]),
             None => Ok(vec![
-                ScalarValue::Null,
-                ScalarValue::try_from(&self.value_type)?,
+                ScalarValue::try_from(&self.types.1)?,
+                ScalarValue::try_from(&self.types.0)?,
             ]),
         }
     }
@@ -247,7 +254,7 @@ impl Accumulator for BestAccumulator {
     fn evaluate(&mut self) -> Result<ScalarValue> {
         match &self.best {
             Some((_, v)) => Ok(v.clone()),
-            None => ScalarValue::try_from(&self.value_type),
+            None => ScalarValue::try_from(&self.types.0),
         }
     }
 
@@ -265,18 +272,19 @@ impl Accumulator for BestAccumulator {
 #[derive(Debug)]
 pub struct SlidingBestAccumulator {
     direction: Direction,
-    value_type: DataType,
+    /// (value, key) types, for typed NULLs.
+    types: (DataType, DataType),
     rows: VecDeque<(ScalarValue, ScalarValue)>,
 }
 
 impl SlidingBestAccumulator {
     /// An empty accumulator.
-    pub fn new(direction: Direction, value_type: DataType) -> Result<Self> {
-        Ok(Self {
+    pub fn new(direction: Direction, types: (DataType, DataType)) -> Self {
+        Self {
             direction,
-            value_type,
+            types,
             rows: VecDeque::new(),
-        })
+        }
     }
 }
 
@@ -317,8 +325,8 @@ impl Accumulator for SlidingBestAccumulator {
         match self.best() {
             Some((k, v)) => Ok(vec![k.clone(), v.clone()]),
             None => Ok(vec![
-                ScalarValue::Null,
-                ScalarValue::try_from(&self.value_type)?,
+                ScalarValue::try_from(&self.types.1)?,
+                ScalarValue::try_from(&self.types.0)?,
             ]),
         }
     }
@@ -326,7 +334,7 @@ impl Accumulator for SlidingBestAccumulator {
     fn evaluate(&mut self) -> Result<ScalarValue> {
         match self.best() {
             Some((_, v)) => Ok(v.clone()),
-            None => ScalarValue::try_from(&self.value_type),
+            None => ScalarValue::try_from(&self.types.0),
         }
     }
 
