@@ -4,6 +4,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
@@ -12,9 +15,11 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::dml::CopyTo;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
+use prefflow_udfs::models::{ModelError, ModelSpec};
 
 use crate::datasets::with_plan_json_diagnostics;
 use crate::error::{PrefflowError, Result};
+use crate::model_statements::{self, ModelStatement};
 use crate::script::{Script, substitute};
 use crate::session::{SessionOptions, build_session};
 
@@ -54,6 +59,10 @@ impl Engine {
     /// failed query leaves no partial output and the previous file intact), and the returned
     /// frame holds its row count.
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        if let Some(statement) = model_statements::parse(sql) {
+            let statement = statement.map_err(PrefflowError::Script)?;
+            return self.model_statement(statement).await;
+        }
         let plan = self.ctx.state().create_logical_plan(sql).await?;
         if let LogicalPlan::Copy(copy) = &plan
             && let Some(target) = local_path(&copy.output_url)
@@ -100,6 +109,53 @@ impl Engine {
             drain(df).await.map_err(|e| e.at(location))?;
         }
         Ok(None)
+    }
+
+    async fn model_statement(&self, statement: ModelStatement) -> Result<DataFrame> {
+        let models = crate::session::models(&self.ctx);
+        let model_error = |e: ModelError| PrefflowError::Model(e.to_string());
+        match statement {
+            ModelStatement::Create {
+                name,
+                uri,
+                options,
+                or_replace,
+                if_not_exists,
+            } => {
+                models
+                    .declare(&name, &uri, options, or_replace, if_not_exists)
+                    .await
+                    .map_err(model_error)?;
+                Ok(self.ctx.read_empty()?)
+            }
+            ModelStatement::Drop { name, if_exists } => {
+                models.drop_model(&name, if_exists).map_err(model_error)?;
+                Ok(self.ctx.read_empty()?)
+            }
+            ModelStatement::Show => {
+                let specs = models.list();
+                let column = |f: &dyn Fn(&ModelSpec) -> String| -> ArrayRef {
+                    Arc::new(StringArray::from(specs.iter().map(f).collect::<Vec<_>>()))
+                };
+                let batch = RecordBatch::try_from_iter(vec![
+                    ("name", column(&|s| s.name.clone())),
+                    ("uri", column(&|s| s.uri.clone())),
+                    ("path", column(&|s| s.path.display().to_string())),
+                    (
+                        "options",
+                        column(&|s| {
+                            s.options
+                                .iter()
+                                .map(|(k, v)| format!("{k} '{v}'"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }),
+                    ),
+                ])
+                .map_err(DataFusionError::from)?;
+                Ok(self.ctx.read_batch(batch)?)
+            }
+        }
     }
 
     async fn atomic_copy(&self, copy: &CopyTo, target: &Path) -> Result<Vec<RecordBatch>> {

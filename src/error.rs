@@ -40,6 +40,9 @@ pub enum PrefflowError {
         /// What went wrong (never contains the token).
         message: String,
     },
+    /// A model could not be declared or found.
+    #[error("{0}")]
+    Model(String),
     /// A bad command-line or API argument.
     #[error("{0}")]
     Usage(String),

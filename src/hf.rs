@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::tokio::{Api, ApiBuilder, ApiRepo};
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::api::tokio::{Api, ApiRepo};
+use hf_hub::{Repo, RepoType};
 
 use crate::error::{PrefflowError, Result};
 
@@ -61,19 +61,7 @@ pub fn parse(url: &str) -> Result<HfPath> {
 }
 
 fn api() -> Result<Api> {
-    let cache = Cache::from_env();
-    // hf-hub reads only the cached login token; HF_TOKEN in the environment wins over it.
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| cache.token());
-    let mut builder = ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(token);
-    if let Ok(home) = std::env::var("HF_HOME") {
-        builder = builder.with_cache_dir(PathBuf::from(home).join("hub"));
-    }
-    builder.build().map_err(|e| PrefflowError::Hub {
+    prefflow_udfs::models::hub::api().map_err(|e| PrefflowError::Hub {
         url: PREFIX.to_string(),
         message: format!("cannot set up the Hub client: {e}"),
     })
@@ -95,7 +83,7 @@ pub async fn resolve(url: &str) -> Result<String> {
     ));
     let fail = |e: hf_hub::api::tokio::ApiError| PrefflowError::Hub {
         url: url.to_string(),
-        message: describe(&e),
+        message: prefflow_udfs::models::hub::describe(&e),
     };
     let single_file = !hf.path.is_empty() && !is_glob(&hf.path) && has_extension(&hf.path);
     if single_file {
@@ -165,18 +153,6 @@ fn snapshot_root(local: &Path, rfilename: &str) -> PathBuf {
         root.pop();
     }
     root
-}
-
-/// An hf-hub error as one line. The token is only ever in a request header, never in these.
-fn describe(e: &hf_hub::api::tokio::ApiError) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

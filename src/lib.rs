@@ -34,6 +34,7 @@ pub mod datasets;
 pub mod engine;
 pub mod error;
 pub mod hf;
+pub mod model_statements;
 pub mod output;
 pub mod script;
 pub mod session;

@@ -9,6 +9,8 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use prefflow_udfs::models::{ModelRegistry, PrefflowOptions};
+
 use crate::datasets::{EXTERNAL_TABLE_TYPES, ExternalTables, PathTables};
 
 /// Settings a caller may choose; everything else is prefflow's fixed default.
@@ -23,9 +25,14 @@ pub struct SessionOptions {
 
 /// Builds a session with every prefflow function, file format and dataset address.
 pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
+    let models = Arc::new(ModelRegistry::new());
     let mut config = SessionConfig::new()
         // SHOW TABLES / SHOW COLUMNS / SHOW FUNCTIONS for people exploring a dataset.
-        .with_information_schema(true);
+        .with_information_schema(true)
+        // SET prefflow.max_batch_tokens / prefflow.device / prefflow.threads.
+        .with_option_extension(PrefflowOptions::default())
+        // The session's models, shared by every model function and query.
+        .with_extension(Arc::clone(&models));
     if let Some(n) = options.target_partitions {
         config = config.with_target_partitions(n);
     }
@@ -38,11 +45,14 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_default_features()
         .build();
 
-    for udf in prefflow_udfs::scalar_functions() {
+    for udf in prefflow_udfs::scalar_functions(&models) {
         state.register_udf(udf)?;
     }
     for udaf in prefflow_udfs::aggregate_functions() {
         state.register_udaf(udaf)?;
+    }
+    for udwf in prefflow_udfs::window_functions() {
+        state.register_udwf(udwf)?;
     }
     // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
     for file_type in EXTERNAL_TABLE_TYPES {
@@ -64,4 +74,12 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_state(state);
     paths.session_store().with_state(ctx.state_weak_ref());
     Ok(ctx)
+}
+
+/// The model registry of a session built by [`build_session`].
+pub fn models(ctx: &SessionContext) -> Arc<ModelRegistry> {
+    ctx.state()
+        .config()
+        .get_extension::<ModelRegistry>()
+        .expect("build_session registers the model registry")
 }

@@ -3,13 +3,19 @@
 //! One file per SQL function, named after it; [`registry`] is the one table from SQL name to
 //! function, so the list of everything the engine offers is readable in one place.
 
+pub mod ai_embed;
+pub mod ai_reward;
 pub mod arg_max;
 pub mod arg_min;
 pub mod common;
 pub mod extract_boxed;
 pub mod extract_tag;
+pub mod kmeans;
+pub mod models;
+pub mod near_duplicate;
 pub mod registry;
 pub mod render;
 pub mod strip_think;
+pub mod token_count;
 
-pub use registry::{aggregate_functions, scalar_functions};
+pub use registry::{aggregate_functions, scalar_functions, window_functions};

@@ -1,0 +1,157 @@
+//! `ai_embed(model, text)`: a sentence embedding from an encoder model.
+//!
+//! ```sql
+//! CREATE MODEL minilm FROM 'models/all-minilm-l6-v2';
+//! SELECT question, ai_embed('minilm', question) AS embedding FROM questions;
+//! ```
+//!
+//! Returns FixedSizeList<Float32> of the model's width. Pooling (mean / CLS / max) and L2
+//! normalisation follow the model's sentence-transformers files (1_Pooling/config.json,
+//! modules.json); inputs are truncated at its max_seq_length. Rows from every partition are
+//! batched together on the model's worker thread; a row's embedding does not depend on the
+//! batch it ran in (beyond float rounding). NULL text gives NULL.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::common::model_call::{
+    SharedRegistry, blocking, executed_model, model_err, planned_model,
+};
+use crate::common::text::string_arg;
+use crate::models::worker::{Encoded, Task};
+use crate::models::{ModelRegistry, PrefflowOptions};
+
+/// The `ai_embed` SQL function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AiEmbed {
+    registry: SharedRegistry,
+    signature: Signature,
+}
+
+impl AiEmbed {
+    /// `ai_embed` over a session's models.
+    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+        Self {
+            registry: SharedRegistry(registry),
+            // Volatile: it must run in the executor (on the model's worker), never be folded
+            // as a constant while planning.
+            signature: Signature::string(2, Volatility::Volatile),
+        }
+    }
+}
+
+/// The Arrow type of an embedding of `dim` values.
+pub fn embedding_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float32, true)),
+        dim as i32,
+    )
+}
+
+impl ScalarUDFImpl for AiEmbed {
+    fn name(&self) -> &str {
+        "ai_embed"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        internal_err!("ai_embed: return_field_from_args is used instead")
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let spec = planned_model(self.name(), &self.registry.0, &args)?;
+        let info = self
+            .registry
+            .0
+            .info(&spec)
+            .map_err(|e| model_err(self.name(), e))?;
+        Ok(Arc::new(Field::new(
+            self.name(),
+            embedding_type(info.hidden_size),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        internal_err!("ai_embed runs asynchronously")
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncScalarUDFImpl for AiEmbed {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = self.name();
+        let rows = args.number_rows;
+        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
+        let settings = PrefflowOptions::from_config(&args.config_options);
+        let model = self
+            .registry
+            .0
+            .load(&spec, &settings)
+            .await
+            .map_err(|e| model_err(name, e))?;
+        let texts = string_arg(&args.args[1], rows)?;
+        let tokenizer = Arc::clone(&model.tokenizer);
+        let (present, encoded) = blocking(name, move || {
+            let mut present = Vec::with_capacity(rows);
+            let mut encoded = Vec::with_capacity(rows);
+            for i in 0..rows {
+                if texts.is_null(i) {
+                    present.push(false);
+                    continue;
+                }
+                present.push(true);
+                let e = tokenizer
+                    .encode(texts.value(i), true)
+                    .map_err(|e| DataFusionError::Execution(format!("ai_embed: tokenizer: {e}")))?;
+                encoded.push(Encoded {
+                    ids: e.get_ids().to_vec(),
+                    type_ids: e.get_type_ids().to_vec(),
+                });
+            }
+            Ok((present, encoded))
+        })
+        .await?;
+        let vectors = model
+            .worker
+            .run(Task::Embed, encoded, settings.max_batch_tokens)
+            .await
+            .map_err(|e| model_err(name, e))?;
+        let dim = model.info.hidden_size;
+        let mut values = Vec::with_capacity(rows * dim);
+        let mut it = vectors.into_iter();
+        for &p in &present {
+            match p {
+                true => {
+                    let v = it.next().unwrap_or_default();
+                    if v.len() != dim {
+                        return internal_err!(
+                            "ai_embed: model gave {} values, expected {dim}",
+                            v.len()
+                        );
+                    }
+                    values.extend(v);
+                }
+                false => values.extend(std::iter::repeat_n(0.0, dim)),
+            }
+        }
+        let array = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float32, true)),
+            dim as i32,
+            Arc::new(Float32Array::from(values)) as ArrayRef,
+            Some(NullBuffer::from(present)),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(array)))
+    }
+}

@@ -1,0 +1,81 @@
+//! What every model function shares: reading the model argument, the session's settings,
+//! tokenizing off the async runtime, and naming the function in every error.
+
+use std::sync::Arc;
+
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs};
+
+use crate::models::{ModelError, ModelRegistry, ModelSpec};
+
+/// A model-layer error as a DataFusion error that names the SQL function.
+pub fn model_err(function: &str, e: ModelError) -> DataFusionError {
+    DataFusionError::Execution(format!("{function}: {e}"))
+}
+
+/// The model named by a literal first argument, at planning time.
+pub fn planned_model(
+    function: &str,
+    registry: &ModelRegistry,
+    args: &ReturnFieldArgs,
+) -> Result<ModelSpec> {
+    match args.scalar_arguments.first().copied().flatten() {
+        Some(s) => match s.try_as_str().flatten() {
+            Some(name) => registry
+                .spec(name)
+                .map_err(|e| DataFusionError::Plan(format!("{function}: {e}"))),
+            None => plan_err!(
+                "{function}: the model must be a string naming a declared model or a model path"
+            ),
+        },
+        None => plan_err!(
+            "{function}: the model must be a literal (a name from CREATE MODEL, or a model path), not a column"
+        ),
+    }
+}
+
+/// The model named by the first argument, at execution time.
+pub fn executed_model(
+    function: &str,
+    registry: &ModelRegistry,
+    arg: &ColumnarValue,
+) -> Result<ModelSpec> {
+    match arg {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)))
+        | ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s)))
+        | ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(s))) => {
+            registry.spec(s).map_err(|e| model_err(function, e))
+        }
+        _ => exec_err!("{function}: the model must be a literal string"),
+    }
+}
+
+/// Runs CPU-heavy work (tokenizing a batch) on tokio's blocking pool, never on the runtime's
+/// worker threads.
+pub async fn blocking<T, F>(function: &str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("{function}: worker task failed: {e}")))?
+}
+
+/// The registry shared by a session's model functions; compared by identity.
+#[derive(Debug, Clone)]
+pub struct SharedRegistry(pub Arc<ModelRegistry>);
+
+impl PartialEq for SharedRegistry {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedRegistry {}
+
+impl std::hash::Hash for SharedRegistry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}

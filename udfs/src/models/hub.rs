@@ -1,0 +1,37 @@
+//! The one Hugging Face Hub client prefflow builds, for datasets and models alike: HF_ENDPOINT,
+//! HF_HOME and HF_TOKEN (or the cached login token) are honoured; no progress bars.
+
+use std::path::PathBuf;
+
+use hf_hub::Cache;
+use hf_hub::api::tokio::{Api, ApiBuilder, ApiError};
+
+/// A Hub client configured from the environment.
+pub fn api() -> Result<Api, ApiError> {
+    let cache = Cache::from_env();
+    // hf-hub reads only the cached login token; HF_TOKEN in the environment wins over it.
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache.token());
+    let mut builder = ApiBuilder::from_env()
+        .with_progress(false)
+        .with_token(token);
+    if let Ok(home) = std::env::var("HF_HOME") {
+        builder = builder.with_cache_dir(PathBuf::from(home).join("hub"));
+    }
+    builder.build()
+}
+
+/// An hf-hub error as one line with its causes. The token is only ever in a request header,
+/// never in these messages.
+pub fn describe(e: &ApiError) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -1,0 +1,15 @@
+//! Models: declaration (CREATE MODEL), files (local folders, GGUF files, hf://), and the
+//! runtime — one worker thread per loaded model that batches requests from every partition.
+
+pub mod bert;
+pub mod error;
+pub mod hub;
+pub mod qwen2;
+pub mod registry;
+pub mod settings;
+pub mod source;
+pub mod worker;
+
+pub use error::ModelError;
+pub use registry::{ModelRegistry, ModelSpec};
+pub use settings::PrefflowOptions;

@@ -1,0 +1,450 @@
+//! Declared models (CREATE MODEL) and loaded ones. A session has one registry; every SQL
+//! function and query shares the models it has loaded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use candle_core::Device;
+use tokenizers::Tokenizer;
+
+use super::bert::Bert;
+use super::error::{ModelError, ModelResult};
+use super::qwen2::Qwen2Classifier;
+use super::settings::PrefflowOptions;
+use super::source::{read_json, resolve, validate};
+use super::worker::{Backend, Worker};
+
+/// A declared model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The name SQL refers to it by (the URI itself for undeclared models).
+    pub name: String,
+    /// The address it was declared with.
+    pub uri: String,
+    /// The local folder or .gguf file.
+    pub path: PathBuf,
+    /// OPTIONS (key 'value', ...).
+    pub options: BTreeMap<String, String>,
+}
+
+/// How a sentence-transformers model pools token vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over real (unpadded) tokens.
+    Mean,
+    /// The first ([CLS]) token.
+    Cls,
+    /// Element-wise max over real tokens.
+    Max,
+}
+
+/// What a model is, read from its JSON files without loading weights.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// `architectures[0]` of config.json, e.g. BertModel or Qwen2ForSequenceClassification.
+    pub architecture: String,
+    /// config.json `model_type`.
+    pub model_type: String,
+    /// Width of the hidden states (and of embeddings).
+    pub hidden_size: usize,
+    /// Label names of a classification head, by index.
+    pub labels: Vec<String>,
+    /// Longest input in tokens; longer inputs are truncated.
+    pub max_seq_length: usize,
+    /// Embedding pooling.
+    pub pooling: Pooling,
+    /// Whether embeddings are L2-normalised (a sentence-transformers Normalize module).
+    pub normalize: bool,
+    /// The chat template of tokenizer_config.json, for decoder models.
+    pub chat_template: Option<String>,
+    /// config.json `pad_token_id`.
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelInfo {
+    /// Reads config.json and the sentence-transformers files of a model folder.
+    pub fn read(model: &str, dir: &Path) -> ModelResult<Self> {
+        let gguf_only = dir.is_file() || !dir.join("config.json").exists();
+        if gguf_only {
+            return Err(ModelError::Unsupported {
+                model: model.to_string(),
+                problem: "GGUF models are decoders; this function needs an encoder or a classifier folder".to_string(),
+            });
+        }
+        let config = read_json(model, &dir.join("config.json"))?;
+        let architecture = config["architectures"][0]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let model_type = config["model_type"].as_str().unwrap_or("").to_string();
+        let hidden_size = config["hidden_size"]
+            .as_u64()
+            .or_else(|| config["d_model"].as_u64())
+            .ok_or_else(|| ModelError::File {
+                model: model.to_string(),
+                path: dir.join("config.json").display().to_string(),
+                problem: "no hidden_size".to_string(),
+            })? as usize;
+        let mut labels: Vec<(usize, String)> = config["id2label"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        labels.sort();
+        let mut labels: Vec<String> = labels.into_iter().map(|(_, v)| v).collect();
+        if let Some(n) = config["num_labels"].as_u64()
+            && labels.len() != n as usize
+        {
+            labels = (0..n).map(|i| format!("LABEL_{i}")).collect();
+        }
+        let st_config = dir.join("sentence_bert_config.json");
+        let max_seq_length = if st_config.exists() {
+            read_json(model, &st_config)?["max_seq_length"].as_u64()
+        } else {
+            None
+        }
+        .or_else(|| config["max_position_embeddings"].as_u64())
+        .unwrap_or(512) as usize;
+        let pooling_file = dir.join("1_Pooling/config.json");
+        let pooling = if pooling_file.exists() {
+            let p = read_json(model, &pooling_file)?;
+            if p["pooling_mode_cls_token"].as_bool() == Some(true) {
+                Pooling::Cls
+            } else if p["pooling_mode_max_tokens"].as_bool() == Some(true) {
+                Pooling::Max
+            } else {
+                Pooling::Mean
+            }
+        } else {
+            Pooling::Cls
+        };
+        let modules = dir.join("modules.json");
+        let normalize = modules.exists()
+            && read_json(model, &modules)?.as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|x| x["type"].as_str().is_some_and(|t| t.ends_with("Normalize")))
+            });
+        // transformers 5 writes the template to chat_template.jinja; older models keep it in
+        // tokenizer_config.json.
+        let tok_config = dir.join("tokenizer_config.json");
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.exists() {
+            std::fs::read_to_string(&jinja).ok()
+        } else if tok_config.exists() {
+            read_json(model, &tok_config)?["chat_template"]
+                .as_str()
+                .map(str::to_string)
+        } else {
+            None
+        };
+        Ok(Self {
+            architecture,
+            model_type,
+            hidden_size,
+            labels,
+            max_seq_length,
+            pooling,
+            normalize,
+            chat_template,
+            pad_token_id: config["pad_token_id"].as_u64().map(|v| v as u32),
+        })
+    }
+
+    /// True for decoder classifiers, whose inputs are chat-templated conversations.
+    pub fn is_decoder(&self) -> bool {
+        !matches!(
+            self.model_type.as_str(),
+            "bert" | "roberta" | "xlm-roberta" | "distilbert" | ""
+        ) && !self.architecture.starts_with("Bert")
+    }
+}
+
+/// A model ready to run: its description, tokenizer and worker.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// How it was declared.
+    pub spec: ModelSpec,
+    /// What it is.
+    pub info: ModelInfo,
+    /// Its tokenizer, shared with token_count.
+    pub tokenizer: Arc<Tokenizer>,
+    /// Its worker thread.
+    pub worker: Worker,
+}
+
+type LoadSlot = Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>;
+
+/// The models of one session.
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    declared: RwLock<BTreeMap<String, ModelSpec>>,
+    loaded: Mutex<HashMap<String, LoadSlot>>,
+    tokenizers: Mutex<HashMap<(PathBuf, Option<usize>), Arc<Tokenizer>>>,
+    infos: Mutex<HashMap<PathBuf, ModelInfo>>,
+}
+
+/// Option keys CREATE MODEL accepts; anything else is a typo worth an error.
+pub const MODEL_OPTIONS: [&str; 4] = ["dtype", "label", "chat_template", "revision"];
+
+impl ModelRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CREATE [OR REPLACE] MODEL name FROM 'uri' OPTIONS (...): fetches hf:// models and
+    /// checks the files are there, so a bad model fails here rather than mid-query.
+    pub async fn declare(
+        &self,
+        name: &str,
+        uri: &str,
+        options: BTreeMap<String, String>,
+        replace: bool,
+        if_not_exists: bool,
+    ) -> ModelResult<()> {
+        let exists = self
+            .declared
+            .read()
+            .expect("registry lock")
+            .contains_key(name);
+        if exists && if_not_exists {
+            return Ok(());
+        }
+        if exists && !replace {
+            return Err(ModelError::Declaration(format!(
+                "model '{name}' already exists: use CREATE OR REPLACE MODEL"
+            )));
+        }
+        if let Some(bad) = options
+            .keys()
+            .find(|k| !MODEL_OPTIONS.contains(&k.as_str()))
+        {
+            return Err(ModelError::Declaration(format!(
+                "CREATE MODEL {name}: unknown option '{bad}' (known: {})",
+                MODEL_OPTIONS.join(", ")
+            )));
+        }
+        let path = resolve(name, uri).await?;
+        validate(name, &path)?;
+        let spec = ModelSpec {
+            name: name.to_string(),
+            uri: uri.to_string(),
+            path,
+            options,
+        };
+        self.declared
+            .write()
+            .expect("registry lock")
+            .insert(name.to_string(), spec);
+        Ok(())
+    }
+
+    /// DROP MODEL [IF EXISTS] name.
+    pub fn drop_model(&self, name: &str, if_exists: bool) -> ModelResult<()> {
+        let removed = self.declared.write().expect("registry lock").remove(name);
+        match removed {
+            None if !if_exists => Err(ModelError::Unknown(name.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every declared model, by name.
+    pub fn list(&self) -> Vec<ModelSpec> {
+        self.declared
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// A declared model by name, or a local folder / .gguf file taken as an address.
+    pub fn spec(&self, name_or_uri: &str) -> ModelResult<ModelSpec> {
+        if let Some(spec) = self
+            .declared
+            .read()
+            .expect("registry lock")
+            .get(name_or_uri)
+        {
+            return Ok(spec.clone());
+        }
+        if name_or_uri.starts_with("hf://") {
+            return Err(ModelError::Declaration(format!(
+                "declare Hub models first: CREATE MODEL m FROM '{name_or_uri}'"
+            )));
+        }
+        let path = PathBuf::from(name_or_uri);
+        let looks_like_path = name_or_uri.contains('/') || name_or_uri.ends_with(".gguf");
+        if !looks_like_path || !path.exists() {
+            return Err(ModelError::Unknown(name_or_uri.to_string()));
+        }
+        validate(name_or_uri, &path)?;
+        Ok(ModelSpec {
+            name: name_or_uri.to_string(),
+            uri: name_or_uri.to_string(),
+            path,
+            options: BTreeMap::new(),
+        })
+    }
+
+    /// What a model is, from its JSON files (cached; no weights are read).
+    pub fn info(&self, spec: &ModelSpec) -> ModelResult<ModelInfo> {
+        if let Some(i) = self.infos.lock().expect("registry lock").get(&spec.path) {
+            return Ok(i.clone());
+        }
+        let info = ModelInfo::read(&spec.name, &spec.path)?;
+        self.infos
+            .lock()
+            .expect("registry lock")
+            .insert(spec.path.clone(), info.clone());
+        Ok(info)
+    }
+
+    /// The model's tokenizer as the model sees text: no fixed padding, truncation at the
+    /// model's maximum length (sentence-transformers' max_seq_length where it has one).
+    pub fn tokenizer(&self, spec: &ModelSpec) -> ModelResult<Arc<Tokenizer>> {
+        let max = self.info(spec)?.max_seq_length;
+        self.cached_tokenizer(spec, Some(max))
+    }
+
+    /// The tokenizer without truncation, for counting a text's tokens.
+    pub fn counting_tokenizer(&self, spec: &ModelSpec) -> ModelResult<Arc<Tokenizer>> {
+        self.cached_tokenizer(spec, None)
+    }
+
+    fn cached_tokenizer(
+        &self,
+        spec: &ModelSpec,
+        truncate: Option<usize>,
+    ) -> ModelResult<Arc<Tokenizer>> {
+        let key = (spec.path.clone(), truncate);
+        if let Some(t) = self.tokenizers.lock().expect("registry lock").get(&key) {
+            return Ok(Arc::clone(t));
+        }
+        // A folder holds tokenizer.json; a .gguf file may have one beside it.
+        let dir = if spec.path.is_file() {
+            spec.path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        } else {
+            spec.path.clone()
+        };
+        let file = dir.join("tokenizer.json");
+        let bad = |problem: String| ModelError::File {
+            model: spec.name.clone(),
+            path: file.display().to_string(),
+            problem,
+        };
+        let mut tokenizer = Tokenizer::from_file(&file).map_err(|e| bad(e.to_string()))?;
+        tokenizer.with_padding(None);
+        let truncation = truncate.map(|max_length| tokenizers::TruncationParams {
+            max_length,
+            ..Default::default()
+        });
+        tokenizer
+            .with_truncation(truncation)
+            .map_err(|e| bad(e.to_string()))?;
+        let tokenizer = Arc::new(tokenizer);
+        self.tokenizers
+            .lock()
+            .expect("registry lock")
+            .insert(key, Arc::clone(&tokenizer));
+        Ok(tokenizer)
+    }
+
+    /// The loaded model, loading it (once, on its own thread) if needed.
+    pub async fn load(
+        &self,
+        spec: &ModelSpec,
+        settings: &PrefflowOptions,
+    ) -> ModelResult<Arc<LoadedModel>> {
+        let key = format!(
+            "{}|{:?}|{}|{}",
+            spec.path.display(),
+            spec.options,
+            settings.device,
+            settings.threads
+        );
+        let slot = Arc::clone(
+            self.loaded
+                .lock()
+                .expect("registry lock")
+                .entry(key)
+                .or_default(),
+        );
+        let model = slot
+            .get_or_try_init(|| async {
+                let info = self.info(spec)?;
+                let tokenizer = self.tokenizer(spec)?;
+                let device = device(&spec.name, &settings.device)?;
+                let (s, i) = (spec.clone(), info.clone());
+                let worker = tokio::task::spawn_blocking({
+                    let threads = settings.threads;
+                    move || {
+                        Worker::spawn(&s.name.clone(), threads, move || {
+                            load_backend(&s, &i, &device)
+                        })
+                    }
+                })
+                .await
+                .map_err(|_| ModelError::WorkerGone(spec.name.clone()))??;
+                Ok::<_, ModelError>(Arc::new(LoadedModel {
+                    spec: spec.clone(),
+                    info,
+                    tokenizer,
+                    worker,
+                }))
+            })
+            .await?;
+        Ok(Arc::clone(model))
+    }
+}
+
+fn device(model: &str, name: &str) -> ModelResult<Device> {
+    let bad = |problem: String| ModelError::Unsupported {
+        model: model.to_string(),
+        problem,
+    };
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => Device::new_cuda(n).map_err(|e| {
+                bad(format!(
+                    "prefflow.device '{other}': {e} (CUDA needs a build with --features cuda)"
+                ))
+            }),
+            None => Err(bad(format!(
+                "prefflow.device must be 'cpu' or 'cuda:N', got '{other}'"
+            ))),
+        },
+    }
+}
+
+fn load_backend(
+    spec: &ModelSpec,
+    info: &ModelInfo,
+    device: &Device,
+) -> ModelResult<Box<dyn Backend>> {
+    let candle = |e: candle_core::Error| ModelError::candle(&spec.name, &e);
+    match info.model_type.as_str() {
+        "bert" => Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?)),
+        "qwen2" if info.architecture.ends_with("ForSequenceClassification") => Ok(Box::new(
+            Qwen2Classifier::load(spec, info, device).map_err(candle)?,
+        )),
+        other => Err(ModelError::Unsupported {
+            model: spec.name.clone(),
+            problem: format!(
+                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT encoders and classifiers, Qwen2 classifiers",
+                info.architecture
+            ),
+        }),
+    }
+}
