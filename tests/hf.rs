@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 struct Hub {
-    files: HashMap<String, Vec<u8>>,
+    /// Repository ("datasets/org/demo", "org/tiny-rm") -> file -> bytes.
+    repos: HashMap<String, HashMap<String, Vec<u8>>>,
     /// Authorization headers seen, to check the token is sent.
     auth: Mutex<Vec<String>>,
     requests: Mutex<usize>,
@@ -49,9 +50,13 @@ fn handle(hub: &Hub, request: &str) -> Vec<u8> {
     if let Some(a) = headers.get("authorization") {
         hub.auth.lock().unwrap().push(a.clone());
     }
-    if path.starts_with("/api/datasets/org/demo/revision/") {
-        let siblings: Vec<_> = hub
-            .files
+    if let Some(api) = path.strip_prefix("/api/") {
+        let repo = api.split("/revision/").next().unwrap_or("");
+        let repo = repo.strip_prefix("models/").unwrap_or(repo);
+        let Some(files) = hub.repos.get(repo) else {
+            return respond("404 Not Found", &[], b"no such repo");
+        };
+        let siblings: Vec<_> = files
             .keys()
             .map(|f| format!("{{\"rfilename\":\"{f}\"}}"))
             .collect();
@@ -65,11 +70,11 @@ fn handle(hub: &Hub, request: &str) -> Vec<u8> {
             body.as_bytes(),
         );
     }
-    let Some(rest) = path.strip_prefix("/datasets/org/demo/resolve/") else {
+    let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
         return respond("404 Not Found", &[], b"not found");
     };
     let file = rest.split_once('/').map(|(_rev, f)| f).unwrap_or("");
-    let Some(data) = hub.files.get(file) else {
+    let Some(data) = hub.repos.get(repo).and_then(|files| files.get(file)) else {
         return respond(
             "404 Not Found",
             &[("X-Error-Code".into(), "EntryNotFound".into())],
@@ -87,7 +92,11 @@ fn handle(hub: &Hub, request: &str) -> Vec<u8> {
             )
         })
         .unwrap_or((0, data.len() - 1));
-    let etag = format!("\"etag-{}\"", file.replace('/', "-"));
+    let etag = format!(
+        "\"etag-{}-{}\"",
+        repo.replace('/', "-"),
+        file.replace('/', "-")
+    );
     respond(
         "206 Partial Content",
         &[
@@ -138,7 +147,7 @@ async fn count(engine: &Engine, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hf_datasets_through_a_loopback_hub() {
-    let files = HashMap::from([
+    let dataset = HashMap::from([
         (
             "data/train.jsonl".to_string(),
             b"{\"q\":\"a\",\"n\":1}\n{\"q\":\"b\",\"n\":2}\n{\"q\":\"c\",\"n\":3}\n".to_vec(),
@@ -149,8 +158,25 @@ async fn hf_datasets_through_a_loopback_hub() {
         ),
         ("README.md".to_string(), b"# demo".to_vec()),
     ]);
+    // A model repository: the tiny BERT reward model fixture.
+    let model_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward/bert");
+    let model: HashMap<String, Vec<u8>> = std::fs::read_dir(&model_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let repos = HashMap::from([
+        ("datasets/org/demo".to_string(), dataset),
+        ("org/tiny-rm".to_string(), model),
+    ]);
     let hub = Arc::new(Hub {
-        files,
+        repos,
         auth: Mutex::new(Vec::new()),
         requests: Mutex::new(0),
     });
@@ -193,6 +219,40 @@ async fn hf_datasets_through_a_loopback_hub() {
         count(&engine, "SELECT count(*) FROM demo WHERE n > 1").await,
         3
     );
+
+    // A model from the Hub: CREATE MODEL downloads it, then it runs like a local one.
+    engine
+        .sql("CREATE MODEL rm FROM 'hf://org/tiny-rm@main'")
+        .await
+        .unwrap();
+    let batches = engine
+        .query("SELECT ai_reward('rm', 'Solve for x: 3x + 7 = 22.', 'x equals 5.')")
+        .await
+        .unwrap();
+    let score = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Float64Array>()
+        .unwrap()
+        .value(0);
+    assert!((score - -1.2120661735534668).abs() < 1e-4, "{score}");
+    assert!(
+        home.path()
+            .join("hub/models--org--tiny-rm/snapshots")
+            .join(COMMIT)
+            .join("model.safetensors")
+            .exists()
+    );
+    let err = engine
+        .sql("CREATE MODEL nope FROM 'hf://org/missing'")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model 'nope'") && err.contains("hf://org/missing"),
+        "{err}"
+    );
+    assert!(!err.contains("hf_test_secret"), "{err}");
 
     // Files land in HF_HOME's Hub cache, and the token went out as a Bearer header.
     let cached = home

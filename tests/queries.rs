@@ -11,6 +11,7 @@ async fn every_query_file_runs() {
     let params = HashMap::from([
         ("out_dir".to_string(), out.path().display().to_string()),
         ("data_dir".to_string(), format!("{root}/data")),
+        ("models_dir".to_string(), format!("{root}/models")),
     ]);
     let mut files: Vec<_> = std::fs::read_dir(format!("{root}/queries"))
         .unwrap()
@@ -53,6 +54,11 @@ async fn pipeline_results() {
         ("out_dir".to_string(), out.path().display().to_string()),
         ("data_dir".to_string(), format!("{root}/data")),
     ]);
+    let params = {
+        let mut p = params;
+        p.insert("models_dir".to_string(), format!("{root}/models"));
+        p
+    };
     let engine = Engine::new().unwrap();
     let script = Script::from_file(format!("{root}/queries/math_pairs.sql")).unwrap();
     engine.run_script(&script, &params).await.unwrap();
@@ -91,5 +97,47 @@ async fn pipeline_results() {
     assert!(
         table.contains("| t2-m1   | 3     | 3             |"),
         "{table}"
+    );
+}
+
+/// The data-selection pipeline drops the over-long and the near-duplicate question of each
+/// domain and keeps at most `per_cluster` questions of each of the k clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_selection_pipeline() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().unwrap();
+    let params = HashMap::from([
+        ("out_dir".to_string(), out.path().display().to_string()),
+        ("data_dir".to_string(), format!("{root}/data")),
+        ("models_dir".to_string(), format!("{root}/models")),
+    ]);
+    let engine = Engine::new().unwrap();
+    let script = Script::from_file(format!("{root}/queries/data_selection.sql")).unwrap();
+    let last = engine.run_script(&script, &params).await.unwrap().unwrap();
+    let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
+    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        table.contains("| code   | 5        | 3        | 1                  |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| math   | 6        | 3        | 1                  |"),
+        "{table}"
+    );
+    let batches = engine
+        .query(&format!(
+            "SELECT count(*) FROM '{}/selection_fewshot.parquet' WHERE prompt LIKE '%A train travels%' OR prompt LIKE '%15 percent%'",
+            out.path().display()
+        ))
+        .await
+        .unwrap();
+    let n = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        n.contains("| 0 "),
+        "the over-long and the duplicate question must be gone: {n}"
     );
 }
