@@ -98,6 +98,10 @@ async fn ai_embed_matches_sentence_transformers() {
         assert_eq!(g.len(), 384);
         let d = max_abs_diff(g, e);
         worst = worst.max(d);
+        let cos: f32 = g.iter().zip(e).map(|(x, y)| x * y).sum::<f32>()
+            / (g.iter().map(|x| x * x).sum::<f32>().sqrt()
+                * e.iter().map(|x| x * x).sum::<f32>().sqrt());
+        assert!(cos >= 0.9999, "sentence {i}: cosine {cos}");
         assert!(
             d < 1e-4,
             "sentence {i} ({:?}): max |diff| {d}",
@@ -156,7 +160,7 @@ async fn ai_reward_matches_transformers() {
         .enumerate()
         .map(|(i, (p, r))| format!("({i}, {}, {})", quote(p), quote(r)))
         .collect();
-    for head in ["bert", "qwen2"] {
+    for head in ["bert", "qwen2", "llama"] {
         let path = reference[head]["path"].as_str().unwrap();
         engine
             .sql(&format!("CREATE OR REPLACE MODEL rm FROM '{path}'"))

@@ -7,6 +7,7 @@ load, and computes the reference score of a few (prompt, response) pairs with tr
 
   tests/fixtures/reward/bert/   BertForSequenceClassification (WordPiece tokenizer, pair input)
   tests/fixtures/reward/qwen2/  Qwen2ForSequenceClassification (byte-level BPE, chat template)
+  tests/fixtures/reward/llama/  LlamaForSequenceClassification (same tokenizer and template)
   tests/fixtures/reward/reference.json
 
 Needs: pip install torch transformers tokenizers   (not needed by cargo test)
@@ -21,6 +22,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
+    LlamaConfig,
+    LlamaForSequenceClassification,
     BertForSequenceClassification,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -84,7 +87,7 @@ def bert() -> dict:
     return {"path": "tests/fixtures/reward/bert", "scores": scores}
 
 
-def qwen2() -> dict:
+def decoder(kind: str) -> dict:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -96,15 +99,18 @@ def qwen2() -> dict:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
     )
-    torch.manual_seed(2)
-    config = Qwen2Config(
+    torch.manual_seed(2 if kind == "qwen2" else 3)
+    common = dict(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_labels=1,
         pad_token_id=tok.token_to_id("<|endoftext|>"), tie_word_embeddings=False, rope_theta=10000.0,
         initializer_range=0.2,
     )
-    model = Qwen2ForSequenceClassification(config).eval()
-    path = OUT / "qwen2"
+    if kind == "qwen2":
+        model = Qwen2ForSequenceClassification(Qwen2Config(**common)).eval()
+    else:
+        model = LlamaForSequenceClassification(LlamaConfig(**common)).eval()
+    path = OUT / kind
     model.save_pretrained(path, safe_serialization=True)
     fast.save_pretrained(path)
     scores = []
@@ -113,13 +119,13 @@ def qwen2() -> dict:
             messages = [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
             ids = fast.apply_chat_template(messages, tokenize=True, return_tensors="pt", return_dict=True)
             scores.append(float(model(input_ids=ids["input_ids"]).logits[0, 0]))
-    return {"path": "tests/fixtures/reward/qwen2", "scores": scores}
+    return {"path": f"tests/fixtures/reward/{kind}", "scores": scores}
 
 
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    reference = {"pairs": [list(p) for p in PAIRS], "bert": bert(), "qwen2": qwen2()}
+    reference = {"pairs": [list(p) for p in PAIRS], "bert": bert(), "qwen2": decoder("qwen2"), "llama": decoder("llama")}
     (OUT / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     print(json.dumps(reference, indent=1))
 

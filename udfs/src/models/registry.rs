@@ -436,13 +436,13 @@ fn load_backend(
     let candle = |e: candle_core::Error| ModelError::candle(&spec.name, &e);
     match info.model_type.as_str() {
         "bert" => Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?)),
-        "qwen2" if info.architecture.ends_with("ForSequenceClassification") => Ok(Box::new(
-            Qwen2Classifier::load(spec, info, device).map_err(candle)?,
-        )),
+        "qwen2" | "llama" if info.architecture.ends_with("ForSequenceClassification") => Ok(
+            Box::new(Qwen2Classifier::load(spec, info, device).map_err(candle)?),
+        ),
         other => Err(ModelError::Unsupported {
             model: spec.name.clone(),
             problem: format!(
-                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT encoders and classifiers, Qwen2 classifiers",
+                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT encoders and classifiers, Qwen2 and Llama classifiers",
                 info.architecture
             ),
         }),

@@ -193,7 +193,7 @@ pub fn model_config<T: serde::de::DeserializeOwned>(model: &str, dir: &Path) -> 
         {
             obj.entry("rope_theta").or_insert(theta);
         }
-        if obj.get("sliding_window").is_some_and(|v| v.is_null()) {
+        if obj.get("sliding_window").is_none_or(|v| v.is_null()) {
             let max = obj
                 .get("max_position_embeddings")
                 .cloned()
