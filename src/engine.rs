@@ -17,6 +17,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use prefflow_udfs::models::{ModelError, ModelSpec};
 
+use crate::async_args::hoist_async_calls;
 use crate::datasets::with_plan_json_diagnostics;
 use crate::error::{PrefflowError, Result};
 use crate::model_statements::{self, ModelStatement};
@@ -70,7 +71,7 @@ impl Engine {
             let batches = self.atomic_copy(copy, &target).await?;
             return Ok(self.ctx.read_batches(batches)?);
         }
-        check_async_placement(&plan)?;
+        let plan = hoist_async_calls(plan)?;
         Ok(self.ctx.execute_logical_plan(plan).await?)
     }
 
@@ -258,49 +259,5 @@ pub(crate) fn remove_path(p: &Path) {
         let _ = std::fs::remove_dir_all(p);
     } else {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-/// DataFusion runs async functions (the model functions) only in projections and filters; in
-/// a window or aggregate argument it fails with an internal error. Say so clearly instead.
-fn check_async_placement(plan: &LogicalPlan) -> Result<()> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::logical_expr::Expr;
-    let mut found: Option<(String, String)> = None;
-    plan.apply(|node| {
-        let exprs: Vec<&Expr> = match node {
-            LogicalPlan::Window(w) => w.window_expr.iter().collect(),
-            LogicalPlan::Aggregate(a) => a.aggr_expr.iter().collect(),
-            _ => Vec::new(),
-        };
-        for outer in exprs {
-            outer.apply(|e| {
-                if let Expr::ScalarFunction(f) = e
-                    && f.func.as_async().is_some()
-                {
-                    let owner = match outer {
-                        Expr::WindowFunction(w) => w.fun.name().to_string(),
-                        Expr::AggregateFunction(a) => a.func.name().to_string(),
-                        Expr::Alias(a) => a.name.clone(),
-                        other => other.schema_name().to_string(),
-                    };
-                    found = Some((owner, f.func.name().to_string()));
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })?;
-        }
-        Ok(if found.is_some() {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    match found {
-        Some((owner, model_fn)) => Err(PrefflowError::DataFusion(DataFusionError::Plan(format!(
-            "{owner}: model functions such as {model_fn} cannot be used inside window or aggregate arguments yet; \
-             compute them in a subquery first: WITH e AS (SELECT *, {model_fn}(...) AS v FROM t) SELECT {owner}(v ...) FROM e"
-        )))),
-        None => Ok(()),
     }
 }

@@ -29,6 +29,7 @@
 //! For large results, [`Engine::stream`] yields record batches as they are computed, and
 //! [`Engine::run_script`] runs a whole query file.
 
+pub mod async_args;
 pub mod cli;
 pub mod datasets;
 pub mod engine;

@@ -1,17 +1,160 @@
 //! BERT-family encoders: sentence embeddings (sentence-transformers pooling and
 //! normalisation) and `BertForSequenceClassification` heads (pooler + classifier).
+//!
+//! The encoder is written here rather than taken from candle-transformers: candle's BERT runs
+//! every linear layer as a batch of small (sequence x hidden) matmuls, one per row, which on
+//! CPU is several times slower than one (rows*sequence x hidden) matmul. Weight names are
+//! Hugging Face's, with or without the `bert.` prefix.
 
-use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder, linear};
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
+use serde::Deserialize;
 
 use super::registry::{ModelInfo, ModelSpec, Pooling};
 use super::source::{model_config, safetensors_files};
 use super::worker::{Backend, Encoded, Task};
 
+/// The fields of a BERT config.json the encoder needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    max_position_embeddings: usize,
+    #[serde(default = "default_types")]
+    type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+}
+
+fn default_act() -> String {
+    "gelu".to_string()
+}
+fn default_types() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+/// BERT embeddings and encoder layers.
+struct Encoder {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    hidden: usize,
+    act: String,
+}
+
+impl Encoder {
+    fn load(vb: VarBuilder, c: &Config) -> Result<Self> {
+        let e = vb.pp("embeddings");
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let l = vb.pp(format!("encoder.layer.{i}"));
+                let h = c.hidden_size;
+                Ok(Layer {
+                    query: linear(h, h, l.pp("attention.self.query"))?,
+                    key: linear(h, h, l.pp("attention.self.key"))?,
+                    value: linear(h, h, l.pp("attention.self.value"))?,
+                    attention_out: linear(h, h, l.pp("attention.output.dense"))?,
+                    attention_norm: layer_norm(
+                        h,
+                        c.layer_norm_eps,
+                        l.pp("attention.output.LayerNorm"),
+                    )?,
+                    intermediate: linear(h, c.intermediate_size, l.pp("intermediate.dense"))?,
+                    out: linear(c.intermediate_size, h, l.pp("output.dense"))?,
+                    out_norm: layer_norm(h, c.layer_norm_eps, l.pp("output.LayerNorm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            words: embedding(c.vocab_size, c.hidden_size, e.pp("word_embeddings"))?,
+            positions: embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                e.pp("position_embeddings"),
+            )?,
+            token_types: embedding(
+                c.type_vocab_size,
+                c.hidden_size,
+                e.pp("token_type_embeddings"),
+            )?,
+            norm: layer_norm(c.hidden_size, c.layer_norm_eps, e.pp("LayerNorm"))?,
+            layers,
+            heads: c.num_attention_heads,
+            hidden: c.hidden_size,
+            act: c.hidden_act.clone(),
+        })
+    }
+
+    fn activation(&self, x: &Tensor) -> Result<Tensor> {
+        match self.act.as_str() {
+            "gelu" => x.gelu_erf(),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu(),
+            "relu" => x.relu(),
+            other => candle_core::bail!("unsupported hidden_act '{other}'"),
+        }
+    }
+
+    /// Hidden states (rows, length, hidden) for padded ids with a 0/1 mask.
+    fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let (h, heads) = (self.hidden, self.heads);
+        let d = h / heads;
+        let positions = Tensor::arange(0u32, l as u32, ids.device())?;
+        let x = self
+            .words
+            .forward(ids)?
+            .add(&self.token_types.forward(types)?)?
+            .broadcast_add(&self.positions.forward(&positions)?)?;
+        // Every linear layer runs on (rows * length, hidden): one big matmul.
+        let mut x = self.norm.forward(&x)?.reshape((b * l, h))?;
+        // Padded keys get a large negative score, so softmax gives them no weight.
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let split = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
+        };
+        for layer in &self.layers {
+            let q = split(layer.query.forward(&x)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * l, h))?;
+            let a = layer
+                .attention_norm
+                .forward(&layer.attention_out.forward(&context)?.add(&x)?)?;
+            let i = self.activation(&layer.intermediate.forward(&a)?)?;
+            x = layer.out_norm.forward(&layer.out.forward(&i)?.add(&a)?)?;
+        }
+        x.reshape((b, l, h))
+    }
+}
+
 /// A loaded BERT model.
 pub struct Bert {
-    model: BertModel,
+    model: Encoder,
     /// pooler.dense and classifier, for sequence classification.
     head: Option<(Linear, Linear)>,
     pooling: Pooling,
@@ -27,7 +170,12 @@ impl Bert {
         let files = safetensors_files(&spec.name, &spec.path).map_err(candle_core::Error::wrap)?;
         // SAFETY: the weight files are not modified while mapped (they are read-only inputs).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
-        let model = BertModel::load(vb.clone(), &config)?;
+        let base = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb.clone()
+        };
+        let model = Encoder::load(base, &config)?;
         let head = if info.architecture.ends_with("ForSequenceClassification") {
             let prefix = if vb.contains_tensor("bert.pooler.dense.weight") {
                 "bert.pooler.dense"
@@ -68,7 +216,7 @@ impl Bert {
         let ids = Tensor::from_vec(ids, (rows, len), &self.device)?;
         let types = Tensor::from_vec(types, (rows, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, len), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &types, &mask)?;
         Ok((hidden, mask))
     }
 }
