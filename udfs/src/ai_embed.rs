@@ -22,12 +22,10 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::model_call::{
-    SharedRegistry, blocking, executed_model, model_err, planned_model,
-};
+use crate::common::model_call::{SharedRegistry, blocking, loaded_model, model_err, planned_model};
 use crate::common::text::string_arg;
+use crate::models::ModelRegistry;
 use crate::models::worker::{Encoded, Task};
-use crate::models::{ModelRegistry, PrefflowOptions};
 
 /// The `ai_embed` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -93,14 +91,7 @@ impl AsyncScalarUDFImpl for AiEmbed {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
-        let settings = PrefflowOptions::from_config(&args.config_options);
-        let model = self
-            .registry
-            .0
-            .load(&spec, &settings)
-            .await
-            .map_err(|e| model_err(name, e))?;
+        let (model, settings) = loaded_model(name, &self.registry.0, &args).await?;
         let texts = string_arg(&args.args[1], rows)?;
         let tokenizer = Arc::clone(&model.tokenizer);
         let (present, encoded) = blocking(name, move || {

@@ -23,13 +23,11 @@ use datafusion::logical_expr::{
 };
 use minijinja::context;
 
-use crate::common::model_call::{
-    SharedRegistry, blocking, executed_model, model_err, planned_model,
-};
+use crate::common::model_call::{SharedRegistry, blocking, loaded_model, model_err, planned_model};
 use crate::common::text::string_arg;
 use crate::models::registry::ModelInfo;
 use crate::models::worker::{Encoded, Task};
-use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
+use crate::models::{ModelRegistry, ModelSpec};
 
 /// The `ai_reward` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -120,15 +118,8 @@ impl AsyncScalarUDFImpl for AiReward {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
-        let settings = PrefflowOptions::from_config(&args.config_options);
-        let model = self
-            .registry
-            .0
-            .load(&spec, &settings)
-            .await
-            .map_err(|e| model_err(name, e))?;
-        let label = label_index(&spec, &model.info)
+        let (model, settings) = loaded_model(name, &self.registry.0, &args).await?;
+        let label = label_index(&model.spec, &model.info)
             .map_err(|m| DataFusionError::Execution(format!("ai_reward: {m}")))?;
         let prompts = string_arg(&args.args[1], rows)?;
         let responses = string_arg(&args.args[2], rows)?;

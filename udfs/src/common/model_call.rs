@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
-use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs};
+use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs};
 
-use crate::models::{ModelError, ModelRegistry, ModelSpec};
+use crate::models::registry::LoadedModel;
+use crate::models::{ModelError, ModelRegistry, ModelSpec, PrefflowOptions};
 
 /// A model-layer error as a DataFusion error that names the SQL function.
 pub fn model_err(function: &str, e: ModelError) -> DataFusionError {
@@ -48,6 +49,21 @@ pub fn executed_model(
         }
         _ => exec_err!("{function}: the model must be a literal string"),
     }
+}
+
+/// The model of a call, loaded (once per session) with the session's settings in force.
+pub async fn loaded_model(
+    function: &str,
+    registry: &ModelRegistry,
+    args: &ScalarFunctionArgs,
+) -> Result<(Arc<LoadedModel>, PrefflowOptions)> {
+    let spec = executed_model(function, registry, &args.args[0])?;
+    let settings = PrefflowOptions::from_config(&args.config_options);
+    let model = registry
+        .load(&spec, &settings)
+        .await
+        .map_err(|e| model_err(function, e))?;
+    Ok((model, settings))
 }
 
 /// Runs CPU-heavy work (tokenizing a batch) on tokio's blocking pool, never on the runtime's
