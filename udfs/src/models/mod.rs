@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod error;
+pub mod gguf;
 pub mod hub;
 pub mod qwen2;
 pub mod registry;

@@ -10,6 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::bert::Bert;
 use super::error::{ModelError, ModelResult};
+use super::gguf::Decoder;
 use super::qwen2::Qwen2Classifier;
 use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
@@ -185,6 +186,7 @@ pub struct ModelRegistry {
     loaded: Mutex<HashMap<String, LoadSlot>>,
     tokenizers: Mutex<HashMap<(PathBuf, Option<usize>), Arc<Tokenizer>>>,
     infos: Mutex<HashMap<PathBuf, ModelInfo>>,
+    decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
 }
 
 /// Option keys CREATE MODEL accepts; anything else is a typo worth an error.
@@ -402,6 +404,41 @@ impl ModelRegistry {
             })
             .await?;
         Ok(Arc::clone(model))
+    }
+}
+
+impl ModelRegistry {
+    /// The loaded GGUF decoder, loading it (once, on its own thread) if needed.
+    pub async fn decoder(
+        &self,
+        spec: &ModelSpec,
+        settings: &PrefflowOptions,
+    ) -> ModelResult<Arc<Decoder>> {
+        let key = format!(
+            "{}|{}|{}",
+            spec.path.display(),
+            settings.device,
+            settings.threads
+        );
+        let slot = Arc::clone(
+            self.decoders
+                .lock()
+                .expect("registry lock")
+                .entry(key)
+                .or_default(),
+        );
+        let decoder = slot
+            .get_or_try_init(|| async {
+                let device = device(&spec.name, &settings.device)?;
+                let (name, path, threads) =
+                    (spec.name.clone(), spec.path.clone(), settings.threads);
+                tokio::task::spawn_blocking(move || Decoder::load(&name, &path, device, threads))
+                    .await
+                    .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
+                    .map(Arc::new)
+            })
+            .await?;
+        Ok(Arc::clone(decoder))
     }
 }
 

@@ -1,0 +1,375 @@
+//! `ai_generate(model, prompt [, options])`: text from a decoder model.
+//!
+//! ```sql
+//! CREATE MODEL policy FROM 'models/smollm2-135m-instruct';
+//! SELECT ai_generate('policy', question, named_struct('max_tokens', 64)) FROM prompts;
+//! SELECT ai_generate('policy', [named_struct('role', 'system', 'content', 'Be brief.'),
+//!                              named_struct('role', 'user', 'content', q)]) FROM t;
+//! ```
+//!
+//! A text prompt is a user turn; a list of {role, content} structs is a conversation. Either is
+//! rendered with the model's chat template (GGUF metadata, or CREATE MODEL OPTIONS
+//! (chat_template '...')), unless the options say `chat` false (raw completion). Options, a
+//! struct literal: temperature (0 = greedy, the default; at most 2), top_p, top_k, max_tokens
+//! (default 256), stop (a string or list of strings), seed (default 0), chat (default true). An
+//! unknown option is an error. Each row samples with a seed made from its prompt text, the
+//! sample index and the run seed, so results do not depend on batch size, partitions or
+//! restarts. Generation stops at the model's end-of-turn tokens, max_tokens or a stop string
+//! (not included). NULL prompt gives NULL.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, internal_err, plan_err};
+use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use minijinja::{Value, context};
+
+use crate::common::model_call::{SharedRegistry, executed_model, model_err, planned_model};
+use crate::common::values::to_template_value;
+use crate::models::gguf::Sampler;
+use crate::models::{ModelRegistry, PrefflowOptions};
+
+/// Generation options from the optional struct argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Sampling temperature; 0 is greedy.
+    pub temperature: f64,
+    /// Nucleus mass.
+    pub top_p: Option<f64>,
+    /// Top-k.
+    pub top_k: Option<usize>,
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Run seed.
+    pub seed: u64,
+    /// Apply the chat template.
+    pub chat: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            max_tokens: 256,
+            stop: Vec::new(),
+            seed: 0,
+            chat: true,
+        }
+    }
+}
+
+fn number(f: &str, key: &str, v: &ScalarValue) -> Result<f64, String> {
+    let c = v
+        .cast_to(&DataType::Float64)
+        .map_err(|_| format!("{f}: option {key} must be a number, got {v}"))?;
+    match c {
+        ScalarValue::Float64(Some(x)) => Ok(x),
+        _ => Err(format!("{f}: option {key} must be a number, got {v}")),
+    }
+}
+
+/// Parses an options struct; every message names the function and the option.
+pub fn parse_options(f: &str, options: Option<&ScalarValue>) -> Result<GenerateOptions, String> {
+    let mut o = GenerateOptions::default();
+    let Some(options) = options else { return Ok(o) };
+    let ScalarValue::Struct(s) = options else {
+        return Err(format!(
+            "{f}: options must be a struct literal such as named_struct('temperature', 0.7), got {options}"
+        ));
+    };
+    for (field, column) in s.fields().iter().zip(s.columns()) {
+        let key = field.name().as_str();
+        let v = ScalarValue::try_from_array(column, 0).map_err(|e| e.to_string())?;
+        match key {
+            "temperature" => {
+                o.temperature = number(f, key, &v)?;
+                if !(0.0..=2.0).contains(&o.temperature) {
+                    return Err(format!(
+                        "{f}: temperature must be between 0 and 2, got {}",
+                        o.temperature
+                    ));
+                }
+            }
+            "top_p" => {
+                let p = number(f, key, &v)?;
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(format!("{f}: top_p must be in (0, 1], got {p}"));
+                }
+                o.top_p = Some(p);
+            }
+            "top_k" | "max_tokens" | "seed" => {
+                let n = number(f, key, &v)?;
+                if n < 0.0 || n.fract() != 0.0 || (key != "seed" && n < 1.0) {
+                    return Err(format!(
+                        "{f}: {key} must be a whole number{}, got {n}",
+                        if key == "seed" { "" } else { " of at least 1" }
+                    ));
+                }
+                match key {
+                    "top_k" => o.top_k = Some(n as usize),
+                    "max_tokens" => o.max_tokens = n as usize,
+                    _ => o.seed = n as u64,
+                }
+            }
+            "stop" => {
+                o.stop = match &v {
+                    ScalarValue::Utf8(Some(x))
+                    | ScalarValue::Utf8View(Some(x))
+                    | ScalarValue::LargeUtf8(Some(x)) => vec![x.clone()],
+                    ScalarValue::List(l) => {
+                        let values = l.value(0);
+                        let strings = datafusion::arrow::compute::cast(&values, &DataType::Utf8)
+                            .map_err(|e| e.to_string())?;
+                        strings
+                            .as_string::<i32>()
+                            .iter()
+                            .flatten()
+                            .map(str::to_string)
+                            .collect()
+                    }
+                    other => {
+                        return Err(format!(
+                            "{f}: stop must be a string or a list of strings, got {other}"
+                        ));
+                    }
+                }
+            }
+            "chat" => {
+                o.chat = match v {
+                    ScalarValue::Boolean(Some(b)) => b,
+                    other => return Err(format!("{f}: chat must be true or false, got {other}")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{f}: unknown option '{other}' (known: temperature, top_p, top_k, max_tokens, stop, seed, chat)"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// FNV-1a: a stable hash, so a row's seed is the same in every build and on every machine.
+pub fn row_seed(prompt: &str, sample: u64, seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prompt
+        .as_bytes()
+        .iter()
+        .chain(&sample.to_le_bytes())
+        .chain(&seed.to_le_bytes())
+    {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The `ai_generate` SQL function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AiGenerate {
+    registry: SharedRegistry,
+    signature: Signature,
+}
+
+impl AiGenerate {
+    /// `ai_generate` over a session's models.
+    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+        Self {
+            registry: SharedRegistry(registry),
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+                Volatility::Volatile,
+            ),
+        }
+    }
+}
+
+fn is_prompt_type(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => true,
+        DataType::List(f) | DataType::LargeList(f) => matches!(f.data_type(), DataType::Struct(_)),
+        _ => false,
+    }
+}
+
+impl ScalarUDFImpl for AiGenerate {
+    fn name(&self) -> &str {
+        "ai_generate"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        planned_model(self.name(), &self.registry.0, &args)?;
+        let prompt = args.arg_fields[1].data_type();
+        if !is_prompt_type(prompt) {
+            return plan_err!(
+                "ai_generate: the prompt must be text or a list of {{role, content}} structs, got {prompt}"
+            );
+        }
+        // named_struct(...) is folded to a literal after this point; a literal is checked now,
+        // anything else when it runs.
+        if let Some(Some(options)) = args.scalar_arguments.get(2) {
+            parse_options(self.name(), Some(options)).map_err(DataFusionError::Plan)?;
+        }
+        if let Some(f) = args.arg_fields.get(2)
+            && !matches!(f.data_type(), DataType::Struct(_))
+        {
+            return plan_err!(
+                "ai_generate: options must be a struct such as named_struct('temperature', 0.7), got {}",
+                f.data_type()
+            );
+        }
+        Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
+            self.name(),
+            DataType::Utf8,
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        internal_err!("ai_generate runs asynchronously")
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncScalarUDFImpl for AiGenerate {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = self.name();
+        let rows = args.number_rows;
+        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
+        let settings = PrefflowOptions::from_config(&args.config_options);
+        let decoder = self
+            .registry
+            .0
+            .decoder(&spec, &settings)
+            .await
+            .map_err(|e| model_err(name, e))?;
+        let options = match args.args.get(2) {
+            Some(ColumnarValue::Scalar(s)) => {
+                parse_options(name, Some(s)).map_err(DataFusionError::Execution)?
+            }
+            Some(_) => return exec_err!("ai_generate: options must be a literal"),
+            None => GenerateOptions::default(),
+        };
+        let template = spec
+            .options
+            .get("chat_template")
+            .cloned()
+            .or_else(|| decoder.info.chat_template.clone());
+        let prompts: ArrayRef = args.args[1].to_array(rows)?;
+        // Hugging Face renders chat templates leniently (undefined is empty), so do we.
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        if let Some(t) = &template {
+            env.add_template_owned("chat", t.clone()).map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "ai_generate: model '{}': chat template: {e}",
+                    spec.name
+                ))
+            })?;
+        }
+        // A NULL literal has no physical null mask: ask for logical nulls.
+        let nulls = prompts.logical_nulls();
+        let mut out = StringBuilder::with_capacity(rows, rows * 64);
+        for i in 0..rows {
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                out.append_null();
+                continue;
+            }
+            let value = to_template_value(prompts.as_ref(), i)?;
+            let messages = match value.as_str() {
+                Some(text) => Value::from(vec![context! { role => "user", content => text }]),
+                None => value,
+            };
+            let text = if options.chat {
+                let Some(_) = &template else {
+                    return exec_err!(
+                        "ai_generate: model '{}' has no chat template: pass OPTIONS (chat_template '...') to CREATE MODEL or chat false",
+                        spec.name
+                    );
+                };
+                env.get_template("chat")
+                    .and_then(|t| {
+                        t.render(context! {
+                            messages => messages,
+                            add_generation_prompt => true,
+                            bos_token => decoder.info.bos_token.clone(),
+                            eos_token => decoder.info.eos_token.clone(),
+                        })
+                    })
+                    .map_err(|e| {
+                        DataFusionError::Execution(format!("ai_generate: chat template: {e}"))
+                    })?
+            } else {
+                match messages.as_str() {
+                    Some(s) => s.to_string(),
+                    None => prompts
+                        .as_string_opt::<i32>()
+                        .map(|a| a.value(i).to_string())
+                        .unwrap_or_else(|| messages.to_string()),
+                }
+            };
+            let tokenizer = decoder.tokenizer.clone();
+            let t = text.clone();
+            let ids = tokio::task::spawn_blocking(move || {
+                tokenizer.encode(t, false).map(|e| e.get_ids().to_vec())
+            })
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("ai_generate: {e}")))?
+            .map_err(|e| DataFusionError::Execution(format!("ai_generate: tokenizer: {e}")))?;
+            let sampler = Sampler {
+                temperature: options.temperature,
+                top_p: options.top_p,
+                top_k: options.top_k,
+                max_tokens: options.max_tokens,
+                seed: row_seed(&text, 0, options.seed),
+            };
+            let new = decoder
+                .generate(ids, sampler)
+                .await
+                .map_err(|e| model_err(name, e))?;
+            let mut answer = decoder
+                .tokenizer
+                .decode(&new, true)
+                .map_err(|e| DataFusionError::Execution(format!("ai_generate: detokenize: {e}")))?;
+            if let Some(cut) = options
+                .stop
+                .iter()
+                .filter_map(|s| answer.find(s.as_str()))
+                .min()
+            {
+                answer.truncate(cut);
+            }
+            out.append_value(answer);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
