@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::ModelWeights;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -20,6 +19,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use tokio::sync::oneshot;
 
 use super::error::{ModelError, ModelResult};
+use super::llama::{Cache, Llama};
 
 /// What a GGUF model's metadata says about text in and out.
 #[derive(Debug, Clone)]
@@ -239,7 +239,7 @@ pub fn read_metadata(
 
 impl Decoder {
     /// Reads the GGUF file, builds the tokenizer and starts the worker thread with the weights.
-    pub fn load(model: &str, path: &Path, device: Device, threads: usize) -> ModelResult<Self> {
+    pub fn load(model: &str, path: &Path, device: Device, threads: usize, dequantize: bool) -> ModelResult<Self> {
         let (ct, mut reader, tokenizer, info) = read_metadata(model, path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<ModelResult<()>>();
@@ -256,8 +256,8 @@ impl Decoder {
         std::thread::Builder::new()
             .name(format!("prefflow-model-{model}"))
             .spawn(move || {
-                let weights = pool.install(|| ModelWeights::from_gguf(ct, &mut reader, &device));
-                let mut weights = match weights {
+                let weights = pool.install(|| Llama::load(&ct, &mut reader, &device, dequantize));
+                let weights = match weights {
                     Ok(w) => {
                         let _ = ready_tx.send(Ok(()));
                         w
@@ -270,7 +270,7 @@ impl Decoder {
                 while let Ok(job) = rx.recv() {
                     let out = pool
                         .install(|| {
-                            generate(&mut weights, &device, &job.prompt, &job.sampler, &stop_ids)
+                            generate(&weights, &job.prompt, &job.sampler, &stop_ids)
                         })
                         .map_err(|e| ModelError::candle(&name, &e));
                     let _ = job.reply.send(out);
@@ -307,13 +307,7 @@ impl Decoder {
     }
 }
 
-fn generate(
-    weights: &mut ModelWeights,
-    device: &Device,
-    prompt: &[u32],
-    s: &Sampler,
-    stop_ids: &[u32],
-) -> candle_core::Result<Vec<u32>> {
+fn generate(model: &Llama, prompt: &[u32], s: &Sampler, stop_ids: &[u32]) -> candle_core::Result<Vec<u32>> {
     if prompt.is_empty() {
         candle_core::bail!("the prompt has no tokens");
     }
@@ -321,28 +315,15 @@ fn generate(
         Sampling::ArgMax
     } else {
         match (s.top_k, s.top_p) {
-            (Some(k), Some(p)) => Sampling::TopKThenTopP {
-                k,
-                p,
-                temperature: s.temperature,
-            },
-            (Some(k), None) => Sampling::TopK {
-                k,
-                temperature: s.temperature,
-            },
-            (None, Some(p)) => Sampling::TopP {
-                p,
-                temperature: s.temperature,
-            },
-            (None, None) => Sampling::All {
-                temperature: s.temperature,
-            },
+            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature: s.temperature },
+            (Some(k), None) => Sampling::TopK { k, temperature: s.temperature },
+            (None, Some(p)) => Sampling::TopP { p, temperature: s.temperature },
+            (None, None) => Sampling::All { temperature: s.temperature },
         }
     };
     let mut sampler = LogitsProcessor::from_sampling(s.seed, sampling);
-    // index_pos 0 starts a fresh KV cache.
-    let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
-    let mut logits = weights.forward(&input, 0)?.squeeze(0)?;
+    let mut cache = Cache::default();
+    let mut logits = model.forward(prompt, 0, &mut cache)?.get(prompt.len() - 1)?;
     let mut out = Vec::new();
     for _ in 0..s.max_tokens {
         let next = sampler.sample(&logits)?;
@@ -350,10 +331,7 @@ fn generate(
             break;
         }
         out.push(next);
-        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
-        logits = weights
-            .forward(&input, prompt.len() + out.len() - 1)?
-            .squeeze(0)?;
+        logits = model.forward(&[next], prompt.len() + out.len() - 1, &mut cache)?.get(0)?;
     }
     Ok(out)
 }

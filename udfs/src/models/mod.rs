@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod error;
 pub mod gguf;
+pub mod llama;
 pub mod hub;
 pub mod qwen2;
 pub mod registry;

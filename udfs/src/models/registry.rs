@@ -415,8 +415,9 @@ impl ModelRegistry {
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<Decoder>> {
         let key = format!(
-            "{}|{}|{}",
+            "{}|{:?}|{}|{}",
             spec.path.display(),
+            spec.options,
             settings.device,
             settings.threads
         );
@@ -432,7 +433,18 @@ impl ModelRegistry {
                 let device = device(&spec.name, &settings.device)?;
                 let (name, path, threads) =
                     (spec.name.clone(), spec.path.clone(), settings.threads);
-                tokio::task::spawn_blocking(move || Decoder::load(&name, &path, device, threads))
+                let dequantize = match spec.options.get("dtype").map(String::as_str) {
+                    None | Some("q") | Some("quantized") => false,
+                    Some("f32") => true,
+                    Some(other) => {
+                        return Err(ModelError::Declaration(format!(
+                            "model '{name}': dtype '{other}' is not supported for GGUF models (use 'f32' or leave it out)"
+                        )));
+                    }
+                };
+                tokio::task::spawn_blocking(move || {
+                    Decoder::load(&name, &path, device, threads, dequantize)
+                })
                     .await
                     .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
                     .map(Arc::new)

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Greedy references for ai_generate: transformers on SmolLM2-135M-Instruct with the weights
+dequantized from the same GGUF file prefflow reads (models/smollm2-135m-instruct, from
+scripts/fetch-models). Writes tests/fixtures/smollm2_greedy.json: per prompt, the chat-templated
+greedy continuation (token ids and text, end-of-turn excluded).
+
+Needs: pip install torch transformers gguf accelerate   (not needed by cargo test)
+Run:   python3 scripts/reference/generate.py
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+DIR = ROOT / "models" / "smollm2-135m-instruct"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAX_NEW = 24
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "What is 12 times 7?",
+    "Name three primary colors.",
+    "Translate 'good morning' into French.",
+    "Explain in one sentence what a reward model is.",
+    "Give me a synonym for happy.",
+    "How many legs does a spider have?",
+]
+
+
+def main() -> None:
+    tok = AutoTokenizer.from_pretrained(DIR, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, torch_dtype=torch.float32).eval()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    out = []
+    for p in PROMPTS:
+        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=[end, tok.eos_token_id])
+        new = gen[0][ids["input_ids"].shape[1]:].tolist()
+        new = [t for t in new if t not in (end, tok.eos_token_id)]
+        out.append({"prompt": p, "ids": new, "text": tok.decode(new, skip_special_tokens=True)})
+        print(p, "->", repr(out[-1]["text"]))
+    path = ROOT / "tests" / "fixtures" / "smollm2_greedy.json"
+    path.write_text(json.dumps({"max_tokens": MAX_NEW, "references": out}, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
