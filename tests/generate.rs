@@ -34,8 +34,10 @@ fn gguf_tokenizer_matches_transformers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_generation_matches_transformers_in_f32() {
     std::env::set_current_dir(ROOT).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/smollm2_greedy.json").unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/smollm2_greedy.json").unwrap(),
+    )
+    .unwrap();
     let max_tokens = reference["max_tokens"].as_u64().unwrap();
     let cases = reference["references"].as_array().unwrap();
     let engine = prefflow::Engine::new().unwrap();
@@ -43,11 +45,19 @@ async fn greedy_generation_matches_transformers_in_f32() {
         .sql("CREATE MODEL f32 FROM 'models/smollm2-135m-instruct' OPTIONS (dtype 'f32')")
         .await
         .unwrap();
-    engine.sql("CREATE MODEL q FROM 'models/smollm2-135m-instruct'").await.unwrap();
+    engine
+        .sql("CREATE MODEL q FROM 'models/smollm2-135m-instruct'")
+        .await
+        .unwrap();
     let values: Vec<String> = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("({i}, '{}')", c["prompt"].as_str().unwrap().replace('\'', "''")))
+        .map(|(i, c)| {
+            format!(
+                "({i}, '{}')",
+                c["prompt"].as_str().unwrap().replace('\'', "''")
+            )
+        })
         .collect();
     let sql = format!(
         "SELECT i, ai_generate('f32', p, named_struct('max_tokens', {max_tokens})) AS f,

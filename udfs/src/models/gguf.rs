@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use candle_core::quantized::gguf_file;
 use candle_core::Device;
+use candle_core::quantized::gguf_file;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -239,7 +239,13 @@ pub fn read_metadata(
 
 impl Decoder {
     /// Reads the GGUF file, builds the tokenizer and starts the worker thread with the weights.
-    pub fn load(model: &str, path: &Path, device: Device, threads: usize, dequantize: bool) -> ModelResult<Self> {
+    pub fn load(
+        model: &str,
+        path: &Path,
+        device: Device,
+        threads: usize,
+        dequantize: bool,
+    ) -> ModelResult<Self> {
         let (ct, mut reader, tokenizer, info) = read_metadata(model, path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<ModelResult<()>>();
@@ -269,9 +275,7 @@ impl Decoder {
                 };
                 while let Ok(job) = rx.recv() {
                     let out = pool
-                        .install(|| {
-                            generate(&weights, &job.prompt, &job.sampler, &stop_ids)
-                        })
+                        .install(|| generate(&weights, &job.prompt, &job.sampler, &stop_ids))
                         .map_err(|e| ModelError::candle(&name, &e));
                     let _ = job.reply.send(out);
                 }
@@ -307,7 +311,12 @@ impl Decoder {
     }
 }
 
-fn generate(model: &Llama, prompt: &[u32], s: &Sampler, stop_ids: &[u32]) -> candle_core::Result<Vec<u32>> {
+fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    s: &Sampler,
+    stop_ids: &[u32],
+) -> candle_core::Result<Vec<u32>> {
     if prompt.is_empty() {
         candle_core::bail!("the prompt has no tokens");
     }
@@ -315,15 +324,29 @@ fn generate(model: &Llama, prompt: &[u32], s: &Sampler, stop_ids: &[u32]) -> can
         Sampling::ArgMax
     } else {
         match (s.top_k, s.top_p) {
-            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature: s.temperature },
-            (Some(k), None) => Sampling::TopK { k, temperature: s.temperature },
-            (None, Some(p)) => Sampling::TopP { p, temperature: s.temperature },
-            (None, None) => Sampling::All { temperature: s.temperature },
+            (Some(k), Some(p)) => Sampling::TopKThenTopP {
+                k,
+                p,
+                temperature: s.temperature,
+            },
+            (Some(k), None) => Sampling::TopK {
+                k,
+                temperature: s.temperature,
+            },
+            (None, Some(p)) => Sampling::TopP {
+                p,
+                temperature: s.temperature,
+            },
+            (None, None) => Sampling::All {
+                temperature: s.temperature,
+            },
         }
     };
     let mut sampler = LogitsProcessor::from_sampling(s.seed, sampling);
     let mut cache = Cache::default();
-    let mut logits = model.forward(prompt, 0, &mut cache)?.get(prompt.len() - 1)?;
+    let mut logits = model
+        .forward(prompt, 0, &mut cache)?
+        .get(prompt.len() - 1)?;
     let mut out = Vec::new();
     for _ in 0..s.max_tokens {
         let next = sampler.sample(&logits)?;
@@ -331,7 +354,9 @@ fn generate(model: &Llama, prompt: &[u32], s: &Sampler, stop_ids: &[u32]) -> can
             break;
         }
         out.push(next);
-        logits = model.forward(&[next], prompt.len() + out.len() - 1, &mut cache)?.get(0)?;
+        logits = model
+            .forward(&[next], prompt.len() + out.len() - 1, &mut cache)?
+            .get(0)?;
     }
     Ok(out)
 }

@@ -4,8 +4,8 @@
 pub mod bert;
 pub mod error;
 pub mod gguf;
-pub mod llama;
 pub mod hub;
+pub mod llama;
 pub mod qwen2;
 pub mod registry;
 pub mod settings;
