@@ -4,15 +4,21 @@ use std::collections::HashMap;
 
 use prefflow::{Engine, Script, SessionOptions};
 
+/// Query-file parameters: outputs to `out`, the bundled data and models of this checkout.
+fn params(out: &std::path::Path) -> HashMap<String, String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    HashMap::from([
+        ("out_dir".to_string(), out.display().to_string()),
+        ("data_dir".to_string(), format!("{root}/data")),
+        ("models_dir".to_string(), format!("{root}/models")),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_file_runs() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = tempfile::tempdir().unwrap();
-    let params = HashMap::from([
-        ("out_dir".to_string(), out.path().display().to_string()),
-        ("data_dir".to_string(), format!("{root}/data")),
-        ("models_dir".to_string(), format!("{root}/models")),
-    ]);
+    let params = params(out.path());
     let mut files: Vec<_> = std::fs::read_dir(format!("{root}/queries"))
         .unwrap()
         .flatten()
@@ -50,15 +56,7 @@ async fn every_query_file_runs() {
 async fn pipeline_results() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = tempfile::tempdir().unwrap();
-    let params = HashMap::from([
-        ("out_dir".to_string(), out.path().display().to_string()),
-        ("data_dir".to_string(), format!("{root}/data")),
-    ]);
-    let params = {
-        let mut p = params;
-        p.insert("models_dir".to_string(), format!("{root}/models"));
-        p
-    };
+    let params = params(out.path());
     let engine = Engine::new().unwrap();
     let script = Script::from_file(format!("{root}/queries/math_pairs.sql")).unwrap();
     engine.run_script(&script, &params).await.unwrap();
@@ -106,11 +104,7 @@ async fn pipeline_results() {
 async fn data_selection_pipeline() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = tempfile::tempdir().unwrap();
-    let params = HashMap::from([
-        ("out_dir".to_string(), out.path().display().to_string()),
-        ("data_dir".to_string(), format!("{root}/data")),
-        ("models_dir".to_string(), format!("{root}/models")),
-    ]);
+    let params = params(out.path());
     let engine = Engine::new().unwrap();
     let script = Script::from_file(format!("{root}/queries/data_selection.sql")).unwrap();
     let last = engine.run_script(&script, &params).await.unwrap().unwrap();

@@ -365,20 +365,7 @@ impl ModelRegistry {
         spec: &ModelSpec,
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<LoadedModel>> {
-        let key = format!(
-            "{}|{:?}|{}|{}",
-            spec.path.display(),
-            spec.options,
-            settings.device,
-            settings.threads
-        );
-        let slot = Arc::clone(
-            self.loaded
-                .lock()
-                .expect("registry lock")
-                .entry(key)
-                .or_default(),
-        );
+        let slot = load_slot(&self.loaded, spec, settings);
         let model = slot
             .get_or_try_init(|| async {
                 let info = self.info(spec)?;
@@ -414,20 +401,7 @@ impl ModelRegistry {
         spec: &ModelSpec,
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<Decoder>> {
-        let key = format!(
-            "{}|{:?}|{}|{}",
-            spec.path.display(),
-            spec.options,
-            settings.device,
-            settings.threads
-        );
-        let slot = Arc::clone(
-            self.decoders
-                .lock()
-                .expect("registry lock")
-                .entry(key)
-                .or_default(),
-        );
+        let slot = load_slot(&self.decoders, spec, settings);
         let decoder = slot
             .get_or_try_init(|| async {
                 let device = device(&spec.name, &settings.device)?;
@@ -452,6 +426,23 @@ impl ModelRegistry {
             .await?;
         Ok(Arc::clone(decoder))
     }
+}
+
+/// The once-only load slot of a model: one per file, options, device and thread count, so
+/// every query of the session shares one loaded copy.
+fn load_slot<T>(
+    map: &Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<T>>>>>,
+    spec: &ModelSpec,
+    settings: &PrefflowOptions,
+) -> Arc<tokio::sync::OnceCell<Arc<T>>> {
+    let key = format!(
+        "{}|{:?}|{}|{}",
+        spec.path.display(),
+        spec.options,
+        settings.device,
+        settings.threads
+    );
+    Arc::clone(map.lock().expect("registry lock").entry(key).or_default())
 }
 
 fn device(model: &str, name: &str) -> ModelResult<Device> {
