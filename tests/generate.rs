@@ -82,3 +82,52 @@ async fn greedy_generation_matches_transformers_in_f32() {
     assert_eq!(row, cases.len());
     println!("quantized Q4_1 path: {quantized_same}/{row} prompts give transformers' greedy text");
 }
+
+/// ai_logprob in the f32 path equals transformers' sum of response log-probabilities within
+/// 1e-4 relative; the preference-accuracy query over the same pairs runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprob_matches_transformers_in_f32() {
+    std::env::set_current_dir(ROOT).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/smollm2_greedy.json").unwrap(),
+    )
+    .unwrap();
+    let pairs = reference["logprobs"].as_array().unwrap();
+    let engine = prefflow::Engine::new().unwrap();
+    engine
+        .sql("CREATE MODEL f32 FROM 'models/smollm2-135m-instruct' OPTIONS (dtype 'f32')")
+        .await
+        .unwrap();
+    let quote = |v: &serde_json::Value| format!("'{}'", v.as_str().unwrap().replace('\'', "''"));
+    let values: Vec<String> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({i}, {}, {})", quote(&p["prompt"]), quote(&p["response"])))
+        .collect();
+    let sql = format!(
+        "SELECT i, ai_logprob('f32', p, r) FROM (VALUES {}) v(i, p, r) ORDER BY i",
+        values.join(", ")
+    );
+    let batches = engine.query(&sql).await.unwrap();
+    let got: Vec<f64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(got.len(), pairs.len());
+    for (g, p) in got.iter().zip(pairs) {
+        let e = p["logprob"].as_f64().unwrap();
+        let rel = (g - e).abs() / e.abs();
+        assert!(
+            rel < 1e-4,
+            "{:?}: got {g}, transformers {e} (relative {rel:e})",
+            p["response"]
+        );
+    }
+}

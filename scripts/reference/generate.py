@@ -2,7 +2,9 @@
 """Greedy references for ai_generate: transformers on SmolLM2-135M-Instruct with the weights
 dequantized from the same GGUF file prefflow reads (models/smollm2-135m-instruct, from
 scripts/fetch-models). Writes tests/fixtures/smollm2_greedy.json: per prompt, the chat-templated
-greedy continuation (token ids and text, end-of-turn excluded).
+greedy continuation (token ids and text, end-of-turn excluded), and for (prompt, response)
+pairs the sum of the response tokens' log-probabilities after the chat-templated prompt (prompt
+and response tokenized separately, as ai_logprob does).
 
 Needs: pip install torch transformers gguf accelerate   (not needed by cargo test)
 Run:   python3 scripts/reference/generate.py
@@ -31,6 +33,24 @@ PROMPTS = [
 ]
 
 
+PAIRS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of France?", "I think it is Berlin, but I am not sure."),
+    ("Name three primary colors.", "Red, blue and yellow."),
+    ("Name three primary colors.", "Green."),
+]
+
+
+def logprob(tok, model, prompt: str, response: str) -> float:
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    p = tok(text, add_special_tokens=False)["input_ids"]
+    r = tok(response, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + r])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return float(sum(lp[len(p) - 1 + i, t] for i, t in enumerate(r)))
+
+
 def main() -> None:
     tok = AutoTokenizer.from_pretrained(DIR, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, torch_dtype=torch.float32).eval()
@@ -45,8 +65,12 @@ def main() -> None:
         new = [t for t in new if t not in (end, tok.eos_token_id)]
         out.append({"prompt": p, "ids": new, "text": tok.decode(new, skip_special_tokens=True)})
         print(p, "->", repr(out[-1]["text"]))
+    logprobs = [{"prompt": p, "response": r, "logprob": logprob(tok, model, p, r)} for p, r in PAIRS]
+    print(logprobs)
     path = ROOT / "tests" / "fixtures" / "smollm2_greedy.json"
-    path.write_text(json.dumps({"max_tokens": MAX_NEW, "references": out}, indent=1, ensure_ascii=False) + "\n")
+    path.write_text(
+        json.dumps({"max_tokens": MAX_NEW, "references": out, "logprobs": logprobs}, indent=1, ensure_ascii=False) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,9 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
-use minijinja::{Value, context};
 
+use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{SharedRegistry, executed_model, model_err, planned_model};
-use crate::common::values::to_template_value;
 use crate::models::gguf::Sampler;
 use crate::models::{ModelRegistry, PrefflowOptions};
 
@@ -271,31 +270,8 @@ impl AsyncScalarUDFImpl for AiGenerate {
             Some(_) => return exec_err!("ai_generate: options must be a literal"),
             None => GenerateOptions::default(),
         };
-        let template = spec
-            .options
-            .get("chat_template")
-            .cloned()
-            .or_else(|| decoder.info.chat_template.clone());
+        let chat = ChatPrompts::new(name, &spec, &decoder.info)?;
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
-        // Hugging Face renders chat templates leniently (undefined is empty), so do we.
-        let mut env = minijinja::Environment::new();
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<Value, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        if let Some(t) = &template {
-            env.add_template_owned("chat", t.clone()).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "ai_generate: model '{}': chat template: {e}",
-                    spec.name
-                ))
-            })?;
-        }
         // A NULL literal has no physical null mask: ask for logical nulls.
         let nulls = prompts.logical_nulls();
         let mut out = StringBuilder::with_capacity(rows, rows * 64);
@@ -304,39 +280,7 @@ impl AsyncScalarUDFImpl for AiGenerate {
                 out.append_null();
                 continue;
             }
-            let value = to_template_value(prompts.as_ref(), i)?;
-            let messages = match value.as_str() {
-                Some(text) => Value::from(vec![context! { role => "user", content => text }]),
-                None => value,
-            };
-            let text = if options.chat {
-                let Some(_) = &template else {
-                    return exec_err!(
-                        "ai_generate: model '{}' has no chat template: pass OPTIONS (chat_template '...') to CREATE MODEL or chat false",
-                        spec.name
-                    );
-                };
-                env.get_template("chat")
-                    .and_then(|t| {
-                        t.render(context! {
-                            messages => messages,
-                            add_generation_prompt => true,
-                            bos_token => decoder.info.bos_token.clone(),
-                            eos_token => decoder.info.eos_token.clone(),
-                        })
-                    })
-                    .map_err(|e| {
-                        DataFusionError::Execution(format!("ai_generate: chat template: {e}"))
-                    })?
-            } else {
-                match messages.as_str() {
-                    Some(s) => s.to_string(),
-                    None => prompts
-                        .as_string_opt::<i32>()
-                        .map(|a| a.value(i).to_string())
-                        .unwrap_or_else(|| messages.to_string()),
-                }
-            };
+            let text = chat.prompt_text(name, prompts.as_ref(), i, options.chat)?;
             let tokenizer = decoder.tokenizer.clone();
             let t = text.clone();
             let ids = tokio::task::spawn_blocking(move || {

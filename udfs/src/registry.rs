@@ -21,6 +21,9 @@ pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
         model(Arc::new(crate::ai_generate::AiGenerate::new(Arc::clone(
             models,
         )))),
+        model(Arc::new(crate::ai_logprob::AiLogprob::new(Arc::clone(
+            models,
+        )))),
         model(Arc::new(crate::ai_reward::AiReward::new(Arc::clone(
             models,
         )))),

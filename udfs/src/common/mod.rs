@@ -1,5 +1,6 @@
 //! Helpers shared by several SQL functions.
 
+pub mod chat;
 pub mod model_call;
 pub mod text;
 pub mod values;

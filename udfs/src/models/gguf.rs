@@ -51,10 +51,17 @@ pub struct Sampler {
     pub seed: u64,
 }
 
-struct Job {
-    prompt: Vec<u32>,
-    sampler: Sampler,
-    reply: oneshot::Sender<ModelResult<Vec<u32>>>,
+enum Job {
+    Generate {
+        prompt: Vec<u32>,
+        sampler: Sampler,
+        reply: oneshot::Sender<ModelResult<Vec<u32>>>,
+    },
+    Logprob {
+        prompt: Vec<u32>,
+        response: Vec<u32>,
+        reply: oneshot::Sender<ModelResult<f64>>,
+    },
 }
 
 /// A loaded GGUF decoder: tokenizer and metadata here, weights on a worker thread.
@@ -273,11 +280,28 @@ impl Decoder {
                         return;
                     }
                 };
+                let fail = |e: candle_core::Error| ModelError::candle(&name, &e);
                 while let Ok(job) = rx.recv() {
-                    let out = pool
-                        .install(|| generate(&weights, &job.prompt, &job.sampler, &stop_ids))
-                        .map_err(|e| ModelError::candle(&name, &e));
-                    let _ = job.reply.send(out);
+                    // A receiver that gave up (cancelled query) is not an error here.
+                    match job {
+                        Job::Generate {
+                            prompt,
+                            sampler,
+                            reply,
+                        } => {
+                            let out =
+                                pool.install(|| generate(&weights, &prompt, &sampler, &stop_ids));
+                            let _ = reply.send(out.map_err(fail));
+                        }
+                        Job::Logprob {
+                            prompt,
+                            response,
+                            reply,
+                        } => {
+                            let out = pool.install(|| logprob(&weights, &prompt, &response));
+                            let _ = reply.send(out.map_err(fail));
+                        }
+                    }
                 }
             })
             .map_err(|e| ModelError::Unsupported {
@@ -300,9 +324,23 @@ impl Decoder {
     pub async fn generate(&self, prompt: Vec<u32>, sampler: Sampler) -> ModelResult<Vec<u32>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job {
+            .send(Job::Generate {
                 prompt,
                 sampler,
+                reply,
+            })
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
+        rx.await
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?
+    }
+
+    /// The sum of the log-probabilities of `response` tokens following `prompt` tokens.
+    pub async fn logprob(&self, prompt: Vec<u32>, response: Vec<u32>) -> ModelResult<f64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Logprob {
+                prompt,
+                response,
                 reply,
             })
             .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
@@ -359,4 +397,19 @@ fn generate(
             .get(0)?;
     }
     Ok(out)
+}
+
+fn logprob(model: &Llama, prompt: &[u32], response: &[u32]) -> candle_core::Result<f64> {
+    if prompt.is_empty() {
+        candle_core::bail!("the prompt has no tokens");
+    }
+    if response.is_empty() {
+        return Ok(0.0);
+    }
+    let ids: Vec<u32> = prompt.iter().chain(response).copied().collect();
+    let logits = model.forward(&ids, 0, &mut Cache::default())?;
+    // Row p-1+i predicts response token i.
+    let rows = logits.narrow(0, prompt.len() - 1, response.len())?;
+    let lp = super::llama::token_logprobs(&rows, response)?;
+    Ok(lp.iter().map(|&x| x as f64).sum())
 }
