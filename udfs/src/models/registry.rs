@@ -342,7 +342,13 @@ impl ModelRegistry {
             path: file.display().to_string(),
             problem,
         };
-        let mut tokenizer = Tokenizer::from_file(&file).map_err(|e| bad(e.to_string()))?;
+        // GGUF models without a tokenizer.json carry their tokenizer in the file's metadata.
+        let mut tokenizer =
+            if !file.exists() && super::gguf::gguf_file(&spec.name, &spec.path).is_ok() {
+                super::gguf::read_metadata(&spec.name, &spec.path)?.2
+            } else {
+                Tokenizer::from_file(&file).map_err(|e| bad(e.to_string()))?
+            };
         tokenizer.with_padding(None);
         let truncation = truncate.map(|max_length| tokenizers::TruncationParams {
             max_length,
