@@ -29,9 +29,11 @@ use datafusion::logical_expr::{
 };
 
 use crate::common::chat::ChatPrompts;
-use crate::common::model_call::{SharedRegistry, executed_model, model_err, planned_model};
-use crate::models::gguf::Sampler;
-use crate::models::{ModelRegistry, PrefflowOptions};
+use crate::common::model_call::{
+    SharedRegistry, blocking, executed_model, model_err, planned_model,
+};
+use crate::models::gguf::{Decoder, Sampler};
+use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
 
 /// Generation options from the optional struct argument.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,40 +272,69 @@ impl AsyncScalarUDFImpl for AiGenerate {
             Some(_) => return exec_err!("ai_generate: options must be a literal"),
             None => GenerateOptions::default(),
         };
-        let chat = ChatPrompts::new(name, &spec, &decoder.info)?;
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
-        // A NULL literal has no physical null mask: ask for logical nulls.
-        let nulls = prompts.logical_nulls();
+        let samples = generate_rows(name, &decoder, &spec, prompts.as_ref(), &options, 1).await?;
         let mut out = StringBuilder::with_capacity(rows, rows * 64);
-        for i in 0..rows {
-            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                out.append_null();
-                continue;
+        for row in samples {
+            match row {
+                Some(mut texts) => out.append_value(texts.remove(0)),
+                None => out.append_null(),
             }
-            let text = chat.prompt_text(name, prompts.as_ref(), i, options.chat)?;
-            let tokenizer = decoder.tokenizer.clone();
-            let t = text.clone();
-            let ids = tokio::task::spawn_blocking(move || {
-                tokenizer.encode(t, false).map(|e| e.get_ids().to_vec())
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("ai_generate: {e}")))?
-            .map_err(|e| DataFusionError::Execution(format!("ai_generate: tokenizer: {e}")))?;
-            let sampler = Sampler {
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Generates `n` samples for every row of `prompts` (None for NULL prompts): chat-templated
+/// unless options say otherwise, seeded per (prompt text, sample index, run seed), cut at the
+/// first stop string.
+pub(crate) async fn generate_rows(
+    name: &str,
+    decoder: &Decoder,
+    spec: &ModelSpec,
+    prompts: &dyn Array,
+    options: &GenerateOptions,
+    n: usize,
+) -> Result<Vec<Option<Vec<String>>>> {
+    let chat = ChatPrompts::new(name, spec, &decoder.info)?;
+    // A NULL literal has no physical null mask: ask for logical nulls.
+    let nulls = prompts.logical_nulls();
+    let mut out = Vec::with_capacity(prompts.len());
+    for i in 0..prompts.len() {
+        if nulls.as_ref().is_some_and(|m| m.is_null(i)) {
+            out.push(None);
+            continue;
+        }
+        let text = chat.prompt_text(name, prompts, i, options.chat)?;
+        let tokenizer = decoder.tokenizer.clone();
+        let t = text.clone();
+        let ids = blocking(name, move || {
+            tokenizer
+                .encode(t, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| DataFusionError::Execution(format!("tokenizer: {e}")))
+        })
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
+        let samplers = (0..n as u64)
+            .map(|k| Sampler {
                 temperature: options.temperature,
                 top_p: options.top_p,
                 top_k: options.top_k,
                 max_tokens: options.max_tokens,
-                seed: row_seed(&text, 0, options.seed),
-            };
-            let new = decoder
-                .generate(ids, sampler)
-                .await
-                .map_err(|e| model_err(name, e))?;
+                seed: row_seed(&text, k, options.seed),
+            })
+            .collect();
+        let samples = decoder
+            .generate(ids, samplers)
+            .await
+            .map_err(|e| model_err(name, e))?;
+        let mut texts = Vec::with_capacity(n);
+        for new in samples {
             let mut answer = decoder
                 .tokenizer
                 .decode(&new, true)
-                .map_err(|e| DataFusionError::Execution(format!("ai_generate: detokenize: {e}")))?;
+                .map_err(|e| DataFusionError::Execution(format!("{name}: detokenize: {e}")))?;
             if let Some(cut) = options
                 .stop
                 .iter()
@@ -312,8 +343,9 @@ impl AsyncScalarUDFImpl for AiGenerate {
             {
                 answer.truncate(cut);
             }
-            out.append_value(answer);
+            texts.push(answer);
         }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        out.push(Some(texts));
     }
+    Ok(out)
 }

@@ -54,8 +54,8 @@ pub struct Sampler {
 enum Job {
     Generate {
         prompt: Vec<u32>,
-        sampler: Sampler,
-        reply: oneshot::Sender<ModelResult<Vec<u32>>>,
+        samplers: Vec<Sampler>,
+        reply: oneshot::Sender<ModelResult<Vec<Vec<u32>>>>,
     },
     Logprob {
         prompt: Vec<u32>,
@@ -286,11 +286,11 @@ impl Decoder {
                     match job {
                         Job::Generate {
                             prompt,
-                            sampler,
+                            samplers,
                             reply,
                         } => {
                             let out =
-                                pool.install(|| generate(&weights, &prompt, &sampler, &stop_ids));
+                                pool.install(|| generate(&weights, &prompt, &samplers, &stop_ids));
                             let _ = reply.send(out.map_err(fail));
                         }
                         Job::Logprob {
@@ -320,13 +320,18 @@ impl Decoder {
         }
     }
 
-    /// Generates new token ids after `prompt` (ids), stopping at EOS or `max_tokens`.
-    pub async fn generate(&self, prompt: Vec<u32>, sampler: Sampler) -> ModelResult<Vec<u32>> {
+    /// New token ids after `prompt` (ids), one sequence per sampler; the samples share one
+    /// prefill. Each stops at an end-of-turn token or its `max_tokens`.
+    pub async fn generate(
+        &self,
+        prompt: Vec<u32>,
+        samplers: Vec<Sampler>,
+    ) -> ModelResult<Vec<Vec<u32>>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job::Generate {
                 prompt,
-                sampler,
+                samplers,
                 reply,
             })
             .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
@@ -349,54 +354,53 @@ impl Decoder {
     }
 }
 
+fn sampling(s: &Sampler) -> Sampling {
+    if s.temperature <= 0.0 {
+        return Sampling::ArgMax;
+    }
+    let temperature = s.temperature;
+    match (s.top_k, s.top_p) {
+        (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+        (Some(k), None) => Sampling::TopK { k, temperature },
+        (None, Some(p)) => Sampling::TopP { p, temperature },
+        (None, None) => Sampling::All { temperature },
+    }
+}
+
 fn generate(
     model: &Llama,
     prompt: &[u32],
-    s: &Sampler,
+    samplers: &[Sampler],
     stop_ids: &[u32],
-) -> candle_core::Result<Vec<u32>> {
+) -> candle_core::Result<Vec<Vec<u32>>> {
     if prompt.is_empty() {
         candle_core::bail!("the prompt has no tokens");
     }
-    let sampling = if s.temperature <= 0.0 {
-        Sampling::ArgMax
-    } else {
-        match (s.top_k, s.top_p) {
-            (Some(k), Some(p)) => Sampling::TopKThenTopP {
-                k,
-                p,
-                temperature: s.temperature,
-            },
-            (Some(k), None) => Sampling::TopK {
-                k,
-                temperature: s.temperature,
-            },
-            (None, Some(p)) => Sampling::TopP {
-                p,
-                temperature: s.temperature,
-            },
-            (None, None) => Sampling::All {
-                temperature: s.temperature,
-            },
-        }
-    };
-    let mut sampler = LogitsProcessor::from_sampling(s.seed, sampling);
-    let mut cache = Cache::default();
-    let mut logits = model
-        .forward(prompt, 0, &mut cache)?
+    // One prefill; each sample continues from a copy of its KV cache (tensors are shared,
+    // not copied, until a sample appends to them).
+    let mut prefilled = Cache::default();
+    let first = model
+        .forward(prompt, 0, &mut prefilled)?
         .get(prompt.len() - 1)?;
-    let mut out = Vec::new();
-    for _ in 0..s.max_tokens {
-        let next = sampler.sample(&logits)?;
-        if stop_ids.contains(&next) {
-            break;
+    let mut samples = Vec::with_capacity(samplers.len());
+    for s in samplers {
+        let mut sampler = LogitsProcessor::from_sampling(s.seed, sampling(s));
+        let mut cache = prefilled.clone();
+        let mut logits = first.clone();
+        let mut out = Vec::new();
+        for _ in 0..s.max_tokens {
+            let next = sampler.sample(&logits)?;
+            if stop_ids.contains(&next) {
+                break;
+            }
+            out.push(next);
+            logits = model
+                .forward(&[next], prompt.len() + out.len() - 1, &mut cache)?
+                .get(0)?;
         }
-        out.push(next);
-        logits = model
-            .forward(&[next], prompt.len() + out.len() - 1, &mut cache)?
-            .get(0)?;
+        samples.push(out);
     }
-    Ok(out)
+    Ok(samples)
 }
 
 fn logprob(model: &Llama, prompt: &[u32], response: &[u32]) -> candle_core::Result<f64> {

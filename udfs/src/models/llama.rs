@@ -26,7 +26,7 @@ struct Block {
 }
 
 /// The keys and values of one sequence, per layer.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Cache {
     layers: Vec<Option<(Tensor, Tensor)>>,
 }
