@@ -48,6 +48,7 @@ async fn every_query_file_runs() {
         let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert!(rows > 0, "{} returned no rows", file.display());
+        eprintln!("{}: {rows} rows", file.display());
     }
 }
 
