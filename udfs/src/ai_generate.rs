@@ -30,10 +30,10 @@ use datafusion::logical_expr::{
 
 use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{
-    SharedRegistry, blocking, executed_model, model_err, planned_model,
+    SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
 };
 use crate::models::gguf::{Decoder, Sampler};
-use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
+use crate::models::{ModelRegistry, ModelSpec};
 
 /// Generation options from the optional struct argument.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,14 +257,7 @@ impl AsyncScalarUDFImpl for AiGenerate {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
-        let settings = PrefflowOptions::from_config(&args.config_options);
-        let decoder = self
-            .registry
-            .0
-            .decoder(&spec, &settings)
-            .await
-            .map_err(|e| model_err(name, e))?;
+        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
         let options = match args.args.get(2) {
             Some(ColumnarValue::Scalar(s)) => {
                 parse_options(name, Some(s)).map_err(DataFusionError::Execution)?

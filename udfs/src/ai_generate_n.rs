@@ -23,8 +23,8 @@ use datafusion::logical_expr::{
 };
 
 use crate::ai_generate::{GenerateOptions, generate_rows, parse_options};
-use crate::common::model_call::{SharedRegistry, executed_model, model_err, planned_model};
-use crate::models::{ModelRegistry, PrefflowOptions};
+use crate::common::model_call::{SharedRegistry, loaded_decoder, planned_model};
+use crate::models::ModelRegistry;
 
 /// Most samples per prompt; a larger n is almost certainly a typo.
 const MAX_N: i64 = 1024;
@@ -101,7 +101,6 @@ impl ScalarUDFImpl for AiGenerateN {
 impl AsyncScalarUDFImpl for AiGenerateN {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
-        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
         let n = match &args.args[2] {
             ColumnarValue::Scalar(v) => check_n(v).map_err(DataFusionError::Execution)?,
             _ => return exec_err!("ai_generate_n: n must be a literal whole number"),
@@ -113,13 +112,7 @@ impl AsyncScalarUDFImpl for AiGenerateN {
             Some(_) => return exec_err!("ai_generate_n: options must be a literal"),
             None => GenerateOptions::default(),
         };
-        let settings = PrefflowOptions::from_config(&args.config_options);
-        let decoder = self
-            .registry
-            .0
-            .decoder(&spec, &settings)
-            .await
-            .map_err(|e| model_err(name, e))?;
+        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
         let prompts: ArrayRef = args.args[1].to_array(args.number_rows)?;
         let rows = generate_rows(name, &decoder, &spec, prompts.as_ref(), &options, n).await?;
         let mut out = ListBuilder::new(StringBuilder::new());

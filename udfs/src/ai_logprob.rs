@@ -24,10 +24,10 @@ use datafusion::logical_expr::{
 
 use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{
-    SharedRegistry, blocking, executed_model, model_err, planned_model,
+    SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
 };
 use crate::common::text::string_arg;
-use crate::models::{ModelRegistry, PrefflowOptions};
+use crate::models::ModelRegistry;
 
 /// The `ai_logprob` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -88,14 +88,7 @@ impl AsyncScalarUDFImpl for AiLogprob {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
-        let settings = PrefflowOptions::from_config(&args.config_options);
-        let decoder = self
-            .registry
-            .0
-            .decoder(&spec, &settings)
-            .await
-            .map_err(|e| model_err(name, e))?;
+        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
         let chat = ChatPrompts::new(name, &spec, &decoder.info)?;
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
         let responses = string_arg(&args.args[2], rows)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs};
 
+use crate::models::gguf::Decoder;
 use crate::models::registry::LoadedModel;
 use crate::models::{ModelError, ModelRegistry, ModelSpec, PrefflowOptions};
 
@@ -64,6 +65,22 @@ pub async fn loaded_model(
         .await
         .map_err(|e| model_err(function, e))?;
     Ok((model, settings))
+}
+
+/// The decoder of a call and its declaration, loaded (once per session) with the session's
+/// settings in force.
+pub async fn loaded_decoder(
+    function: &str,
+    registry: &ModelRegistry,
+    args: &ScalarFunctionArgs,
+) -> Result<(Arc<Decoder>, ModelSpec)> {
+    let spec = executed_model(function, registry, &args.args[0])?;
+    let settings = PrefflowOptions::from_config(&args.config_options);
+    let decoder = registry
+        .decoder(&spec, &settings)
+        .await
+        .map_err(|e| model_err(function, e))?;
+    Ok((decoder, spec))
 }
 
 /// Runs CPU-heavy work (tokenizing a batch) on tokio's blocking pool, never on the runtime's
