@@ -52,15 +52,24 @@ async fn every_query_file_runs() {
     }
 }
 
+/// Runs queries/`name` and returns its final query's rows as a text table.
+async fn run_file(engine: &Engine, name: &str, params: &HashMap<String, String>) -> String {
+    let script =
+        Script::from_file(format!("{}/queries/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let last = engine.run_script(&script, params).await.unwrap().unwrap();
+    let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
 /// The pipelines' outputs hold what their headers promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_results() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let out = tempfile::tempdir().unwrap();
     let params = params(out.path());
     let engine = Engine::new().unwrap();
-    let script = Script::from_file(format!("{root}/queries/math_pairs.sql")).unwrap();
-    engine.run_script(&script, &params).await.unwrap();
+    run_file(&engine, "math_pairs.sql", &params).await;
     let csv = |sql: String| {
         let engine = engine.clone();
         async move {
@@ -83,12 +92,7 @@ async fn pipeline_results() {
     );
     assert!(table.contains("| m5        | \\boxed{1024}"), "{table}");
 
-    let script = Script::from_file(format!("{root}/queries/conversation_pairs.sql")).unwrap();
-    let last = engine.run_script(&script, &params).await.unwrap().unwrap();
-    let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
-    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
+    let table = run_file(&engine, "conversation_pairs.sql", &params).await;
     assert!(
         table.contains("| t1-m1   | 3     | 3             |"),
         "{table}"
@@ -103,16 +107,10 @@ async fn pipeline_results() {
 /// domain and keeps at most `per_cluster` questions of each of the k clusters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_selection_pipeline() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let out = tempfile::tempdir().unwrap();
     let params = params(out.path());
     let engine = Engine::new().unwrap();
-    let script = Script::from_file(format!("{root}/queries/data_selection.sql")).unwrap();
-    let last = engine.run_script(&script, &params).await.unwrap().unwrap();
-    let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
-    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
+    let table = run_file(&engine, "data_selection.sql", &params).await;
     assert!(
         table.contains("| code   | 5        | 3        | 1                  |"),
         "{table}"
