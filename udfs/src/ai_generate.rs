@@ -32,7 +32,7 @@ use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{
     SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
 };
-use crate::models::gguf::{Decoder, Sampler};
+use crate::models::decode::{Decoder, Sampler};
 use crate::models::{ModelRegistry, ModelSpec};
 
 /// Generation options from the optional struct argument.

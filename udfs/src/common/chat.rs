@@ -8,7 +8,7 @@ use minijinja::{Environment, Value, context};
 
 use crate::common::values::to_template_value;
 use crate::models::ModelSpec;
-use crate::models::gguf::DecoderInfo;
+use crate::models::decode::DecoderInfo;
 
 /// A model's prompt renderer.
 pub struct ChatPrompts {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs};
 
-use crate::models::gguf::Decoder;
+use crate::models::decode::Decoder;
 use crate::models::registry::LoadedModel;
 use crate::models::{ModelError, ModelRegistry, ModelSpec, PrefflowOptions};
 

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::bert::Bert;
 use super::error::{ModelError, ModelResult};
-use super::gguf::Decoder;
+use super::decode::{Decoder, LoadOptions};
 use super::qwen2::Qwen2Classifier;
 use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
@@ -401,7 +401,7 @@ impl ModelRegistry {
 }
 
 impl ModelRegistry {
-    /// The loaded GGUF decoder, loading it (once, on its own thread) if needed.
+    /// The loaded decoder (GGUF file or safetensors folder), loading it (once, on its own thread) if needed.
     pub async fn decoder(
         &self,
         spec: &ModelSpec,
@@ -411,20 +411,27 @@ impl ModelRegistry {
         let decoder = slot
             .get_or_try_init(|| async {
                 let device = device(&spec.name, &settings.device)?;
-                let (name, path, threads) =
-                    (spec.name.clone(), spec.path.clone(), settings.threads);
+                let (name, path) = (spec.name.clone(), spec.path.clone());
+                let gguf = super::gguf::gguf_file(&name, &path).is_ok();
+                // GGUF matrices stay quantized unless dtype 'f32'; safetensors weights (f32,
+                // bf16 or f16 files) are computed in f32.
                 let dequantize = match spec.options.get("dtype").map(String::as_str) {
-                    None | Some("q") | Some("quantized") => false,
+                    None | Some("q") | Some("quantized") if gguf => false,
                     Some("f32") => true,
+                    None | Some("bf16") | Some("f16") if !gguf => true,
                     Some(other) => {
                         return Err(ModelError::Declaration(format!(
-                            "model '{name}': dtype '{other}' is not supported for GGUF models (use 'f32' or leave it out)"
+                            "model '{name}': dtype '{other}' is not supported here (GGUF: 'f32' or leave it out; safetensors: 'f32', 'bf16', 'f16')"
                         )));
                     }
+                    None => true,
                 };
-                tokio::task::spawn_blocking(move || {
-                    Decoder::load(&name, &path, device, threads, dequantize)
-                })
+                let options = LoadOptions {
+                    dequantize,
+                    threads: settings.threads,
+                    batch: settings.decode_batch,
+                };
+                tokio::task::spawn_blocking(move || Decoder::load(&name, &path, device, options))
                     .await
                     .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
                     .map(Arc::new)
@@ -442,11 +449,12 @@ fn load_slot<T>(
     settings: &PrefflowOptions,
 ) -> Arc<tokio::sync::OnceCell<Arc<T>>> {
     let key = format!(
-        "{}|{:?}|{}|{}",
+        "{}|{:?}|{}|{}|{}",
         spec.path.display(),
         spec.options,
         settings.device,
-        settings.threads
+        settings.threads,
+        settings.decode_batch
     );
     Arc::clone(map.lock().expect("registry lock").entry(key).or_default())
 }

@@ -13,6 +13,9 @@ extensions_options! {
         pub device: String, default = "cpu".to_string()
         /// Threads each model's math may use; 0 means one per CPU core.
         pub threads: usize, default = 0
+        /// Sequences a decoder generates together (continuous batching); 1 decodes one at a
+        /// time. Results do not depend on it.
+        pub decode_batch: usize, default = 16
     }
 }
 

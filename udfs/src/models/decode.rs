@@ -1,0 +1,586 @@
+//! The decoder runtime: one worker thread per loaded decoder, continuous batching.
+//!
+//! Every partition's calls send jobs to the worker. The worker keeps a set of running
+//! sequences (up to `prefflow.decode_batch`); each step samples one token for every running
+//! sequence and runs them through the model together, so the weights are read once per step for
+//! the whole batch. A waiting job joins as soon as a slot frees: its prompt is prefilled and its
+//! samples enter the next step. The n samples of one prompt share that prefill (their caches are
+//! forked from it). Output does not depend on the batch: each sample has its own seeded sampler
+//! and its own cache, and attention runs per sequence.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::mpsc;
+
+use candle_core::Device;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use tokenizers::Tokenizer;
+use tokio::sync::oneshot;
+
+use super::error::{ModelError, ModelResult};
+use super::source::{read_json, safetensors_files};
+use super::transformer::{Cache, Config, Step, Transformer, Weights, read_safetensors};
+
+/// What a decoder's files say about text in and out.
+#[derive(Debug, Clone)]
+pub struct DecoderInfo {
+    /// `general.architecture` (GGUF) or `model_type` (config.json), e.g. llama.
+    pub architecture: String,
+    /// Token ids that end a generation.
+    pub eos_ids: Vec<u32>,
+    /// The BOS token's text, for chat templates.
+    pub bos_token: String,
+    /// The EOS token's text, for chat templates.
+    pub eos_token: String,
+    /// The chat template (GGUF metadata, chat_template.jinja or tokenizer_config.json).
+    pub chat_template: Option<String>,
+    /// Whether raw completions start with BOS (GGUF add_bos_token; Gemma needs it).
+    pub add_bos: Option<u32>,
+    /// Longest sequence (prompt + generation) in tokens.
+    pub context: usize,
+}
+
+/// How to sample one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampler {
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass, if any.
+    pub top_p: Option<f64>,
+    /// Top-k cut-off, if any.
+    pub top_k: Option<usize>,
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// The row's seed (from prompt, sample index and run seed).
+    pub seed: u64,
+}
+
+enum Job {
+    Generate {
+        prompt: Vec<u32>,
+        samplers: Vec<Sampler>,
+        reply: oneshot::Sender<ModelResult<Vec<Vec<u32>>>>,
+    },
+    Logprob {
+        prompt: Vec<u32>,
+        response: Vec<u32>,
+        reply: oneshot::Sender<ModelResult<f64>>,
+    },
+}
+
+/// A loaded decoder: tokenizer and metadata here, weights on a worker thread.
+#[derive(Debug)]
+pub struct Decoder {
+    /// The model's name.
+    pub name: String,
+    /// Metadata.
+    pub info: DecoderInfo,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    tx: mpsc::Sender<Job>,
+}
+
+/// How to load a decoder's weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Dequantize GGUF matrices to f32.
+    pub dequantize: bool,
+    /// Threads for the model's math (0: one per core).
+    pub threads: usize,
+    /// Most sequences decoded together.
+    pub batch: usize,
+}
+
+/// Reads a safetensors decoder folder's metadata: config.json, tokenizer.json, the chat template
+/// and special tokens (tokenizer_config.json), stop tokens (generation_config.json).
+pub fn read_folder_metadata(model: &str, dir: &Path) -> ModelResult<(Tokenizer, DecoderInfo)> {
+    let config = read_json(model, &dir.join("config.json"))?;
+    let file = dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&file).map_err(|e| ModelError::File {
+        model: model.into(),
+        path: file.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let optional = |name: &str| -> ModelResult<serde_json::Value> {
+        let p = dir.join(name);
+        if p.exists() {
+            read_json(model, &p)
+        } else {
+            Ok(serde_json::Value::Null)
+        }
+    };
+    let tok_config = optional("tokenizer_config.json")?;
+    let generation = optional("generation_config.json")?;
+    // Special tokens are strings or {"content": ...} objects.
+    let token_str = |v: &serde_json::Value| {
+        v.as_str()
+            .or_else(|| v["content"].as_str())
+            .map(str::to_string)
+    };
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            other => other.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        }
+    };
+    let eos_token = token_str(&tok_config["eos_token"]).unwrap_or_default();
+    let bos_token = token_str(&tok_config["bos_token"]).unwrap_or_default();
+    let mut eos_ids = ids(&generation["eos_token_id"]);
+    for id in ids(&config["eos_token_id"])
+        .into_iter()
+        .chain(tokenizer.token_to_id(&eos_token))
+    {
+        if !eos_ids.contains(&id) {
+            eos_ids.push(id);
+        }
+    }
+    let jinja = dir.join("chat_template.jinja");
+    let chat_template = if jinja.exists() {
+        std::fs::read_to_string(&jinja).ok()
+    } else {
+        tok_config["chat_template"].as_str().map(str::to_string)
+    };
+    let add_bos = if tok_config["add_bos_token"].as_bool() == Some(true) {
+        tokenizer.token_to_id(&bos_token)
+    } else {
+        None
+    };
+    let info = DecoderInfo {
+        architecture: config["model_type"].as_str().unwrap_or("").to_string(),
+        eos_ids,
+        bos_token,
+        eos_token,
+        chat_template,
+        add_bos,
+        context: config["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+    };
+    Ok((tokenizer, info))
+}
+
+impl Decoder {
+    /// Reads the model's files (a .gguf file or a safetensors folder), builds the tokenizer and
+    /// starts the worker thread with the weights.
+    pub fn load(model: &str, path: &Path, device: Device, options: LoadOptions) -> ModelResult<Self> {
+        let gguf = super::gguf::gguf_file(model, path).ok();
+        let (tokenizer, info, source) = match gguf {
+            Some(_) => {
+                let (ct, reader, tokenizer, info) = super::gguf::read_metadata(model, path)?;
+                (tokenizer, info, Source::Gguf(ct, reader))
+            }
+            None => {
+                let (tokenizer, info) = read_folder_metadata(model, path)?;
+                let config = read_json(model, &path.join("config.json"))?;
+                let files = safetensors_files(model, path)?;
+                (tokenizer, info, Source::Folder(config, files))
+            }
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<ModelResult<()>>();
+        let name = model.to_string();
+        let stop_ids = info.eos_ids.clone();
+        let mut pool = rayon::ThreadPoolBuilder::new();
+        if options.threads > 0 {
+            pool = pool.num_threads(options.threads);
+        }
+        let pool = pool.build().map_err(|e| ModelError::Unsupported {
+            model: model.into(),
+            problem: e.to_string(),
+        })?;
+        let batch = options.batch.max(1);
+        std::thread::Builder::new()
+            .name(format!("prefflow-model-{model}"))
+            .spawn(move || {
+                let weights = pool.install(|| source.load(&device, options.dequantize));
+                let weights = match weights {
+                    Ok(w) => {
+                        let _ = ready_tx.send(Ok(()));
+                        w
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ModelError::candle(&name, &e)));
+                        return;
+                    }
+                };
+                let mut worker = Worker {
+                    model: weights,
+                    name,
+                    stop_ids,
+                    batch,
+                    running: Vec::new(),
+                    groups: Vec::new(),
+                };
+                pool.install(|| worker.run(rx));
+            })
+            .map_err(|e| ModelError::Unsupported {
+                model: model.into(),
+                problem: e.to_string(),
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                name: model.to_string(),
+                info,
+                tokenizer,
+                tx,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ModelError::WorkerGone(model.to_string())),
+        }
+    }
+
+    /// New token ids after `prompt` (ids), one sequence per sampler; the samples share one
+    /// prefill. Each stops at an end-of-turn token or its `max_tokens`.
+    pub async fn generate(
+        &self,
+        prompt: Vec<u32>,
+        samplers: Vec<Sampler>,
+    ) -> ModelResult<Vec<Vec<u32>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Generate {
+                prompt,
+                samplers,
+                reply,
+            })
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
+        rx.await
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?
+    }
+
+    /// The sum of the log-probabilities of `response` tokens following `prompt` tokens.
+    pub async fn logprob(&self, prompt: Vec<u32>, response: Vec<u32>) -> ModelResult<f64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Logprob {
+                prompt,
+                response,
+                reply,
+            })
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
+        rx.await
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?
+    }
+}
+
+enum Source {
+    Gguf(candle_core::quantized::gguf_file::Content, std::fs::File),
+    Folder(serde_json::Value, Vec<std::path::PathBuf>),
+}
+
+impl Source {
+    fn load(self, device: &Device, dequantize: bool) -> candle_core::Result<Transformer> {
+        match self {
+            Source::Gguf(content, mut reader) => {
+                let config = Config::from_gguf(&content)?;
+                let weights = Weights::Gguf {
+                    content: &content,
+                    reader: &mut reader,
+                    dequantize,
+                };
+                Transformer::load(config, weights, device)
+            }
+            Source::Folder(json, files) => {
+                let config = Config::from_json(&json)?;
+                let weights: Weights<'_, std::fs::File> =
+                    Weights::Safetensors(read_safetensors(&files, device)?);
+                Transformer::load(config, weights, device)
+            }
+        }
+    }
+}
+
+fn sampling(s: &Sampler) -> Sampling {
+    if s.temperature <= 0.0 {
+        return Sampling::ArgMax;
+    }
+    let temperature = s.temperature;
+    match (s.top_k, s.top_p) {
+        (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+        (Some(k), None) => Sampling::TopK { k, temperature },
+        (None, Some(p)) => Sampling::TopP { p, temperature },
+        (None, None) => Sampling::All { temperature },
+    }
+}
+
+/// The samples of one job, filled as its sequences finish.
+struct Group {
+    reply: Option<oneshot::Sender<ModelResult<Vec<Vec<u32>>>>>,
+    samples: Vec<Vec<u32>>,
+    left: usize,
+}
+
+/// One running sample.
+struct Sequence {
+    group: usize,
+    index: usize,
+    cache: Cache,
+    sampler: LogitsProcessor,
+    logits: candle_core::Tensor,
+    out: Vec<u32>,
+    max_tokens: usize,
+}
+
+struct Worker {
+    model: Transformer,
+    name: String,
+    stop_ids: Vec<u32>,
+    batch: usize,
+    running: Vec<Sequence>,
+    groups: Vec<Option<Group>>,
+}
+
+impl Worker {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        loop {
+            if self.running.is_empty() && waiting.is_empty() {
+                match rx.recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => return, // every Decoder handle is gone
+                }
+            }
+            waiting.extend(rx.try_iter());
+            while self.running.len() < self.batch
+                && let Some(job) = waiting.pop_front()
+            {
+                self.admit(job);
+            }
+            self.step();
+        }
+    }
+
+    fn fail(&self, e: &candle_core::Error) -> ModelError {
+        ModelError::candle(&self.name, e)
+    }
+
+    /// Starts a job: a log-probability is answered at once; a generation is prefilled and its
+    /// samples join the running set.
+    fn admit(&mut self, job: Job) {
+        match job {
+            Job::Logprob {
+                prompt,
+                response,
+                reply,
+            } => {
+                // A receiver that gave up (cancelled query) is not an error here.
+                let out = self.logprob(&prompt, &response).map_err(|e| self.fail(&e));
+                let _ = reply.send(out);
+            }
+            Job::Generate {
+                prompt,
+                samplers,
+                reply,
+            } => {
+                let (cache, logits) = match self.prefill(&prompt) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = reply.send(Err(self.fail(&e)));
+                        return;
+                    }
+                };
+                let room = self.model.config().context.saturating_sub(prompt.len());
+                let group = self.groups.iter().position(Option::is_none).unwrap_or_else(|| {
+                    self.groups.push(None);
+                    self.groups.len() - 1
+                });
+                self.groups[group] = Some(Group {
+                    reply: Some(reply),
+                    samples: vec![Vec::new(); samplers.len()],
+                    left: samplers.len(),
+                });
+                let last = samplers.len().saturating_sub(1);
+                let mut cache = Some(cache);
+                for (index, s) in samplers.into_iter().enumerate() {
+                    let own = if index == last {
+                        cache.take().expect("the last sample takes the prefill")
+                    } else {
+                        match cache.as_ref().expect("prefill kept until the last sample").fork() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                self.abort(group, &e);
+                                return;
+                            }
+                        }
+                    };
+                    self.running.push(Sequence {
+                        group,
+                        index,
+                        cache: own,
+                        sampler: LogitsProcessor::from_sampling(s.seed, sampling(&s)),
+                        logits: logits.clone(),
+                        out: Vec::new(),
+                        max_tokens: s.max_tokens.min(room),
+                    });
+                }
+                self.finish_empty(group);
+            }
+        }
+    }
+
+    /// A group with no samples (n = 0 never reaches here, but be safe) is answered now.
+    fn finish_empty(&mut self, group: usize) {
+        if let Some(g) = &mut self.groups[group]
+            && g.left == 0
+        {
+            if let Some(r) = g.reply.take() {
+                let _ = r.send(Ok(Vec::new()));
+            }
+            self.groups[group] = None;
+        }
+    }
+
+    fn prefill(&self, prompt: &[u32]) -> candle_core::Result<(Cache, candle_core::Tensor)> {
+        if prompt.is_empty() {
+            candle_core::bail!("the prompt has no tokens");
+        }
+        let mut cache = Cache::default();
+        let hidden = self.model.forward(&mut [Step {
+            ids: prompt,
+            cache: &mut cache,
+        }])?;
+        let last = hidden.narrow(0, prompt.len() - 1, 1)?;
+        let logits = self.model.logits(&last)?.squeeze(0)?;
+        Ok((cache, logits))
+    }
+
+    fn logprob(&self, prompt: &[u32], response: &[u32]) -> candle_core::Result<f64> {
+        if prompt.is_empty() {
+            candle_core::bail!("the prompt has no tokens");
+        }
+        if response.is_empty() {
+            return Ok(0.0);
+        }
+        let ids: Vec<u32> = prompt.iter().chain(response).copied().collect();
+        let mut cache = Cache::default();
+        let hidden = self.model.forward(&mut [Step {
+            ids: &ids,
+            cache: &mut cache,
+        }])?;
+        // Row p-1+i predicts response token i.
+        let rows = hidden.narrow(0, prompt.len() - 1, response.len())?;
+        let logits = self.model.logits(&rows)?;
+        let lp = super::transformer::token_logprobs(&logits, response)?;
+        Ok(lp.iter().map(|&x| x as f64).sum())
+    }
+
+    /// Drops every running sample of `group` and answers it with `e`.
+    fn abort(&mut self, group: usize, e: &candle_core::Error) {
+        self.running.retain(|s| s.group != group);
+        if let Some(mut g) = self.groups[group].take()
+            && let Some(r) = g.reply.take()
+        {
+            let _ = r.send(Err(ModelError::candle(&self.name, e)));
+        }
+    }
+
+    /// Files a finished sample with its group, answering the group when it is complete.
+    fn file(&mut self, s: Sequence) {
+        if let Some(g) = &mut self.groups[s.group] {
+            g.samples[s.index] = s.out;
+            g.left -= 1;
+            if g.left == 0 {
+                if let Some(r) = g.reply.take() {
+                    let _ = r.send(Ok(std::mem::take(&mut g.samples)));
+                }
+                self.groups[s.group] = None;
+            }
+        }
+    }
+
+    /// One token for every running sample, then one batched forward pass for those that go on.
+    fn step(&mut self) {
+        // Samples whose query was cancelled stop here.
+        let cancelled: Vec<usize> = self
+            .running
+            .iter()
+            .map(|s| s.group)
+            .filter(|&g| {
+                self.groups[g]
+                    .as_ref()
+                    .and_then(|g| g.reply.as_ref())
+                    .is_none_or(|r| r.is_closed())
+            })
+            .collect();
+        for g in cancelled {
+            self.running.retain(|s| s.group != g);
+            self.groups[g] = None;
+        }
+        // Sample every running sequence; a sampler error fails its whole group.
+        let mut decisions = Vec::with_capacity(self.running.len());
+        let mut failed = Vec::new();
+        for s in &mut self.running {
+            if s.out.len() >= s.max_tokens {
+                decisions.push(None);
+                continue;
+            }
+            match s.sampler.sample(&s.logits) {
+                Ok(t) if self.stop_ids.contains(&t) => decisions.push(None),
+                Ok(t) => {
+                    s.out.push(t);
+                    decisions.push((s.out.len() < s.max_tokens).then_some(t));
+                }
+                Err(e) => {
+                    decisions.push(None);
+                    failed.push((s.group, e));
+                }
+            }
+        }
+        let running = std::mem::take(&mut self.running);
+        let mut tokens = Vec::with_capacity(running.len());
+        for (s, decision) in running.into_iter().zip(decisions) {
+            if failed.iter().any(|(g, _)| *g == s.group) {
+                continue;
+            }
+            match decision {
+                Some(t) => {
+                    tokens.push(t);
+                    self.running.push(s);
+                }
+                None => self.file(s),
+            }
+        }
+        for (g, e) in failed {
+            self.abort(g, &e);
+        }
+        if self.running.is_empty() {
+            return;
+        }
+        let result = {
+            let mut steps: Vec<Step<'_>> = self
+                .running
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(s, t)| Step {
+                    ids: std::slice::from_ref(t),
+                    cache: &mut s.cache,
+                })
+                .collect();
+            self.model
+                .forward(&mut steps)
+                .and_then(|h| self.model.logits(&h))
+        };
+        match result {
+            Ok(logits) => {
+                for (r, s) in self.running.iter_mut().enumerate() {
+                    match logits.get(r) {
+                        Ok(l) => s.logits = l,
+                        Err(e) => {
+                            let g = s.group;
+                            let e = e.to_string();
+                            let err = candle_core::Error::Msg(e);
+                            self.abort(g, &err);
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let groups: Vec<usize> = self.running.iter().map(|s| s.group).collect();
+                for g in groups {
+                    if self.groups[g].is_some() {
+                        self.abort(g, &e);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! Decoder-only transformers for generation: the Llama family (SmolLM2), Qwen2 and Gemma 3, from
+//! GGUF files or safetensors folders, written over candle's `QMatMul` so one implementation runs
+//! quantized weights (the GGUF default) or f32 weights (safetensors, or GGUF with
+//! `OPTIONS (dtype 'f32')`: the parity path against transformers).
+//!
+//! Unlike candle-transformers' models, `forward` takes several sequences at once, each with its
+//! own KV cache and position: the matrix products run on all their tokens together (one read of
+//! the weights for the whole batch) while attention runs per sequence. That is what lets the
+//! decode worker batch sequences of different lengths and admit new ones at any step.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::path::PathBuf;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{D, DType, Device, Module, Result, Tensor, bail};
+use candle_nn::{Embedding, RmsNorm};
+
+/// The architectures this file runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama, Mistral-style and SmolLM2.
+    Llama,
+    /// Qwen2: Llama with q/k/v biases.
+    Qwen2,
+    /// Gemma 3: scaled embeddings, q/k norms, sandwich norms, GELU, local/global attention.
+    Gemma3,
+}
+
+impl Family {
+    /// The family of a GGUF `general.architecture` or a config.json `model_type`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" | "mistral" => Some(Self::Llama),
+            "qwen2" => Some(Self::Qwen2),
+            "gemma3" | "gemma3_text" => Some(Self::Gemma3),
+            _ => None,
+        }
+    }
+}
+
+/// The shape of a model.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Architecture.
+    pub family: Family,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+    /// RoPE base of full-attention layers.
+    pub rope_base: f32,
+    /// RoPE base of sliding-window layers (Gemma 3's local layers).
+    pub rope_local_base: f32,
+    /// Linear RoPE scaling of full-attention layers (1 = none).
+    pub rope_scale: f32,
+    /// Per layer: the sliding window, if the layer attends locally.
+    pub windows: Vec<Option<usize>>,
+    /// Longest sequence (prompt + generation).
+    pub context: usize,
+    /// Attention score scale.
+    pub attn_scale: f64,
+    /// Whether q/k rows are permuted for interleaved RoPE (llama.cpp's llama layout).
+    pub interleaved_rope: bool,
+}
+
+impl Config {
+    /// Reads the shape from GGUF metadata (`{architecture}.…` keys).
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
+        let arch = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let Some(family) = Family::from_name(&arch) else {
+            bail!("GGUF architecture '{arch}' cannot generate (llama, qwen2 and gemma3 can)")
+        };
+        let get = |k: &str| ct.metadata.get(&format!("{arch}.{k}"));
+        let need = |k: &str| {
+            get(k)
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no {arch}.{k}")))
+        };
+        let heads = need("attention.head_count")?.to_u32()? as usize;
+        let hidden = need("embedding_length")?.to_u32()? as usize;
+        let layers = need("block_count")?.to_u32()? as usize;
+        let kv_heads = get("attention.head_count_kv")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(heads, |v| v as usize);
+        let head_dim = get("attention.key_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(hidden / heads, |v| v as usize);
+        let eps = need("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        let rope_base = get("rope.freq_base")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10000.0);
+        let context = get("context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(4096, |v| v as usize);
+        let linear = get("rope.scaling.type")
+            .and_then(|v| v.to_string().ok())
+            .is_some_and(|t| t == "linear");
+        let rope_scale = if linear {
+            get("rope.scaling.factor")
+                .and_then(|v| v.to_f32().ok())
+                .unwrap_or(1.0)
+        } else {
+            1.0
+        };
+        let window = get("attention.sliding_window")
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize);
+        let windows = (0..layers)
+            .map(|i| match family {
+                // Gemma 3: five local layers, then one global (llama.cpp's swa pattern 6).
+                Family::Gemma3 if (i + 1) % 6 != 0 => window,
+                _ => None,
+            })
+            .collect();
+        Ok(Self {
+            family,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            eps,
+            rope_base,
+            rope_local_base: 10000.0,
+            rope_scale,
+            windows,
+            context,
+            attn_scale: 1.0 / (head_dim as f64).sqrt(),
+            interleaved_rope: family == Family::Llama,
+        })
+    }
+
+    /// Reads the shape from a Hugging Face config.json (transformers 4 or 5 layout).
+    pub fn from_json(c: &serde_json::Value) -> Result<Self> {
+        let model_type = c["model_type"].as_str().unwrap_or("");
+        let Some(family) = Family::from_name(model_type) else {
+            bail!("model_type '{model_type}' cannot generate (llama, qwen2 and gemma3 can)")
+        };
+        let num = |k: &str| c[k].as_u64().map(|v| v as usize);
+        let need = |k: &str| {
+            num(k).ok_or_else(|| candle_core::Error::Msg(format!("config.json has no {k}")))
+        };
+        let hidden = need("hidden_size")?;
+        let heads = need("num_attention_heads")?;
+        let layers = need("num_hidden_layers")?;
+        let kv_heads = num("num_key_value_heads").unwrap_or(heads);
+        let head_dim = num("head_dim").unwrap_or(hidden / heads);
+        let eps = c["rms_norm_eps"].as_f64().unwrap_or(1e-6);
+        // transformers 5 nests rope settings under rope_parameters, per attention type for
+        // Gemma 3; older files keep rope_theta / rope_local_base_freq / rope_scaling flat.
+        let params = &c["rope_parameters"];
+        let full = if params["full_attention"].is_object() {
+            &params["full_attention"]
+        } else {
+            params
+        };
+        let rope_base = full["rope_theta"]
+            .as_f64()
+            .or_else(|| c["rope_theta"].as_f64())
+            .unwrap_or(10000.0) as f32;
+        let rope_local_base = params["sliding_attention"]["rope_theta"]
+            .as_f64()
+            .or_else(|| c["rope_local_base_freq"].as_f64())
+            .unwrap_or(10000.0) as f32;
+        let scaling = if full["rope_type"].is_string() {
+            full
+        } else {
+            &c["rope_scaling"]
+        };
+        let kind = scaling["rope_type"]
+            .as_str()
+            .or_else(|| scaling["type"].as_str())
+            .unwrap_or("default");
+        let rope_scale = match kind {
+            "default" => 1.0,
+            "linear" => scaling["factor"].as_f64().unwrap_or(1.0) as f32,
+            other => bail!("rope scaling '{other}' is not supported (default and linear are)"),
+        };
+        let window = num("sliding_window");
+        let windows = (0..layers)
+            .map(|i| match family {
+                Family::Gemma3 => {
+                    let local = match c["layer_types"][i].as_str() {
+                        Some(t) => t == "sliding_attention",
+                        None => (i + 1) % num("sliding_window_pattern").unwrap_or(6) != 0,
+                    };
+                    if local { window } else { None }
+                }
+                Family::Qwen2 if c["use_sliding_window"].as_bool() == Some(true) => window,
+                _ => None,
+            })
+            .collect();
+        let attn_scale = match num("query_pre_attn_scalar") {
+            Some(s) if family == Family::Gemma3 => 1.0 / (s as f64).sqrt(),
+            _ => 1.0 / (head_dim as f64).sqrt(),
+        };
+        Ok(Self {
+            family,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            eps,
+            rope_base,
+            rope_local_base,
+            rope_scale,
+            windows,
+            context: num("max_position_embeddings").unwrap_or(4096),
+            attn_scale,
+            interleaved_rope: false,
+        })
+    }
+}
+
+/// Where weights come from. Names are GGUF's (`blk.N.attn_q.weight`); a safetensors folder
+/// maps them to transformers' names.
+pub enum Weights<'a, R: Read + Seek> {
+    /// A GGUF file; `dequantize` turns every matrix into f32.
+    Gguf {
+        /// Parsed header.
+        content: &'a gguf_file::Content,
+        /// The open file.
+        reader: &'a mut R,
+        /// Dequantize to f32.
+        dequantize: bool,
+    },
+    /// safetensors tensors by transformers name, already f32 on the device.
+    Safetensors(HashMap<String, Tensor>),
+}
+
+/// The transformers name of a GGUF tensor name.
+fn hf_name(family: Family, gguf: &str) -> String {
+    let (stem, suffix) = gguf.rsplit_once('.').unwrap_or((gguf, ""));
+    let top = match stem {
+        "token_embd" => Some("model.embed_tokens"),
+        "output_norm" => Some("model.norm"),
+        "output" => Some("lm_head"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return format!("{t}.{suffix}");
+    }
+    let Some((block, part)) = stem
+        .strip_prefix("blk.")
+        .and_then(|s| s.split_once('.'))
+    else {
+        return gguf.to_string();
+    };
+    let part = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        // Gemma's "pre-feedforward" norm is GGUF's ffn_norm; Llama's is post_attention.
+        "ffn_norm" if family == Family::Gemma3 => "pre_feedforward_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        other => other,
+    };
+    format!("model.layers.{block}.{part}.{suffix}")
+}
+
+impl<R: Read + Seek> Weights<'_, R> {
+    fn raw(&mut self, family: Family, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        match self {
+            Weights::Gguf {
+                content, reader, ..
+            } => {
+                if !content.tensor_infos.contains_key(name) {
+                    return Ok(None);
+                }
+                content.tensor(*reader, name, device).map(Some)
+            }
+            Weights::Safetensors(map) => {
+                let hf = hf_name(family, name);
+                let t = map
+                    .get(&hf)
+                    .or_else(|| map.get(hf.trim_start_matches("model.")))
+                    .or_else(|| map.get(&format!("language_model.{hf}")));
+                t.map(|t| QTensor::quantize(t, GgmlDType::F32)).transpose()
+            }
+        }
+    }
+
+    fn vector(&mut self, family: Family, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        let Some(t) = self.raw(family, name, device)? else {
+            return Ok(None);
+        };
+        let t = t.dequantize(device)?;
+        // Gemma's RMSNorm scales by (1 + w); GGUF files store 1 + w already, transformers
+        // checkpoints store w.
+        if family == Family::Gemma3
+            && name.ends_with("norm.weight")
+            && matches!(self, Weights::Safetensors(_))
+        {
+            return (t + 1.0).map(Some);
+        }
+        Ok(Some(t))
+    }
+
+    fn matrix(&mut self, family: Family, name: &str, device: &Device) -> Result<Option<QMatMul>> {
+        let Some(q) = self.raw(family, name, device)? else {
+            return Ok(None);
+        };
+        let dequantize = match self {
+            Weights::Gguf { dequantize, .. } => *dequantize,
+            Weights::Safetensors(_) => true,
+        };
+        matmul(q, dequantize, device).map(Some)
+    }
+}
+
+/// A matrix as QMatMul. candle has SIMD dot products for Q4_0, Q8_0 and the K-quants but only
+/// scalar ones for Q4_1, Q5_0 and Q5_1 (5x slower), so those are re-quantized to Q8_0 on the CPU:
+/// Q8_0 holds their dequantized values to within 1/254 of each block's range.
+fn matmul(q: QTensor, dequantize: bool, device: &Device) -> Result<QMatMul> {
+    if dequantize {
+        return Ok(QMatMul::Tensor(q.dequantize(device)?));
+    }
+    let slow = matches!(
+        q.dtype(),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    );
+    if slow && device.is_cpu() {
+        let f = q.dequantize(device)?;
+        return QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?);
+    }
+    QMatMul::from_qtensor(q)
+}
+
+struct Linear {
+    w: QMatMul,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: QMatMul,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    post_attn_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    post_ffn_norm: Option<RmsNorm>,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    window: Option<usize>,
+    local_rope: bool,
+}
+
+/// The keys and values of one sequence, per layer, in buffers that grow by doubling so a decode
+/// step writes one position instead of copying the whole history.
+#[derive(Default)]
+pub struct Cache {
+    len: usize,
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl Cache {
+    /// Tokens seen so far (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was seen yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// An independent copy (samples of one prompt continue from one prefill).
+    pub fn fork(&self) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.copy()?, v.copy()?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            len: self.len,
+            layers,
+        })
+    }
+
+    /// Writes `k`, `v` (kv_heads, t, head_dim) at `pos` in `layer`; returns every key and value
+    /// so far.
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let pos = self.len;
+        let (kvh, t, d) = k.dims3()?;
+        let need = pos + t;
+        let slot = &mut self.layers[layer];
+        let cap = match slot {
+            Some((kb, _)) => kb.dim(1)?,
+            None => 0,
+        };
+        if need > cap {
+            let grown = need.max(cap * 2).next_multiple_of(64);
+            let nk = Tensor::zeros((kvh, grown, d), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((kvh, grown, d), v.dtype(), v.device())?;
+            if let Some((ok, ov)) = slot.as_ref()
+                && pos > 0
+            {
+                nk.slice_set(&ok.narrow(1, 0, pos)?.contiguous()?, 1, 0)?;
+                nv.slice_set(&ov.narrow(1, 0, pos)?.contiguous()?, 1, 0)?;
+            }
+            *slot = Some((nk, nv));
+        }
+        let (kb, vb) = slot.as_ref().expect("cache slot filled above");
+        kb.slice_set(k, 1, pos)?;
+        vb.slice_set(v, 1, pos)?;
+        Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
+    }
+}
+
+/// One sequence's part of a forward pass: new tokens after what its cache holds.
+pub struct Step<'a> {
+    /// The new tokens.
+    pub ids: &'a [u32],
+    /// The sequence's cache, extended by the pass.
+    pub cache: &'a mut Cache,
+}
+
+/// A loaded decoder.
+pub struct Transformer {
+    config: Config,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    output: QMatMul,
+    rope: (Tensor, Tensor),
+    rope_local: (Tensor, Tensor),
+    device: Device,
+}
+
+fn rope_table(
+    base: f32,
+    scale: f32,
+    head_dim: usize,
+    context: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let theta: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32) / scale)
+        .collect();
+    let theta = Tensor::new(theta.as_slice(), device)?;
+    let angles = Tensor::arange(0u32, context as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((context, 1))?
+        .matmul(&theta.reshape((1, head_dim / 2))?)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+impl Transformer {
+    /// Builds the model from `weights`.
+    pub fn load<R: Read + Seek>(
+        config: Config,
+        mut weights: Weights<'_, R>,
+        device: &Device,
+    ) -> Result<Self> {
+        let f = config.family;
+        let need_matrix = |w: &mut Weights<'_, R>, name: &str| {
+            w.matrix(f, name, device)?
+                .ok_or_else(|| candle_core::Error::Msg(format!("the weights have no {name}")))
+        };
+        let need_vector = |w: &mut Weights<'_, R>, name: &str| {
+            w.vector(f, name, device)?
+                .ok_or_else(|| candle_core::Error::Msg(format!("the weights have no {name}")))
+        };
+        let eps = config.eps;
+        let embed_q = weights
+            .raw(f, "token_embd.weight", device)?
+            .ok_or_else(|| candle_core::Error::Msg("the weights have no token embeddings".into()))?;
+        let embed = embed_q.dequantize(device)?;
+        let mut blocks = Vec::with_capacity(config.windows.len());
+        for (i, window) in config.windows.iter().enumerate() {
+            let p = format!("blk.{i}");
+            let norm = |w: &mut Weights<'_, R>, n: &str| -> Result<RmsNorm> {
+                Ok(RmsNorm::new(need_vector(w, &format!("{p}.{n}.weight"))?, eps))
+            };
+            let opt_norm = |w: &mut Weights<'_, R>, n: &str| -> Result<Option<RmsNorm>> {
+                Ok(w
+                    .vector(f, &format!("{p}.{n}.weight"), device)?
+                    .map(|t| RmsNorm::new(t, eps)))
+            };
+            let linear = |w: &mut Weights<'_, R>, n: &str| -> Result<Linear> {
+                Ok(Linear {
+                    w: need_matrix(w, &format!("{p}.{n}.weight"))?,
+                    b: w.vector(f, &format!("{p}.{n}.bias"), device)?,
+                })
+            };
+            let attn_norm = norm(&mut weights, "attn_norm")?;
+            let q = linear(&mut weights, "attn_q")?;
+            let k = linear(&mut weights, "attn_k")?;
+            let v = linear(&mut weights, "attn_v")?;
+            let o = linear(&mut weights, "attn_output")?.w;
+            let gate = linear(&mut weights, "ffn_gate")?.w;
+            let up = linear(&mut weights, "ffn_up")?.w;
+            let down = linear(&mut weights, "ffn_down")?.w;
+            blocks.push(Block {
+                attn_norm,
+                q,
+                k,
+                v,
+                o,
+                q_norm: opt_norm(&mut weights, "attn_q_norm")?,
+                k_norm: opt_norm(&mut weights, "attn_k_norm")?,
+                post_attn_norm: opt_norm(&mut weights, "post_attention_norm")?,
+                ffn_norm: norm(&mut weights, "ffn_norm")?,
+                post_ffn_norm: opt_norm(&mut weights, "post_ffw_norm")?,
+                gate,
+                up,
+                down,
+                window: *window,
+                local_rope: f == Family::Gemma3 && window.is_some(),
+            });
+        }
+        let norm = RmsNorm::new(need_vector(&mut weights, "output_norm.weight")?, eps);
+        // Tied embeddings: no output matrix, the embedding matrix is the head.
+        let output = match weights.matrix(f, "output.weight", device)? {
+            Some(m) => m,
+            None => {
+                let dequantize = match &weights {
+                    Weights::Gguf { dequantize, .. } => *dequantize,
+                    Weights::Safetensors(_) => true,
+                };
+                matmul(embed_q, dequantize, device)?
+            }
+        };
+        let d = config.head_dim;
+        let rope = rope_table(config.rope_base, config.rope_scale, d, config.context, device)?;
+        let rope_local = rope_table(config.rope_local_base, 1.0, d, config.context, device)?;
+        Ok(Self {
+            embed: Embedding::new(embed, config.hidden),
+            blocks,
+            norm,
+            output,
+            rope,
+            rope_local,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs every step's new tokens and returns their final hidden states, normed, one row per
+    /// token in step order. Each cache grows by its step's tokens.
+    pub fn forward(&self, steps: &mut [Step<'_>]) -> Result<Tensor> {
+        let c = &self.config;
+        if self.blocks.is_empty() {
+            bail!("the model has no layers");
+        }
+        let mut spans = Vec::with_capacity(steps.len());
+        let mut ids = Vec::new();
+        for s in steps.iter_mut() {
+            if s.ids.is_empty() {
+                bail!("a sequence step has no tokens");
+            }
+            if s.cache.len + s.ids.len() > c.context {
+                bail!(
+                    "the sequence reaches {} tokens, past the model's context of {}",
+                    s.cache.len + s.ids.len(),
+                    c.context
+                );
+            }
+            if s.cache.layers.len() != self.blocks.len() {
+                s.cache.layers = (0..self.blocks.len()).map(|_| None).collect();
+            }
+            spans.push((ids.len(), s.ids.len(), s.cache.len));
+            ids.extend_from_slice(s.ids);
+        }
+        let mut x = self
+            .embed
+            .forward(&Tensor::new(ids.as_slice(), &self.device)?)?;
+        if c.family == Family::Gemma3 {
+            x = (x * (c.hidden as f64).sqrt())?;
+        }
+        let (h, kvh, d) = (c.heads, c.kv_heads, c.head_dim);
+        let groups = h / kvh;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let a = block.attn_norm.forward(&x)?;
+            let q = block.q.forward(&a)?;
+            let k = block.k.forward(&a)?;
+            let v = block.v.forward(&a)?;
+            let (cos, sin) = if block.local_rope {
+                &self.rope_local
+            } else {
+                &self.rope
+            };
+            let mut outs = Vec::with_capacity(steps.len());
+            for (s, &(off, t, pos)) in steps.iter_mut().zip(&spans) {
+                let mut qi = q.narrow(0, off, t)?.reshape((t, h, d))?;
+                let mut ki = k.narrow(0, off, t)?.reshape((t, kvh, d))?;
+                if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                    qi = qn.forward(&qi)?;
+                    ki = kn.forward(&ki)?;
+                }
+                let qi = qi.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+                let ki = ki.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+                let vi = v
+                    .narrow(0, off, t)?
+                    .reshape((t, kvh, d))?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                let (ci, si) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
+                let (qi, ki) = if c.interleaved_rope {
+                    (
+                        candle_nn::rotary_emb::rope_i(&qi, &ci, &si)?,
+                        candle_nn::rotary_emb::rope_i(&ki, &ci, &si)?,
+                    )
+                } else {
+                    (
+                        candle_nn::rotary_emb::rope(&qi, &ci, &si)?,
+                        candle_nn::rotary_emb::rope(&ki, &ci, &si)?,
+                    )
+                };
+                let (keys, values) = s.cache.append(l, &ki.squeeze(0)?, &vi)?;
+                let total = pos + t;
+                // Query heads of one kv head side by side: (kv_heads, groups * t, d).
+                let qi = qi.reshape((kvh, groups * t, d))?;
+                let scores = (qi.matmul(&keys.t()?)? * c.attn_scale)?;
+                let scores = match mask(t, pos, block.window, &self.device)? {
+                    Some(m) => scores
+                        .reshape((kvh, groups, t, total))?
+                        .broadcast_add(&m)?
+                        .reshape((kvh, groups * t, total))?,
+                    None => scores,
+                };
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let o = probs
+                    .matmul(&values.contiguous()?)?
+                    .reshape((h, t, d))?
+                    .transpose(0, 1)?
+                    .reshape((t, h * d))?;
+                outs.push(o);
+            }
+            let attn = Tensor::cat(&outs, 0)?;
+            let mut y = block.o.forward(&attn)?;
+            if let Some(n) = &block.post_attn_norm {
+                y = n.forward(&y)?;
+            }
+            x = (x + y)?;
+            let f = block.ffn_norm.forward(&x)?;
+            let gate = block.gate.forward(&f)?;
+            let act = match c.family {
+                Family::Gemma3 => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
+                _ => candle_nn::ops::silu(&gate)?,
+            };
+            let mut y = block.down.forward(&(act * block.up.forward(&f)?)?)?;
+            if let Some(n) = &block.post_ffn_norm {
+                y = n.forward(&y)?;
+            }
+            x = (x + y)?;
+        }
+        for (s, &(_, t, _)) in steps.iter_mut().zip(&spans) {
+            s.cache.len += t;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Next-token logits (rows, vocab) of hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.output.forward(hidden)
+    }
+}
+
+/// The additive mask of `t` new tokens at `pos` over all `pos + t` positions: causal, and
+/// within `window` positions for sliding-window layers. None when nothing is masked.
+fn mask(t: usize, pos: usize, window: Option<usize>, device: &Device) -> Result<Option<Tensor>> {
+    let total = pos + t;
+    let hidden = |i: usize, j: usize| j > pos + i || window.is_some_and(|w| pos + i - j >= w);
+    let any = (0..t).any(|i| (0..total).any(|j| hidden(i, j)));
+    if !any {
+        return Ok(None);
+    }
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (t, total), device).map(Some)
+}
+
+/// safetensors weights of a folder as f32 tensors on `device`, by name.
+pub fn read_safetensors(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut all = HashMap::new();
+    for f in files {
+        for (name, t) in candle_core::safetensors::load(f, device)? {
+            all.insert(name, t.to_dtype(DType::F32)?);
+        }
+    }
+    Ok(all)
+}
+
+/// Log-probabilities of each next token: row i scores `next[i]`.
+pub fn token_logprobs(logits: &Tensor, next: &[u32]) -> Result<Vec<f32>> {
+    let lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let idx = Tensor::new(next, logits.device())?.unsqueeze(1)?;
+    lp.narrow(0, 0, next.len())?
+        .gather(&idx, 1)?
+        .squeeze(1)?
+        .to_vec1()
+}
