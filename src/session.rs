@@ -54,6 +54,10 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     for udwf in prefflow_udfs::window_functions() {
         state.register_udwf(udwf)?;
     }
+    // COPY ... TO 'out.jsonl' / 'out.ndjson': JSON lines, as DataFusion writes for .json.
+    for ext in ["jsonl", "ndjson"] {
+        state.register_file_format(Arc::new(JsonLines(ext)), false)?;
+    }
     // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
     for file_type in EXTERNAL_TABLE_TYPES {
         state
@@ -74,6 +78,31 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_state(state);
     paths.session_store().with_state(ctx.state_weak_ref());
     Ok(ctx)
+}
+
+/// DataFusion's JSON lines format under another file extension.
+#[derive(Debug)]
+struct JsonLines(&'static str);
+
+impl datafusion::common::GetExt for JsonLines {
+    fn get_ext(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+impl datafusion::datasource::file_format::FileFormatFactory for JsonLines {
+    fn create(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        format_options: &std::collections::HashMap<String, String>,
+    ) -> datafusion::common::Result<Arc<dyn datafusion::datasource::file_format::FileFormat>> {
+        datafusion::datasource::file_format::json::JsonFormatFactory::new()
+            .create(state, format_options)
+    }
+
+    fn default(&self) -> Arc<dyn datafusion::datasource::file_format::FileFormat> {
+        datafusion::datasource::file_format::json::JsonFormatFactory::new().default()
+    }
 }
 
 /// The model registry of a session built by [`build_session`].

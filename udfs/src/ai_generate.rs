@@ -280,7 +280,8 @@ impl AsyncScalarUDFImpl for AiGenerate {
 
 /// Generates `n` samples for every row of `prompts` (None for NULL prompts): chat-templated
 /// unless options say otherwise, seeded per (prompt text, sample index, run seed), cut at the
-/// first stop string.
+/// first stop string. Every row is handed to the model's worker before any answer is awaited,
+/// so the worker batches the rows of this call with each other and with other partitions'.
 pub(crate) async fn generate_rows(
     name: &str,
     decoder: &Decoder,
@@ -292,36 +293,71 @@ pub(crate) async fn generate_rows(
     let chat = ChatPrompts::new(name, spec, &decoder.info)?;
     // A NULL literal has no physical null mask: ask for logical nulls.
     let nulls = prompts.logical_nulls();
-    let mut out = Vec::with_capacity(prompts.len());
+    let mut texts = Vec::with_capacity(prompts.len());
     for i in 0..prompts.len() {
         if nulls.as_ref().is_some_and(|m| m.is_null(i)) {
-            out.push(None);
-            continue;
+            texts.push(None);
+        } else {
+            texts.push(Some(chat.prompt_text(name, prompts, i, options.chat)?));
         }
-        let text = chat.prompt_text(name, prompts, i, options.chat)?;
-        let tokenizer = decoder.tokenizer.clone();
-        let t = text.clone();
-        let ids = blocking(name, move || {
-            tokenizer
-                .encode(t, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| DataFusionError::Execution(format!("tokenizer: {e}")))
-        })
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
+    }
+    let tokenizer = decoder.tokenizer.clone();
+    let to_tokenize = texts.clone();
+    let f = name.to_string();
+    let ids: Vec<Option<Vec<u32>>> = blocking(name, move || {
+        to_tokenize
+            .into_iter()
+            .map(|t| {
+                t.map(|t| {
+                    tokenizer
+                        .encode(t, false)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| DataFusionError::Execution(format!("{f}: tokenizer: {e}")))
+                })
+                .transpose()
+            })
+            .collect()
+    })
+    .await?;
+    let context = decoder.info.context;
+    let mut pending = Vec::with_capacity(ids.len());
+    for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
+        let (Some(mut ids), Some(text)) = (ids, text) else {
+            pending.push(None);
+            continue;
+        };
+        // Raw completions of models that expect BOS (Gemma) get it; chat templates write it.
+        if !options.chat
+            && let Some(bos) = decoder.info.add_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        if ids.len() >= context {
+            return exec_err!(
+                "{name}: row {row}: the prompt has {} tokens but model '{}' has a context of {context}",
+                ids.len(),
+                spec.name
+            );
+        }
         let samplers = (0..n as u64)
             .map(|k| Sampler {
                 temperature: options.temperature,
                 top_p: options.top_p,
                 top_k: options.top_k,
                 max_tokens: options.max_tokens,
-                seed: row_seed(&text, k, options.seed),
+                seed: row_seed(text, k, options.seed),
             })
             .collect();
-        let samples = decoder
-            .generate(ids, samplers)
-            .await
-            .map_err(|e| model_err(name, e))?;
+        pending.push(Some(decoder.generate(ids, samplers)));
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        let Some(p) = p else {
+            out.push(None);
+            continue;
+        };
+        let samples = p.await.map_err(|e| model_err(name, e))?;
         let mut texts = Vec::with_capacity(n);
         for new in samples {
             let mut answer = decoder

@@ -228,22 +228,28 @@ impl Decoder {
     }
 
     /// New token ids after `prompt` (ids), one sequence per sampler; the samples share one
-    /// prefill. Each stops at an end-of-turn token or its `max_tokens`.
-    pub async fn generate(
+    /// prefill. Each stops at an end-of-turn token or its `max_tokens`. The job reaches the
+    /// worker when this is called, not when the future is first polled, so a caller can queue
+    /// many rows before awaiting any.
+    pub fn generate(
         &self,
         prompt: Vec<u32>,
         samplers: Vec<Sampler>,
-    ) -> ModelResult<Vec<Vec<u32>>> {
+    ) -> impl Future<Output = ModelResult<Vec<Vec<u32>>>> + use<> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        let sent = self
+            .tx
             .send(Job::Generate {
                 prompt,
                 samplers,
                 reply,
             })
-            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
-        rx.await
-            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()));
+        let name = self.name.clone();
+        async move {
+            sent?;
+            rx.await.map_err(|_| ModelError::WorkerGone(name))?
+        }
     }
 
     /// The sum of the log-probabilities of `response` tokens following `prompt` tokens.
