@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Greedy references for ai_generate: transformers on SmolLM2-135M-Instruct with the weights
-dequantized from the same GGUF file prefflow reads (models/smollm2-135m-instruct, from
-scripts/fetch-models). Writes tests/fixtures/smollm2_greedy.json: per prompt, the chat-templated
-greedy continuation (token ids and text, end-of-turn excluded), and for (prompt, response)
-pairs the sum of the response tokens' log-probabilities after the chat-templated prompt (prompt
-and response tokenized separately, as ai_logprob does).
+"""Greedy references for ai_generate: transformers with the weights dequantized from the same
+GGUF files prefflow reads (models/, from scripts/fetch-models).
+
+tests/fixtures/smollm2_greedy.json (SmolLM2-135M-Instruct): per prompt, the chat-templated greedy
+continuation (token ids and text, end-of-turn excluded), and for (prompt, response) pairs the sum
+of the response tokens' log-probabilities after the chat-templated prompt (prompt and response
+tokenized separately, as ai_logprob does).
+
+tests/fixtures/gemma3_greedy.json (Gemma-3-270m, a base model whose GGUF file has no chat
+template): raw completions (BOS + text, as ai_generate with chat false sends them) with the prompt
+token ids, and log-probabilities under GEMMA_TEMPLATE (given to prefflow in CREATE MODEL OPTIONS).
 
 Needs: pip install torch transformers gguf accelerate   (not needed by cargo test)
 Run:   python3 scripts/reference/generate.py
@@ -51,6 +56,47 @@ def logprob(tok, model, prompt: str, response: str) -> float:
     return float(sum(lp[len(p) - 1 + i, t] for i, t in enumerate(r)))
 
 
+GEMMA_DIR = ROOT / "models" / "gemma-3-270m"
+GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "El perro corre en el parque y",
+    "1, 2, 3, 4, 5,",
+    "To make a cup of tea, first",
+]
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def gemma() -> None:
+    tok = AutoTokenizer.from_pretrained(GEMMA_DIR, gguf_file=GEMMA_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(GEMMA_DIR, gguf_file=GEMMA_GGUF, torch_dtype=torch.float32).eval()
+    stops = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    out = []
+    for p in GEMMA_PROMPTS:
+        ids = tok(p, return_tensors="pt", add_special_tokens=True)
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=stops)
+        new = gen[0][ids["input_ids"].shape[1]:].tolist()
+        new = new[: next((i for i, t in enumerate(new) if t in stops), len(new))]
+        out.append({"prompt": p, "prompt_ids": ids["input_ids"][0].tolist(), "ids": new,
+                    "text": tok.decode(new, skip_special_tokens=True)})
+        print(p, "->", repr(out[-1]["text"]))
+    tok.chat_template = GEMMA_TEMPLATE
+    logprobs = [{"prompt": p, "response": r, "logprob": logprob(tok, model, p, r)} for p, r in PAIRS]
+    print(logprobs)
+    path = ROOT / "tests" / "fixtures" / "gemma3_greedy.json"
+    path.write_text(json.dumps(
+        {"max_tokens": MAX_NEW, "chat_template": GEMMA_TEMPLATE, "references": out, "logprobs": logprobs},
+        indent=1, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     tok = AutoTokenizer.from_pretrained(DIR, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, torch_dtype=torch.float32).eval()
@@ -74,4 +120,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--only-gemma" not in sys.argv:
+        main()
+    gemma()

@@ -509,10 +509,13 @@ impl Transformer {
             let norm = |w: &mut Weights<'_, R>, n: &str| -> Result<RmsNorm> {
                 Ok(RmsNorm::new(need_vector(w, &format!("{p}.{n}.weight"))?, eps))
             };
-            let opt_norm = |w: &mut Weights<'_, R>, n: &str| -> Result<Option<RmsNorm>> {
-                Ok(w
-                    .vector(f, &format!("{p}.{n}.weight"), device)?
-                    .map(|t| RmsNorm::new(t, eps)))
+            // Only Gemma has q/k norms and sandwich norms; in a Llama checkpoint the name
+            // post_attention_layernorm means the pre-feedforward norm.
+            let gemma_norm = |w: &mut Weights<'_, R>, n: &str| -> Result<Option<RmsNorm>> {
+                if f != Family::Gemma3 {
+                    return Ok(None);
+                }
+                Ok(Some(norm(w, n)?))
             };
             let linear = |w: &mut Weights<'_, R>, n: &str| -> Result<Linear> {
                 Ok(Linear {
@@ -534,11 +537,11 @@ impl Transformer {
                 k,
                 v,
                 o,
-                q_norm: opt_norm(&mut weights, "attn_q_norm")?,
-                k_norm: opt_norm(&mut weights, "attn_k_norm")?,
-                post_attn_norm: opt_norm(&mut weights, "post_attention_norm")?,
+                q_norm: gemma_norm(&mut weights, "attn_q_norm")?,
+                k_norm: gemma_norm(&mut weights, "attn_k_norm")?,
+                post_attn_norm: gemma_norm(&mut weights, "post_attention_norm")?,
                 ffn_norm: norm(&mut weights, "ffn_norm")?,
-                post_ffn_norm: opt_norm(&mut weights, "post_ffw_norm")?,
+                post_ffn_norm: gemma_norm(&mut weights, "post_ffw_norm")?,
                 gate,
                 up,
                 down,
