@@ -17,6 +17,9 @@ pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(crate::extract_tag::ExtractTag::new())),
         Arc::new(ScalarUDF::from(crate::extract_boxed::ExtractBoxed::new())),
         Arc::new(ScalarUDF::from(crate::render::Render::new())),
+        Arc::new(ScalarUDF::from(
+            crate::apply_chat_template::ApplyChatTemplate::new(Arc::clone(models)),
+        )),
         model(Arc::new(crate::ai_embed::AiEmbed::new(Arc::clone(models)))),
         model(Arc::new(crate::ai_generate::AiGenerate::new(Arc::clone(
             models,

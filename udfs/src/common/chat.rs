@@ -19,6 +19,35 @@ pub struct ChatPrompts {
     eos: String,
 }
 
+/// A template environment that renders Hugging Face chat templates: lenient undefined values,
+/// `raise_exception`, `strftime_now`, `tojson`, loop controls and Python string / dict methods
+/// (`.strip()`, `.startswith()`, `.items()`, ...).
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_function("strftime_now", |format: String| -> Result<String, minijinja::Error> {
+        use std::fmt::Write;
+        let mut out = String::new();
+        write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("strftime_now: bad format {format:?}"),
+            )
+        })?;
+        Ok(out)
+    });
+    env
+}
+
 impl ChatPrompts {
     /// The template of CREATE MODEL OPTIONS (chat_template '...'), else the model's own.
     pub fn new(function: &str, spec: &ModelSpec, info: &DecoderInfo) -> Result<Self> {
@@ -27,31 +56,47 @@ impl ChatPrompts {
             .get("chat_template")
             .cloned()
             .or_else(|| info.chat_template.clone());
-        // Hugging Face renders chat templates leniently (undefined is empty), so do we.
-        let mut env = Environment::new();
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<Value, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        Self::build(
+            function,
+            &spec.name,
+            template,
+            info.bos_token.clone(),
+            info.eos_token.clone(),
+        )
+    }
+
+    /// A template given as text (no model: bos_token and eos_token are empty).
+    pub fn from_template(function: &str, template: &str) -> Result<Self> {
+        Self::build(
+            function,
+            "(template)",
+            Some(template.to_string()),
+            String::new(),
+            String::new(),
+        )
+    }
+
+    fn build(
+        function: &str,
+        model: &str,
+        template: Option<String>,
+        bos: String,
+        eos: String,
+    ) -> Result<Self> {
+        let mut env = environment();
         if let Some(t) = &template {
             env.add_template_owned("chat", t.clone()).map_err(|e| {
                 DataFusionError::Execution(format!(
-                    "{function}: model '{}': chat template: {e}",
-                    spec.name
+                    "{function}: model '{model}': chat template: {e}"
                 ))
             })?;
         }
         Ok(Self {
             env,
             has_template: template.is_some(),
-            model: spec.name.clone(),
-            bos: info.bos_token.clone(),
-            eos: info.eos_token.clone(),
+            model: model.to_string(),
+            bos,
+            eos,
         })
     }
 
@@ -65,15 +110,27 @@ impl ChatPrompts {
         chat: bool,
     ) -> Result<String> {
         let value = to_template_value(prompts, i)?;
-        let messages = match value.as_str() {
-            Some(text) if !chat => return Ok(text.to_string()),
-            Some(text) => Value::from(vec![context! { role => "user", content => text }]),
-            None if !chat => {
-                return exec_err!(
+        if !chat {
+            return match value.as_str() {
+                Some(text) => Ok(text.to_string()),
+                None => exec_err!(
                     "{function}: with chat false the prompt must be text, not a list of messages"
-                );
-            }
-            None => value,
+                ),
+            };
+        }
+        self.render(function, value, true)
+    }
+
+    /// Renders a conversation (a list of {role, content}; text is one user turn).
+    pub fn render(
+        &self,
+        function: &str,
+        conversation: Value,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let messages = match conversation.as_str() {
+            Some(text) => Value::from(vec![context! { role => "user", content => text }]),
+            None => conversation,
         };
         if !self.has_template {
             return exec_err!(
@@ -86,7 +143,7 @@ impl ChatPrompts {
             .and_then(|t| {
                 t.render(context! {
                     messages => messages,
-                    add_generation_prompt => true,
+                    add_generation_prompt => add_generation_prompt,
                     bos_token => self.bos.clone(),
                     eos_token => self.eos.clone(),
                 })

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::bert::Bert;
 use super::error::{ModelError, ModelResult};
-use super::decode::{Decoder, LoadOptions};
+use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::qwen2::Qwen2Classifier;
 use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
@@ -187,6 +187,7 @@ pub struct ModelRegistry {
     tokenizers: Mutex<HashMap<(PathBuf, Option<usize>), Arc<Tokenizer>>>,
     infos: Mutex<HashMap<PathBuf, ModelInfo>>,
     decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
+    decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
 }
 
 /// Option keys CREATE MODEL accepts; anything else is a typo worth an error.
@@ -401,6 +402,24 @@ impl ModelRegistry {
 }
 
 impl ModelRegistry {
+    /// What a decoder's files say about its text (chat template, special tokens), without
+    /// loading weights; cached per model path.
+    pub fn decoder_info(&self, spec: &ModelSpec) -> ModelResult<DecoderInfo> {
+        if let Some(i) = self.decoder_infos.lock().expect("registry lock").get(&spec.path) {
+            return Ok(i.clone());
+        }
+        let info = if super::gguf::gguf_file(&spec.name, &spec.path).is_ok() {
+            super::gguf::read_metadata(&spec.name, &spec.path)?.3
+        } else {
+            super::decode::read_folder_metadata(&spec.name, &spec.path)?.1
+        };
+        self.decoder_infos
+            .lock()
+            .expect("registry lock")
+            .insert(spec.path.clone(), info.clone());
+        Ok(info)
+    }
+
     /// The loaded decoder (GGUF file or safetensors folder), loading it (once, on its own thread) if needed.
     pub async fn decoder(
         &self,
