@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 };
 use minijinja::context;
 
+use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{SharedRegistry, blocking, loaded_model, model_err, planned_model};
 use crate::common::text::string_arg;
 use crate::models::registry::ModelInfo;
@@ -125,13 +126,16 @@ impl AsyncScalarUDFImpl for AiReward {
         let responses = string_arg(&args.args[2], rows)?;
         let tokenizer = Arc::clone(&model.tokenizer);
         let info = model.info.clone();
+        let spec_name = model.spec.name.clone();
         let (present, encoded) = blocking(name, move || {
-            // Hugging Face renders chat templates leniently (undefined is empty), so do we.
-            let env = minijinja::Environment::new();
-            let template = match (&info.chat_template, info.is_decoder()) {
-                (Some(t), true) => Some(env.template_from_str(t).map_err(|e| {
-                    DataFusionError::Execution(format!("ai_reward: the model's chat template: {e}"))
-                })?),
+            let chat = match (&info.chat_template, info.is_decoder()) {
+                (Some(t), true) => Some(ChatPrompts::with_template(
+                    "ai_reward",
+                    &spec_name,
+                    Some(t.clone()),
+                    String::new(),
+                    String::new(),
+                )?),
                 (None, true) => {
                     return Err(DataFusionError::Execution(
                         "ai_reward: a decoder reward model needs a chat_template in tokenizer_config.json".to_string(),
@@ -148,18 +152,13 @@ impl AsyncScalarUDFImpl for AiReward {
                 }
                 present.push(true);
                 let (p, r) = (prompts.value(i), responses.value(i));
-                let e = match &template {
-                    Some(t) => {
-                        let text = t
-                            .render(context! {
-                                messages => vec![
-                                    context! { role => "user", content => p },
-                                    context! { role => "assistant", content => r },
-                                ],
-                                add_generation_prompt => false,
-                            })
-                            .map_err(|e| DataFusionError::Execution(format!("ai_reward: chat template: {e}")))?;
-                        tokenizer.encode(text, false)
+                let e = match &chat {
+                    Some(c) => {
+                        let conversation = minijinja::Value::from(vec![
+                            context! { role => "user", content => p },
+                            context! { role => "assistant", content => r },
+                        ]);
+                        tokenizer.encode(c.render("ai_reward", conversation, false)?, false)
                     }
                     None => tokenizer.encode((p, r), true),
                 }

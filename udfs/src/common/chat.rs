@@ -56,7 +56,7 @@ impl ChatPrompts {
             .get("chat_template")
             .cloned()
             .or_else(|| info.chat_template.clone());
-        Self::build(
+        Self::with_template(
             function,
             &spec.name,
             template,
@@ -67,7 +67,7 @@ impl ChatPrompts {
 
     /// A template given as text (no model: bos_token and eos_token are empty).
     pub fn from_template(function: &str, template: &str) -> Result<Self> {
-        Self::build(
+        Self::with_template(
             function,
             "(template)",
             Some(template.to_string()),
@@ -76,7 +76,8 @@ impl ChatPrompts {
         )
     }
 
-    fn build(
+    /// A renderer for `template` (None: rendering is an error naming `model`).
+    pub fn with_template(
         function: &str,
         model: &str,
         template: Option<String>,
