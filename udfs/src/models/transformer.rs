@@ -82,6 +82,9 @@ impl Config {
         let Some(family) = Family::from_name(&arch) else {
             bail!("GGUF architecture '{arch}' cannot generate (llama, qwen2 and gemma3 can)")
         };
+        if ct.tensor_infos.contains_key("rope_freqs.weight") {
+            bail!("per-frequency RoPE scaling (rope_freqs, Llama 3.1 style) is not supported yet")
+        }
         let get = |k: &str| ct.metadata.get(&format!("{arch}.{k}"));
         let need = |k: &str| {
             get(k)
@@ -146,6 +149,11 @@ impl Config {
         let Some(family) = Family::from_name(model_type) else {
             bail!("model_type '{model_type}' cannot generate (llama, qwen2 and gemma3 can)")
         };
+        for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if !c[cap].is_null() {
+                bail!("{cap} is not supported yet")
+            }
+        }
         let num = |k: &str| c[k].as_u64().map(|v| v as usize);
         let need = |k: &str| {
             num(k).ok_or_else(|| candle_core::Error::Msg(format!("config.json has no {k}")))
