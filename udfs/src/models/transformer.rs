@@ -633,34 +633,52 @@ impl Transformer {
             } else {
                 &self.rope
             };
-            let mut outs = Vec::with_capacity(steps.len());
-            for (s, &(off, t, pos)) in steps.iter_mut().zip(&spans) {
-                let mut qi = q.narrow(0, off, t)?.reshape((t, h, d))?;
-                let mut ki = k.narrow(0, off, t)?.reshape((t, kvh, d))?;
+            // A decode step (one token per sequence) rotates every sequence's q and k in one
+            // call, each at its own position; a prefill does it per sequence.
+            let decoding = spans.iter().all(|&(_, t, _)| t == 1);
+            let together = if decoding {
+                let b = steps.len();
+                let mut qb = q.reshape((b, h, d))?;
+                let mut kb = k.reshape((b, kvh, d))?;
                 if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
-                    qi = qn.forward(&qi)?;
-                    ki = kn.forward(&ki)?;
+                    qb = qn.forward(&qb)?;
+                    kb = kn.forward(&kb)?;
                 }
-                let qi = qi.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-                let ki = ki.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-                let vi = v
-                    .narrow(0, off, t)?
-                    .reshape((t, kvh, d))?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let (ci, si) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
-                let (qi, ki) = if c.interleaved_rope {
-                    (
-                        candle_nn::rotary_emb::rope_i(&qi, &ci, &si)?,
-                        candle_nn::rotary_emb::rope_i(&ki, &ci, &si)?,
-                    )
-                } else {
-                    (
-                        candle_nn::rotary_emb::rope(&qi, &ci, &si)?,
-                        candle_nn::rotary_emb::rope(&ki, &ci, &si)?,
-                    )
+                let at: Vec<u32> = spans.iter().map(|&(_, _, p)| p as u32).collect();
+                let at = Tensor::new(at.as_slice(), &self.device)?;
+                let cb = cos.index_select(&at, 0)?.unsqueeze(1)?;
+                let sb = sin.index_select(&at, 0)?.unsqueeze(1)?;
+                let qb = self.rotate(&qb.unsqueeze(2)?.contiguous()?, &cb, &sb)?;
+                let kb = self.rotate(&kb.unsqueeze(2)?.contiguous()?, &cb, &sb)?;
+                Some((qb, kb, v.reshape((b, kvh, 1, d))?))
+            } else {
+                None
+            };
+            let mut outs = Vec::with_capacity(steps.len());
+            for (i, (s, &(off, t, pos))) in steps.iter_mut().zip(&spans).enumerate() {
+                let (qi, ki, vi) = match &together {
+                    Some((qb, kb, vb)) => (qb.get(i)?, kb.get(i)?, vb.get(i)?),
+                    None => {
+                        let mut qi = q.narrow(0, off, t)?.reshape((t, h, d))?;
+                        let mut ki = k.narrow(0, off, t)?.reshape((t, kvh, d))?;
+                        if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                            qi = qn.forward(&qi)?;
+                            ki = kn.forward(&ki)?;
+                        }
+                        let qi = qi.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+                        let ki = ki.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+                        let vi = v
+                            .narrow(0, off, t)?
+                            .reshape((t, kvh, d))?
+                            .transpose(0, 1)?
+                            .contiguous()?;
+                        let (ci, si) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
+                        let qi = self.rotate(&qi, &ci, &si)?.squeeze(0)?;
+                        let ki = self.rotate(&ki, &ci, &si)?.squeeze(0)?;
+                        (qi, ki, vi)
+                    }
                 };
-                let (keys, values) = s.cache.append(l, &ki.squeeze(0)?, &vi)?;
+                let (keys, values) = s.cache.append(l, &ki, &vi)?;
                 let total = pos + t;
                 // Query heads of one kv head side by side: (kv_heads, groups * t, d).
                 let qi = qi.reshape((kvh, groups * t, d))?;
@@ -674,7 +692,7 @@ impl Transformer {
                 };
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 let o = probs
-                    .matmul(&values.contiguous()?)?
+                    .matmul(&values)?
                     .reshape((h, t, d))?
                     .transpose(0, 1)?
                     .reshape((t, h * d))?;
@@ -702,6 +720,15 @@ impl Transformer {
             s.cache.len += t;
         }
         self.norm.forward(&x)
+    }
+
+    /// RoPE on (batch, heads, tokens, head_dim) with the model's pairing of dimensions.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.config.interleaved_rope {
+            candle_nn::rotary_emb::rope_i(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(x, cos, sin)
+        }
     }
 
     /// Next-token logits (rows, vocab) of hidden states.
