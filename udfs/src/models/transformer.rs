@@ -692,7 +692,7 @@ impl Transformer {
                 };
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 let o = probs
-                    .matmul(&values)?
+                    .matmul(&values.contiguous()?)?
                     .reshape((h, t, d))?
                     .transpose(0, 1)?
                     .reshape((t, h * d))?;
