@@ -11,8 +11,10 @@
 //! rendered with the model's chat template (GGUF metadata, or CREATE MODEL OPTIONS
 //! (chat_template '...')), unless the options say `chat` false (raw completion). Options, a
 //! struct literal: temperature (0 = greedy, the default; at most 2), top_p, top_k, max_tokens
-//! (default 256), stop (a string or list of strings), seed (default 0), chat (default true). An
-//! unknown option is an error. Each row samples with a seed made from its prompt text, the
+//! (default 256), stop (a string or list of strings), seed (default 0), chat (default true),
+//! truncate (default false: a prompt over the model's context is an error naming the row; true
+//! keeps the prompt's last tokens so that prompt and max_tokens fit). An unknown option is an
+//! error. Each row samples with a seed made from its prompt text, the
 //! sample index and the run seed, so results do not depend on batch size, partitions or
 //! restarts. Generation stops at the model's end-of-turn tokens, max_tokens or a stop string
 //! (not included). NULL prompt gives NULL.
@@ -52,6 +54,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Apply the chat template.
     pub chat: bool,
+    /// Keep the end of a prompt too long for the context (and max_tokens) instead of failing.
+    pub truncate: bool,
 }
 
 impl Default for GenerateOptions {
@@ -64,6 +68,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             seed: 0,
             chat: true,
+            truncate: false,
         }
     }
 }
@@ -144,15 +149,20 @@ pub fn parse_options(f: &str, options: Option<&ScalarValue>) -> Result<GenerateO
                     }
                 }
             }
-            "chat" => {
-                o.chat = match v {
+            "chat" | "truncate" => {
+                let b = match v {
                     ScalarValue::Boolean(Some(b)) => b,
-                    other => return Err(format!("{f}: chat must be true or false, got {other}")),
+                    other => return Err(format!("{f}: {key} must be true or false, got {other}")),
+                };
+                if key == "chat" {
+                    o.chat = b;
+                } else {
+                    o.truncate = b;
                 }
             }
             other => {
                 return Err(format!(
-                    "{f}: unknown option '{other}' (known: temperature, top_p, top_k, max_tokens, stop, seed, chat)"
+                    "{f}: unknown option '{other}' (known: temperature, top_p, top_k, max_tokens, stop, seed, chat, truncate)"
                 ));
             }
         }
@@ -333,9 +343,18 @@ pub(crate) async fn generate_rows(
         {
             ids.insert(0, bos);
         }
+        if options.truncate && ids.len() + options.max_tokens > context {
+            // Keep the end (the question and the generation prompt) and a leading BOS.
+            let keep = context.saturating_sub(options.max_tokens).max(1);
+            let bos = decoder.tokenizer.token_to_id(&decoder.info.bos_token);
+            let lead = usize::from(bos.is_some() && ids.first() == bos.as_ref() && keep > 1);
+            let tail = ids.split_off(ids.len() - (keep - lead));
+            ids.truncate(lead);
+            ids.extend(tail);
+        }
         if ids.len() >= context {
             return exec_err!(
-                "{name}: row {row}: the prompt has {} tokens but model '{}' has a context of {context}",
+                "{name}: row {row}: the prompt has {} tokens but model '{}' has a context of {context} (named_struct('truncate', true) keeps the prompt's end)",
                 ids.len(),
                 spec.name
             );
