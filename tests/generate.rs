@@ -90,19 +90,40 @@ async fn assert_logprobs(engine: &prefflow::Engine, model: &str, pairs: &[serde_
     }
 }
 
-/// Greedy f32 texts must equal the references; returns how many quantized texts do too.
-fn check_greedy(name: &str, cases: &[serde_json::Value], f32: &[String], q: &[String]) -> usize {
+/// Greedy f32 texts must equal the references; reports how many quantized texts do too, and
+/// how many leading tokens the quantized texts share with the references on average.
+fn check_greedy(
+    name: &str,
+    model_dir: &str,
+    cases: &[serde_json::Value],
+    f32: &[String],
+    q: &[String],
+) -> usize {
     assert_eq!(f32.len(), cases.len());
     for (got, c) in f32.iter().zip(cases) {
         assert_eq!(got, c["text"].as_str().unwrap(), "{name}: {:?}", c["prompt"]);
     }
-    let same = q
-        .iter()
-        .zip(cases)
-        .filter(|(g, c)| g.as_str() == c["text"].as_str().unwrap())
-        .count();
+    let (_, _, tokenizer, _) = read_metadata(name, &Path::new(ROOT).join(model_dir)).unwrap();
+    let mut same = 0;
+    let (mut agree, mut total) = (0, 0);
+    for (g, c) in q.iter().zip(cases) {
+        same += usize::from(g.as_str() == c["text"].as_str().unwrap());
+        let reference: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let got = tokenizer.encode(g.as_str(), false).unwrap();
+        agree += reference
+            .iter()
+            .zip(got.get_ids())
+            .take_while(|(a, b)| a == b)
+            .count();
+        total += reference.len();
+    }
     println!(
-        "{name} quantized path: {same}/{} prompts give transformers' greedy text",
+        "{name} quantized path: {same}/{} prompts give transformers' greedy text; {agree}/{total} tokens agree before the first difference",
         cases.len()
     );
     same
@@ -178,7 +199,7 @@ async fn smollm2_greedy_matches_transformers_in_f32() {
     ])
     .await;
     let out = generate(&engine, &["f32", "q"], cases, &format!("'max_tokens', {max_tokens}")).await;
-    check_greedy("SmolLM2", cases, &out[0], &out[1]);
+    check_greedy("SmolLM2", "models/smollm2-135m-instruct", cases, &out[0], &out[1]);
 }
 
 /// SmolLM2: ai_logprob in the f32 path equals transformers' within 1e-4 relative.
@@ -209,7 +230,7 @@ async fn gemma3_matches_transformers_in_f32() {
     .await;
     let options = format!("'max_tokens', {max_tokens}, 'chat', false");
     let out = generate(&engine, &["f32", "q"], cases, &options).await;
-    check_greedy("Gemma-3-270m", cases, &out[0], &out[1]);
+    check_greedy("Gemma-3-270m", "models/gemma-3-270m", cases, &out[0], &out[1]);
     assert_logprobs(&engine, "f32", reference["logprobs"].as_array().unwrap()).await;
 }
 

@@ -19,7 +19,9 @@ use tokio::sync::oneshot;
 
 use super::error::{ModelError, ModelResult};
 use super::source::{read_json, safetensors_files};
-use super::transformer::{Cache, Config, Step, Transformer, Weights, read_safetensors};
+use super::transformer::{
+    Cache, Config, Matrices, Step, Transformer, Weights, read_safetensors,
+};
 
 /// What a decoder's files say about text in and out.
 #[derive(Debug, Clone)]
@@ -83,8 +85,8 @@ pub struct Decoder {
 /// How to load a decoder's weights.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Dequantize GGUF matrices to f32.
-    pub dequantize: bool,
+    /// What GGUF matrices become.
+    pub matrices: Matrices,
     /// Threads for the model's math (0: one per core).
     pub threads: usize,
     /// Most sequences decoded together.
@@ -190,7 +192,7 @@ impl Decoder {
         std::thread::Builder::new()
             .name(format!("prefflow-model-{model}"))
             .spawn(move || {
-                let weights = pool.install(|| source.load(&device, options.dequantize));
+                let weights = pool.install(|| source.load(&device, options.matrices));
                 let weights = match weights {
                     Ok(w) => {
                         let _ = ready_tx.send(Ok(()));
@@ -273,14 +275,14 @@ enum Source {
 }
 
 impl Source {
-    fn load(self, device: &Device, dequantize: bool) -> candle_core::Result<Transformer> {
+    fn load(self, device: &Device, matrices: Matrices) -> candle_core::Result<Transformer> {
         match self {
             Source::Gguf(content, mut reader) => {
                 let config = Config::from_gguf(&content)?;
                 let weights = Weights::Gguf {
                     content: &content,
                     reader: &mut reader,
-                    dequantize,
+                    matrices,
                 };
                 Transformer::load(config, weights, device)
             }

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use super::bert::Bert;
 use super::error::{ModelError, ModelResult};
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
+use super::transformer::Matrices;
 use super::qwen2::Qwen2Classifier;
 use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
@@ -432,21 +433,22 @@ impl ModelRegistry {
                 let device = device(&spec.name, &settings.device)?;
                 let (name, path) = (spec.name.clone(), spec.path.clone());
                 let gguf = super::gguf::gguf_file(&name, &path).is_ok();
-                // GGUF matrices stay quantized unless dtype 'f32'; safetensors weights (f32,
-                // bf16 or f16 files) are computed in f32.
-                let dequantize = match spec.options.get("dtype").map(String::as_str) {
-                    None | Some("q") | Some("quantized") if gguf => false,
-                    Some("f32") => true,
-                    None | Some("bf16") | Some("f16") if !gguf => true,
+                // GGUF matrices stay as stored unless dtype 'f32' or 'q8_0'; safetensors
+                // weights (f32, bf16 or f16 files) are computed in f32.
+                let matrices = match spec.options.get("dtype").map(String::as_str) {
+                    None | Some("q") | Some("quantized") if gguf => Matrices::Keep,
+                    Some("q8_0") if gguf => Matrices::Q8_0,
+                    Some("f32") => Matrices::F32,
+                    None | Some("bf16") | Some("f16") if !gguf => Matrices::F32,
                     Some(other) => {
                         return Err(ModelError::Declaration(format!(
-                            "model '{name}': dtype '{other}' is not supported here (GGUF: 'f32' or leave it out; safetensors: 'f32', 'bf16', 'f16')"
+                            "model '{name}': dtype '{other}' is not supported here (GGUF: 'f32', 'q8_0' or leave it out; safetensors: 'f32', 'bf16', 'f16')"
                         )));
                     }
-                    None => true,
+                    None => Matrices::F32,
                 };
                 let options = LoadOptions {
-                    dequantize,
+                    matrices,
                     threads: settings.threads,
                     batch: settings.decode_batch,
                 };

@@ -233,14 +233,14 @@ impl Config {
 /// Where weights come from. Names are GGUF's (`blk.N.attn_q.weight`); a safetensors folder
 /// maps them to transformers' names.
 pub enum Weights<'a, R: Read + Seek> {
-    /// A GGUF file; `dequantize` turns every matrix into f32.
+    /// A GGUF file, its matrices kept or converted as `matrices` says.
     Gguf {
         /// Parsed header.
         content: &'a gguf_file::Content,
         /// The open file.
         reader: &'a mut R,
-        /// Dequantize to f32.
-        dequantize: bool,
+        /// What to do with quantized matrices.
+        matrices: Matrices,
     },
     /// safetensors tensors by transformers name, already f32 on the device.
     Safetensors(HashMap<String, Tensor>),
@@ -286,6 +286,13 @@ fn hf_name(family: Family, gguf: &str) -> String {
 }
 
 impl<R: Read + Seek> Weights<'_, R> {
+    fn matrices(&self) -> Matrices {
+        match self {
+            Weights::Gguf { matrices, .. } => *matrices,
+            Weights::Safetensors(_) => Matrices::F32,
+        }
+    }
+
     fn raw(&mut self, family: Family, name: &str, device: &Device) -> Result<Option<QTensor>> {
         match self {
             Weights::Gguf {
@@ -327,30 +334,36 @@ impl<R: Read + Seek> Weights<'_, R> {
         let Some(q) = self.raw(family, name, device)? else {
             return Ok(None);
         };
-        let dequantize = match self {
-            Weights::Gguf { dequantize, .. } => *dequantize,
-            Weights::Safetensors(_) => true,
-        };
-        matmul(q, dequantize, device).map(Some)
+        matmul(q, self.matrices(), device).map(Some)
     }
 }
 
-/// A matrix as QMatMul. candle has SIMD dot products for Q4_0, Q8_0 and the K-quants but only
-/// scalar ones for Q4_1, Q5_0 and Q5_1 (5x slower), so those are re-quantized to Q8_0 on the CPU:
-/// Q8_0 holds their dequantized values to within 1/254 of each block's range.
-fn matmul(q: QTensor, dequantize: bool, device: &Device) -> Result<QMatMul> {
-    if dequantize {
-        return Ok(QMatMul::Tensor(q.dequantize(device)?));
+/// What a GGUF model's quantized matrices become at load (`CREATE MODEL ... OPTIONS (dtype ...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matrices {
+    /// As stored (the default).
+    Keep,
+    /// Dequantized to f32: transformers' numbers (the parity path).
+    F32,
+    /// Q4_1, Q5_0 and Q5_1 re-quantized to Q8_0 (`dtype 'q8_0'`): candle has only scalar CPU
+    /// kernels for those, about 5x slower than its SIMD Q8_0 one; the price is a second rounding.
+    Q8_0,
+}
+
+fn matmul(q: QTensor, matrices: Matrices, device: &Device) -> Result<QMatMul> {
+    match matrices {
+        Matrices::F32 => Ok(QMatMul::Tensor(q.dequantize(device)?)),
+        Matrices::Q8_0
+            if matches!(
+                q.dtype(),
+                GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+            ) && device.is_cpu() =>
+        {
+            let f = q.dequantize(device)?;
+            QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)
+        }
+        _ => QMatMul::from_qtensor(q),
     }
-    let slow = matches!(
-        q.dtype(),
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-    );
-    if slow && device.is_cpu() {
-        let f = q.dequantize(device)?;
-        return QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?);
-    }
-    QMatMul::from_qtensor(q)
 }
 
 struct Linear {
@@ -562,11 +575,7 @@ impl Transformer {
         let output = match weights.matrix(f, "output.weight", device)? {
             Some(m) => m,
             None => {
-                let dequantize = match &weights {
-                    Weights::Gguf { dequantize, .. } => *dequantize,
-                    Weights::Safetensors(_) => true,
-                };
-                matmul(embed_q, dequantize, device)?
+                matmul(embed_q, weights.matrices(), device)?
             }
         };
         let d = config.head_dim;
