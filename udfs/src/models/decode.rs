@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
@@ -69,6 +69,9 @@ enum Job {
         reply: oneshot::Sender<ModelResult<f64>>,
     },
 }
+
+/// Most prompt tokens prefilled in one forward pass.
+const PREFILL_TOKENS: usize = 4096;
 
 /// A loaded decoder: tokenizer and metadata here, weights on a worker thread.
 #[derive(Debug)]
@@ -347,10 +350,30 @@ impl Worker {
                 }
             }
             waiting.extend(rx.try_iter());
-            while self.running.len() < self.batch
+            // Admit while slots are free; the new prompts are prefilled in one forward pass
+            // (up to PREFILL_TOKENS tokens), so their matrix products share one read of the
+            // weights.
+            let mut admitted = Vec::new();
+            let (mut slots, mut tokens) = (self.running.len(), 0);
+            while slots < self.batch
                 && let Some(job) = waiting.pop_front()
             {
-                self.admit(job);
+                match job {
+                    Job::Generate { ref prompt, ref samplers, .. } => {
+                        if !admitted.is_empty() && tokens + prompt.len() > PREFILL_TOKENS {
+                            waiting.push_front(job);
+                            break;
+                        }
+                        slots += samplers.len();
+                        tokens += prompt.len();
+                        admitted.push(job);
+                    }
+                    logprob => self.admit(logprob, None),
+                }
+            }
+            let prefilled = self.prefill_many(&admitted);
+            for (job, p) in admitted.into_iter().zip(prefilled) {
+                self.admit(job, p);
             }
             self.step();
         }
@@ -360,9 +383,54 @@ impl Worker {
         ModelError::candle(&self.name, e)
     }
 
-    /// Starts a job: a log-probability is answered at once; a generation is prefilled and its
-    /// samples join the running set.
-    fn admit(&mut self, job: Job) {
+    /// Prefills the prompts of generation jobs together; None where that failed (each such job
+    /// is then prefilled alone, so an error is answered to its own row).
+    fn prefill_many(&self, jobs: &[Job]) -> Vec<Option<(Cache, candle_core::Tensor)>> {
+        let prompts: Vec<&[u32]> = jobs
+            .iter()
+            .map(|j| match j {
+                Job::Generate { prompt, .. } => prompt.as_slice(),
+                Job::Logprob { prompt, .. } => prompt.as_slice(),
+            })
+            .collect();
+        if prompts.len() < 2 || prompts.iter().any(|p| p.is_empty()) {
+            return prompts.iter().map(|_| None).collect();
+        }
+        let together = || -> candle_core::Result<Vec<(Cache, candle_core::Tensor)>> {
+            let mut caches: Vec<Cache> = prompts.iter().map(|_| Cache::default()).collect();
+            let mut steps: Vec<Step<'_>> = prompts
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(p, cache)| Step { ids: p, cache })
+                .collect();
+            let hidden = self.model.forward(&mut steps)?;
+            // The last row of each prompt predicts its first new token.
+            let mut end = 0u32;
+            let last: Vec<u32> = prompts
+                .iter()
+                .map(|p| {
+                    end += p.len() as u32;
+                    end - 1
+                })
+                .collect();
+            let rows = Tensor::new(last.as_slice(), hidden.device())?;
+            let logits = self.model.logits(&hidden.index_select(&rows, 0)?)?;
+            caches
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Ok((c, logits.get(i)?)))
+                .collect()
+        };
+        match together() {
+            Ok(v) => v.into_iter().map(Some).collect(),
+            Err(_) => prompts.iter().map(|_| None).collect(),
+        }
+    }
+
+    /// Starts a job: a log-probability is answered at once; a generation is prefilled (unless
+    /// `prefilled` already holds its cache and first logits) and its samples join the running
+    /// set.
+    fn admit(&mut self, job: Job, prefilled: Option<(Cache, candle_core::Tensor)>) {
         match job {
             Job::Logprob {
                 prompt,
@@ -378,7 +446,7 @@ impl Worker {
                 samplers,
                 reply,
             } => {
-                let (cache, logits) = match self.prefill(&prompt) {
+                let (cache, logits) = match prefilled.map_or_else(|| self.prefill(&prompt), Ok) {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = reply.send(Err(self.fail(&e)));

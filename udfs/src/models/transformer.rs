@@ -366,6 +366,23 @@ fn matmul(q: QTensor, matrices: Matrices, device: &Device) -> Result<QMatMul> {
     }
 }
 
+/// `x · wᵀ`, one row at a time for quantized matrices on the CPU: candle picks different kernels
+/// for one row and for many (repacked Q4_K / Q6_K / Q8_0 tiles), whose float sums differ in the
+/// last bits, and a greedy pick between near-tied tokens must not depend on which sequences
+/// happen to share a batch.
+fn rows_forward(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    match w {
+        QMatMul::QTensor(_) if rows > 1 && x.device().is_cpu() => {
+            let parts = (0..rows)
+                .map(|i| w.forward(&x.narrow(0, i, 1)?))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        }
+        _ => w.forward(x),
+    }
+}
+
 struct Linear {
     w: QMatMul,
     b: Option<Tensor>,
@@ -373,7 +390,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.w.forward(x)?;
+        let y = rows_forward(&self.w, x)?;
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -708,18 +725,18 @@ impl Transformer {
                 outs.push(o);
             }
             let attn = Tensor::cat(&outs, 0)?;
-            let mut y = block.o.forward(&attn)?;
+            let mut y = rows_forward(&block.o, &attn)?;
             if let Some(n) = &block.post_attn_norm {
                 y = n.forward(&y)?;
             }
             x = (x + y)?;
             let f = block.ffn_norm.forward(&x)?;
-            let gate = block.gate.forward(&f)?;
+            let gate = rows_forward(&block.gate, &f)?;
             let act = match c.family {
                 Family::Gemma3 => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
                 _ => candle_nn::ops::silu(&gate)?,
             };
-            let mut y = block.down.forward(&(act * block.up.forward(&f)?)?)?;
+            let mut y = rows_forward(&block.down, &(act * rows_forward(&block.up, &f)?)?)?;
             if let Some(n) = &block.post_ffn_norm {
                 y = n.forward(&y)?;
             }
@@ -742,7 +759,7 @@ impl Transformer {
 
     /// Next-token logits (rows, vocab) of hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.output.forward(hidden)
+        rows_forward(&self.output, hidden)
     }
 }
 
