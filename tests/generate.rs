@@ -14,6 +14,15 @@ fn fixture(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap()).unwrap()
 }
 
+/// A JSON list of token ids.
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn quote(v: &serde_json::Value) -> String {
     format!("'{}'", v.as_str().unwrap().replace('\'', "''"))
 }
@@ -101,19 +110,19 @@ fn check_greedy(
 ) -> usize {
     assert_eq!(f32.len(), cases.len());
     for (got, c) in f32.iter().zip(cases) {
-        assert_eq!(got, c["text"].as_str().unwrap(), "{name}: {:?}", c["prompt"]);
+        assert_eq!(
+            got,
+            c["text"].as_str().unwrap(),
+            "{name}: {:?}",
+            c["prompt"]
+        );
     }
     let (_, _, tokenizer, _) = read_metadata(name, &Path::new(ROOT).join(model_dir)).unwrap();
     let mut same = 0;
     let (mut agree, mut total) = (0, 0);
     for (g, c) in q.iter().zip(cases) {
         same += usize::from(g.as_str() == c["text"].as_str().unwrap());
-        let reference: Vec<u32> = c["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let reference: Vec<u32> = ids(&c["ids"]);
         let got = tokenizer.encode(g.as_str(), false).unwrap();
         agree += reference
             .iter()
@@ -161,28 +170,20 @@ fn gemma_gguf_tokenizer_matches_transformers() {
     assert_eq!(info.add_bos, Some(2));
     for case in reference["references"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
-        let mut ids = vec![2];
-        ids.extend(tokenizer.encode(prompt, false).unwrap().get_ids());
-        let expected: Vec<u32> = case["prompt_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(ids, expected, "{prompt:?}");
-        let new: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let mut got = vec![2];
+        got.extend(tokenizer.encode(prompt, false).unwrap().get_ids());
+        assert_eq!(got, ids(&case["prompt_ids"]), "{prompt:?}");
+        let new: Vec<u32> = ids(&case["ids"]);
         assert_eq!(
             tokenizer.decode(&new, true).unwrap(),
             case["text"].as_str().unwrap()
         );
     }
     let spaces = tokenizer.encode("a    b\n\n  c", false).unwrap();
-    assert_eq!(tokenizer.decode(spaces.get_ids(), true).unwrap(), "a    b\n\n  c");
+    assert_eq!(
+        tokenizer.decode(spaces.get_ids(), true).unwrap(),
+        "a    b\n\n  c"
+    );
 }
 
 /// SmolLM2: greedy generation in the f32 path equals transformers' (weights dequantized from
@@ -198,8 +199,20 @@ async fn smollm2_greedy_matches_transformers_in_f32() {
         "CREATE MODEL q FROM 'models/smollm2-135m-instruct'".into(),
     ])
     .await;
-    let out = generate(&engine, &["f32", "q"], cases, &format!("'max_tokens', {max_tokens}")).await;
-    check_greedy("SmolLM2", "models/smollm2-135m-instruct", cases, &out[0], &out[1]);
+    let out = generate(
+        &engine,
+        &["f32", "q"],
+        cases,
+        &format!("'max_tokens', {max_tokens}"),
+    )
+    .await;
+    check_greedy(
+        "SmolLM2",
+        "models/smollm2-135m-instruct",
+        cases,
+        &out[0],
+        &out[1],
+    );
 }
 
 /// SmolLM2: ai_logprob in the f32 path equals transformers' within 1e-4 relative.
@@ -231,11 +244,20 @@ async fn gemma3_matches_transformers_in_f32() {
     .await;
     let options = format!("'max_tokens', {max_tokens}, 'chat', false");
     let out = generate(&engine, &["f32", "q"], cases, &options).await;
-    check_greedy("Gemma-3-270m", "models/gemma-3-270m", cases, &out[0], &out[1]);
+    check_greedy(
+        "Gemma-3-270m",
+        "models/gemma-3-270m",
+        cases,
+        &out[0],
+        &out[1],
+    );
     // The quantized path too is independent of which sequences share a batch.
     engine.sql("SET prefflow.decode_batch = 1").await.unwrap();
     let single = generate(&engine, &["q"], cases, &options).await;
-    assert_eq!(single[0], out[1], "quantized Gemma: batch size changed the output");
+    assert_eq!(
+        single[0], out[1],
+        "quantized Gemma: batch size changed the output"
+    );
     assert_logprobs(&engine, "f32", reference["logprobs"].as_array().unwrap()).await;
 }
 
@@ -255,7 +277,12 @@ async fn tiny_safetensors_decoders_match_transformers() {
         let options = format!("'max_tokens', {max_tokens}");
         let batched = generate(&engine, &["m"], cases, &options).await;
         for (got, c) in batched[0].iter().zip(cases) {
-            assert_eq!(got, c["text"].as_str().unwrap(), "{name}: {:?}", c["prompt"]);
+            assert_eq!(
+                got,
+                c["text"].as_str().unwrap(),
+                "{name}: {:?}",
+                c["prompt"]
+            );
         }
         engine.sql("SET prefflow.decode_batch = 1").await.unwrap();
         let single = generate(&engine, &["m"], cases, &options).await;

@@ -166,8 +166,14 @@ impl ScalarUDFImpl for ApplyChatTemplate {
             out.append_value(prompts.render(NAME, value, add)?);
         }
         let array: ArrayRef = Arc::new(out.finish());
-        if args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
+        if args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &array, 0,
+            )?));
         }
         Ok(ColumnarValue::Array(array))
     }

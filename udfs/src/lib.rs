@@ -4,11 +4,11 @@
 //! function, so the list of everything the engine offers is readable in one place.
 
 pub mod ai_embed;
-pub mod apply_chat_template;
 pub mod ai_generate;
 pub mod ai_generate_n;
 pub mod ai_logprob;
 pub mod ai_reward;
+pub mod apply_chat_template;
 pub mod arg_max;
 pub mod arg_min;
 pub mod common;

@@ -34,17 +34,20 @@ fn environment() -> Environment<'static> {
             ))
         },
     );
-    env.add_function("strftime_now", |format: String| -> Result<String, minijinja::Error> {
-        use std::fmt::Write;
-        let mut out = String::new();
-        write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
-            minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                format!("strftime_now: bad format {format:?}"),
-            )
-        })?;
-        Ok(out)
-    });
+    env.add_function(
+        "strftime_now",
+        |format: String| -> Result<String, minijinja::Error> {
+            use std::fmt::Write;
+            let mut out = String::new();
+            write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("strftime_now: bad format {format:?}"),
+                )
+            })?;
+            Ok(out)
+        },
+    );
     env
 }
 

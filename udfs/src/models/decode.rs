@@ -19,9 +19,7 @@ use tokio::sync::oneshot;
 
 use super::error::{ModelError, ModelResult};
 use super::source::{read_json, safetensors_files};
-use super::transformer::{
-    Cache, Config, Matrices, Step, Transformer, Weights, read_safetensors,
-};
+use super::transformer::{Cache, Config, Matrices, Step, Transformer, Weights, read_safetensors};
 
 /// What a decoder's files say about text in and out.
 #[derive(Debug, Clone)]
@@ -124,7 +122,11 @@ pub fn read_folder_metadata(model: &str, dir: &Path) -> ModelResult<(Tokenizer, 
     };
     let ids = |v: &serde_json::Value| -> Vec<u32> {
         match v {
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             other => other.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         }
     };
@@ -165,7 +167,12 @@ pub fn read_folder_metadata(model: &str, dir: &Path) -> ModelResult<(Tokenizer, 
 impl Decoder {
     /// Reads the model's files (a .gguf file or a safetensors folder), builds the tokenizer and
     /// starts the worker thread with the weights.
-    pub fn load(model: &str, path: &Path, device: Device, options: LoadOptions) -> ModelResult<Self> {
+    pub fn load(
+        model: &str,
+        path: &Path,
+        device: Device,
+        options: LoadOptions,
+    ) -> ModelResult<Self> {
         let gguf = super::gguf::gguf_file(model, path).ok();
         let (tokenizer, info, source) = match gguf {
             Some(_) => {
@@ -359,7 +366,11 @@ impl Worker {
                 && let Some(job) = waiting.pop_front()
             {
                 match job {
-                    Job::Generate { ref prompt, ref samplers, .. } => {
+                    Job::Generate {
+                        ref prompt,
+                        ref samplers,
+                        ..
+                    } => {
                         if !admitted.is_empty() && tokens + prompt.len() > PREFILL_TOKENS {
                             waiting.push_front(job);
                             break;
@@ -454,10 +465,14 @@ impl Worker {
                     }
                 };
                 let room = self.model.config().context.saturating_sub(prompt.len());
-                let group = self.groups.iter().position(Option::is_none).unwrap_or_else(|| {
-                    self.groups.push(None);
-                    self.groups.len() - 1
-                });
+                let group = self
+                    .groups
+                    .iter()
+                    .position(Option::is_none)
+                    .unwrap_or_else(|| {
+                        self.groups.push(None);
+                        self.groups.len() - 1
+                    });
                 self.groups[group] = Some(Group {
                     reply: Some(reply),
                     samples: vec![Vec::new(); samplers.len()],
@@ -469,7 +484,11 @@ impl Worker {
                     let own = if index == last {
                         cache.take().expect("the last sample takes the prefill")
                     } else {
-                        match cache.as_ref().expect("prefill kept until the last sample").fork() {
+                        match cache
+                            .as_ref()
+                            .expect("prefill kept until the last sample")
+                            .fork()
+                        {
                             Ok(c) => c,
                             Err(e) => {
                                 self.abort(group, &e);

@@ -123,8 +123,8 @@ fn embedded_tokenizer(model: &str, ct: &gguf_file::Content) -> ModelResult<Token
             tokenizer
         }
         "llama" => {
-            let gemma = meta_str(ct, "general.architecture")
-                .is_some_and(|a| a.starts_with("gemma"));
+            let gemma =
+                meta_str(ct, "general.architecture").is_some_and(|a| a.starts_with("gemma"));
             let scores: Vec<f32> = ct
                 .metadata
                 .get("tokenizer.ggml.scores")
@@ -189,8 +189,7 @@ fn embedded_tokenizer(model: &str, ct: &gguf_file::Content) -> ModelResult<Token
             )
             .map_err(|e| bad(e.to_string()))?;
             tokenizer.with_pre_tokenizer(Some(split));
-            let space = Replace::new("\u{2581}", " ")
-                .map_err(|e| bad(e.to_string()))?;
+            let space = Replace::new("\u{2581}", " ").map_err(|e| bad(e.to_string()))?;
             tokenizer.with_decoder(Some(DecoderSequence::new(vec![
                 space.into(),
                 ByteFallback::default().into(),
@@ -243,11 +242,7 @@ fn sentencepiece_merges(
         merges.extend(local);
     }
     // Stable sort, best rank first, then longer pieces first, as Python's reverse sort.
-    merges.sort_by(|x, y| {
-        y.0.total_cmp(&x.0)
-            .then(y.1.cmp(&x.1))
-            .then(y.2.cmp(&x.2))
-    });
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(y.1.cmp(&x.1)).then(y.2.cmp(&x.2)));
     merges
         .into_iter()
         .map(|m| (tokens[m.3 as usize].clone(), tokens[m.4 as usize].clone()))

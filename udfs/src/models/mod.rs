@@ -2,15 +2,15 @@
 //! runtime — one worker thread per loaded model that batches requests from every partition.
 
 pub mod bert;
+pub mod decode;
 pub mod error;
 pub mod gguf;
 pub mod hub;
-pub mod decode;
 pub mod qwen2;
-pub mod transformer;
 pub mod registry;
 pub mod settings;
 pub mod source;
+pub mod transformer;
 pub mod worker;
 
 pub use error::ModelError;

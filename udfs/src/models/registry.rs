@@ -9,12 +9,12 @@ use candle_core::Device;
 use tokenizers::Tokenizer;
 
 use super::bert::Bert;
-use super::error::{ModelError, ModelResult};
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
-use super::transformer::Matrices;
+use super::error::{ModelError, ModelResult};
 use super::qwen2::Qwen2Classifier;
 use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
+use super::transformer::Matrices;
 use super::worker::{Backend, Worker};
 
 /// A declared model.
@@ -406,7 +406,12 @@ impl ModelRegistry {
     /// What a decoder's files say about its text (chat template, special tokens), without
     /// loading weights; cached per model path.
     pub fn decoder_info(&self, spec: &ModelSpec) -> ModelResult<DecoderInfo> {
-        if let Some(i) = self.decoder_infos.lock().expect("registry lock").get(&spec.path) {
+        if let Some(i) = self
+            .decoder_infos
+            .lock()
+            .expect("registry lock")
+            .get(&spec.path)
+        {
             return Ok(i.clone());
         }
         let info = if super::gguf::gguf_file(&spec.name, &spec.path).is_ok() {

@@ -258,10 +258,7 @@ fn hf_name(family: Family, gguf: &str) -> String {
     if let Some(t) = top {
         return format!("{t}.{suffix}");
     }
-    let Some((block, part)) = stem
-        .strip_prefix("blk.")
-        .and_then(|s| s.split_once('.'))
-    else {
+    let Some((block, part)) = stem.strip_prefix("blk.").and_then(|s| s.split_once('.')) else {
         return gguf.to_string();
     };
     let part = match part {
@@ -539,13 +536,18 @@ impl Transformer {
         let eps = config.eps;
         let embed_q = weights
             .raw(f, "token_embd.weight", device)?
-            .ok_or_else(|| candle_core::Error::Msg("the weights have no token embeddings".into()))?;
+            .ok_or_else(|| {
+                candle_core::Error::Msg("the weights have no token embeddings".into())
+            })?;
         let embed = embed_q.dequantize(device)?;
         let mut blocks = Vec::with_capacity(config.windows.len());
         for (i, window) in config.windows.iter().enumerate() {
             let p = format!("blk.{i}");
             let norm = |w: &mut Weights<'_, R>, n: &str| -> Result<RmsNorm> {
-                Ok(RmsNorm::new(need_vector(w, &format!("{p}.{n}.weight"))?, eps))
+                Ok(RmsNorm::new(
+                    need_vector(w, &format!("{p}.{n}.weight"))?,
+                    eps,
+                ))
             };
             // Only Gemma has q/k norms and sandwich norms; in a Llama checkpoint the name
             // post_attention_layernorm means the pre-feedforward norm.
@@ -591,12 +593,16 @@ impl Transformer {
         // Tied embeddings: no output matrix, the embedding matrix is the head.
         let output = match weights.matrix(f, "output.weight", device)? {
             Some(m) => m,
-            None => {
-                matmul(embed_q, weights.matrices(), device)?
-            }
+            None => matmul(embed_q, weights.matrices(), device)?,
         };
         let d = config.head_dim;
-        let rope = rope_table(config.rope_base, config.rope_scale, d, config.context, device)?;
+        let rope = rope_table(
+            config.rope_base,
+            config.rope_scale,
+            d,
+            config.context,
+            device,
+        )?;
         let rope_local = rope_table(config.rope_local_base, 1.0, d, config.context, device)?;
         Ok(Self {
             embed: Embedding::new(embed, config.hidden),
