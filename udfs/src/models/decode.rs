@@ -141,12 +141,7 @@ pub fn read_folder_metadata(model: &str, dir: &Path) -> ModelResult<(Tokenizer, 
             eos_ids.push(id);
         }
     }
-    let jinja = dir.join("chat_template.jinja");
-    let chat_template = if jinja.exists() {
-        std::fs::read_to_string(&jinja).ok()
-    } else {
-        tok_config["chat_template"].as_str().map(str::to_string)
-    };
+    let chat_template = super::source::chat_template(dir, &tok_config);
     let add_bos = if tok_config["add_bos_token"].as_bool() == Some(true) {
         tokenizer.token_to_id(&bos_token)
     } else {
@@ -394,8 +389,8 @@ impl Worker {
         ModelError::candle(&self.name, e)
     }
 
-    /// Prefills the prompts of generation jobs together; None where that failed (each such job
-    /// is then prefilled alone, so an error is answered to its own row).
+    /// Prefills the prompts of generation jobs together; None for all if that failed (each
+    /// job is then prefilled alone, so an error is answered to its own row).
     fn prefill_many(&self, jobs: &[Job]) -> Vec<Option<(Cache, candle_core::Tensor)>> {
         let prompts: Vec<&[u32]> = jobs
             .iter()
@@ -404,38 +399,44 @@ impl Worker {
                 Job::Logprob { prompt, .. } => prompt.as_slice(),
             })
             .collect();
-        if prompts.len() < 2 || prompts.iter().any(|p| p.is_empty()) {
-            return prompts.iter().map(|_| None).collect();
-        }
-        let together = || -> candle_core::Result<Vec<(Cache, candle_core::Tensor)>> {
-            let mut caches: Vec<Cache> = prompts.iter().map(|_| Cache::default()).collect();
-            let mut steps: Vec<Step<'_>> = prompts
-                .iter()
-                .zip(caches.iter_mut())
-                .map(|(p, cache)| Step { ids: p, cache })
-                .collect();
-            let hidden = self.model.forward(&mut steps)?;
-            // The last row of each prompt predicts its first new token.
-            let mut end = 0u32;
-            let last: Vec<u32> = prompts
-                .iter()
-                .map(|p| {
-                    end += p.len() as u32;
-                    end - 1
-                })
-                .collect();
-            let rows = Tensor::new(last.as_slice(), hidden.device())?;
-            let logits = self.model.logits(&hidden.index_select(&rows, 0)?)?;
-            caches
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| Ok((c, logits.get(i)?)))
-                .collect()
-        };
-        match together() {
+        match self.prefill(&prompts) {
             Ok(v) => v.into_iter().map(Some).collect(),
-            Err(_) => prompts.iter().map(|_| None).collect(),
+            _ => prompts.iter().map(|_| None).collect(),
         }
+    }
+
+    /// One forward pass over `prompts`: each prompt's cache and the logits of its first new
+    /// token.
+    fn prefill(
+        &self,
+        prompts: &[&[u32]],
+    ) -> candle_core::Result<Vec<(Cache, candle_core::Tensor)>> {
+        if prompts.iter().any(|p| p.is_empty()) {
+            candle_core::bail!("the prompt has no tokens");
+        }
+        let mut caches: Vec<Cache> = prompts.iter().map(|_| Cache::default()).collect();
+        let mut steps: Vec<Step<'_>> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(p, cache)| Step { ids: p, cache })
+            .collect();
+        let hidden = self.model.forward(&mut steps)?;
+        // The last row of each prompt predicts its first new token.
+        let mut end = 0u32;
+        let last: Vec<u32> = prompts
+            .iter()
+            .map(|p| {
+                end += p.len() as u32;
+                end - 1
+            })
+            .collect();
+        let rows = Tensor::new(last.as_slice(), hidden.device())?;
+        let logits = self.model.logits(&hidden.index_select(&rows, 0)?)?;
+        caches
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Ok((c, logits.get(i)?)))
+            .collect()
     }
 
     /// Starts a job: a log-probability is answered at once; a generation is prefilled (unless
@@ -457,7 +458,9 @@ impl Worker {
                 samplers,
                 reply,
             } => {
-                let (cache, logits) = match prefilled.map_or_else(|| self.prefill(&prompt), Ok) {
+                let (cache, logits) = match prefilled
+                    .map_or_else(|| self.prefill(&[&prompt]).map(|mut v| v.remove(0)), Ok)
+                {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = reply.send(Err(self.fail(&e)));
@@ -521,20 +524,6 @@ impl Worker {
             }
             self.groups[group] = None;
         }
-    }
-
-    fn prefill(&self, prompt: &[u32]) -> candle_core::Result<(Cache, candle_core::Tensor)> {
-        if prompt.is_empty() {
-            candle_core::bail!("the prompt has no tokens");
-        }
-        let mut cache = Cache::default();
-        let hidden = self.model.forward(&mut [Step {
-            ids: prompt,
-            cache: &mut cache,
-        }])?;
-        let last = hidden.narrow(0, prompt.len() - 1, 1)?;
-        let logits = self.model.logits(&last)?.squeeze(0)?;
-        Ok((cache, logits))
     }
 
     fn logprob(&self, prompt: &[u32], response: &[u32]) -> candle_core::Result<f64> {

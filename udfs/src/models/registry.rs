@@ -130,19 +130,13 @@ impl ModelInfo {
                 m.iter()
                     .any(|x| x["type"].as_str().is_some_and(|t| t.ends_with("Normalize")))
             });
-        // transformers 5 writes the template to chat_template.jinja; older models keep it in
-        // tokenizer_config.json.
         let tok_config = dir.join("tokenizer_config.json");
-        let jinja = dir.join("chat_template.jinja");
-        let chat_template = if jinja.exists() {
-            std::fs::read_to_string(&jinja).ok()
-        } else if tok_config.exists() {
-            read_json(model, &tok_config)?["chat_template"]
-                .as_str()
-                .map(str::to_string)
+        let tok_config = if tok_config.exists() {
+            read_json(model, &tok_config)?
         } else {
-            None
+            serde_json::Value::Null
         };
+        let chat_template = super::source::chat_template(dir, &tok_config);
         Ok(Self {
             architecture,
             model_type,

@@ -210,3 +210,13 @@ pub fn model_config<T: serde::de::DeserializeOwned>(model: &str, dir: &Path) -> 
         problem: format!("unexpected config: {e}"),
     })
 }
+
+/// A model folder's chat template: chat_template.jinja (transformers 5 writes it there), else
+/// the `chat_template` of tokenizer_config.json (`tok_config`, Null when the file is absent).
+pub fn chat_template(dir: &Path, tok_config: &serde_json::Value) -> Option<String> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return std::fs::read_to_string(&jinja).ok();
+    }
+    tok_config["chat_template"].as_str().map(str::to_string)
+}
