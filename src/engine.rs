@@ -66,6 +66,12 @@ impl Engine {
         }
         let plan = self.ctx.state().create_logical_plan(sql).await?;
         if let LogicalPlan::Copy(copy) = &plan
+            && let Some(format) = crate::sinks::format_of(copy)
+        {
+            let batches = crate::sinks::write(&self.ctx, copy, format).await?;
+            return Ok(self.ctx.read_batches(batches)?);
+        }
+        if let LogicalPlan::Copy(copy) = &plan
             && let Some(target) = local_path(&copy.output_url)
         {
             let batches = self.atomic_copy(copy, &target).await?;
@@ -166,6 +172,7 @@ impl Engine {
             std::fs::create_dir_all(parent).map_err(|e| PrefflowError::io(parent, e))?;
         }
         let mut staged = copy.clone();
+        staged.input = std::sync::Arc::new(hoist_async_calls(copy.input.as_ref().clone())?);
         staged.output_url = tmp.display().to_string();
         if copy.output_url.ends_with('/') {
             staged.output_url.push('/');

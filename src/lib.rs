@@ -39,6 +39,7 @@ pub mod model_statements;
 pub mod output;
 pub mod script;
 pub mod session;
+pub mod sinks;
 
 pub use engine::{Engine, FinalQuery};
 pub use error::{PrefflowError, Result};

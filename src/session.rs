@@ -58,6 +58,8 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     for ext in ["jsonl", "ndjson"] {
         state.register_file_format(Arc::new(JsonLines(ext)), false)?;
     }
+    // COPY ... STORED AS dpo | kto | sft | sharegpt | tokenized (run by the Engine).
+    crate::sinks::register(&mut state)?;
     // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
     for file_type in EXTERNAL_TABLE_TYPES {
         state

@@ -1,0 +1,222 @@
+//! The dataset card (README.md) written beside a training set: what it is, how to load it,
+//! rows per split, what was dropped and why, score margins and lengths. Kept in running
+//! sums, so a streaming run's memory does not grow with the dataset.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use serde_json::Value;
+
+use super::Format;
+use super::rows::{Row, text_len};
+use crate::error::{PrefflowError, Result};
+
+/// Running min / mean / max.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Summary {
+    fn add(&mut self, x: f64) {
+        if self.count == 0 {
+            self.min = x;
+            self.max = x;
+        } else {
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
+        }
+        self.count += 1;
+        self.sum += x;
+    }
+
+    fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+}
+
+/// What a run wrote and dropped.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    train: u64,
+    validation: u64,
+    dropped: BTreeMap<&'static str, u64>,
+    margin: Summary,
+    lengths: Vec<(String, Summary)>,
+    labels: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Empty statistics for rows of `schema`: lengths are kept for its text, conversation and
+    /// token-id columns.
+    pub fn new(schema: &SchemaRef) -> Self {
+        let lengths = schema
+            .fields()
+            .iter()
+            .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::List(_)))
+            .filter(|f| !f.name().ends_with("attention_mask") && !f.name().ends_with("labels"))
+            .map(|f| (f.name().clone(), Summary::default()))
+            .collect();
+        Self {
+            train: 0,
+            validation: 0,
+            dropped: BTreeMap::new(),
+            margin: Summary::default(),
+            lengths,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Counts a dropped input row.
+    pub fn drop(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+
+    /// Counts a written row.
+    pub fn add(&mut self, row: &Row, validation: bool) {
+        if validation {
+            self.validation += 1;
+        } else {
+            self.train += 1;
+        }
+        if let (Some(c), Some(r)) = (
+            row.get("score_chosen").and_then(Value::as_f64),
+            row.get("score_rejected").and_then(Value::as_f64),
+        ) {
+            self.margin.add(c - r);
+        }
+        for (name, summary) in &mut self.lengths {
+            if let Some(n) = row.get(name).and_then(text_len) {
+                summary.add(n as f64);
+            }
+        }
+        if let Some(label) = row.get("label").filter(|v| !v.is_null()) {
+            *self.labels.entry(label.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Rows written in all splits.
+    pub fn written(&self) -> u64 {
+        self.train + self.validation
+    }
+}
+
+/// What the card says about how the set was made.
+pub struct Settings {
+    pub format: &'static str,
+    pub validation_fraction: f64,
+    pub file_ext: &'static str,
+    pub options: BTreeMap<String, String>,
+}
+
+/// Writes README.md into `dir`, for a dataset that will live at `target`.
+pub fn write(
+    dir: &Path,
+    target: &Path,
+    s: &Settings,
+    fmt: &dyn Format,
+    stats: &Stats,
+) -> Result<()> {
+    let path = dir.join("README.md");
+    std::fs::write(&path, render(target, s, fmt, stats)).map_err(|e| PrefflowError::io(&path, e))
+}
+
+fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> String {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into());
+    let mut splits = vec![("train", stats.train)];
+    if s.validation_fraction > 0.0 {
+        splits.push(("validation", stats.validation));
+    }
+    let mut out = String::new();
+    // Front matter: the Hub and `datasets.load_dataset` read the splits from here.
+    out.push_str("---\nconfigs:\n- config_name: default\n  data_files:\n");
+    for (split, _) in &splits {
+        let _ = writeln!(out, "  - split: {split}\n    path: {split}.{}", s.file_ext);
+    }
+    let _ = writeln!(out, "tags:\n- prefflow\n- {}\n---\n", s.format);
+    let _ = writeln!(out, "# {name}\n");
+    let _ = writeln!(
+        out,
+        "Written by prefflow (`COPY (…) TO '{name}' STORED AS {}`).\n",
+        s.format
+    );
+    out.push_str(&fmt.describe());
+    out.push_str("\n\n## Splits\n\n| split | rows |\n|---|---|\n");
+    for (split, n) in &splits {
+        let _ = writeln!(out, "| {split} | {n} |");
+    }
+    let _ = writeln!(
+        out,
+        "\nValidation rows are the prompts whose hash (FNV-1a, mixed) falls below validation_fraction = {}: every row of one prompt is in the same split, and reruns split the same way.",
+        s.validation_fraction
+    );
+    out.push_str("\n## Dropped rows\n\n");
+    if stats.dropped.is_empty() {
+        out.push_str("None.\n");
+    } else {
+        out.push_str("| reason | rows |\n|---|---|\n");
+        for (reason, n) in &stats.dropped {
+            let _ = writeln!(out, "| {reason} | {n} |");
+        }
+    }
+    if stats.margin.count > 0 {
+        let m = &stats.margin;
+        let _ = writeln!(
+            out,
+            "\n## Score margins\n\nscore_chosen - score_rejected over {} pairs: min {:.4}, mean {:.4}, max {:.4}.",
+            m.count,
+            m.min,
+            m.mean(),
+            m.max
+        );
+    }
+    if !stats.labels.is_empty() {
+        out.push_str("\n## Labels\n\n| label | rows |\n|---|---|\n");
+        for (label, n) in &stats.labels {
+            let _ = writeln!(out, "| {label} | {n} |");
+        }
+    }
+    let lengths: Vec<_> = stats.lengths.iter().filter(|(_, l)| l.count > 0).collect();
+    if !lengths.is_empty() {
+        let unit = if s.format == "tokenized" {
+            "tokens"
+        } else {
+            "characters (of every message's content for conversations)"
+        };
+        let _ = writeln!(
+            out,
+            "\n## Lengths\n\nIn {unit}.\n\n| column | min | mean | max |\n|---|---|---|---|"
+        );
+        for (column, l) in lengths {
+            let _ = writeln!(
+                out,
+                "| {column} | {} | {:.1} | {} |",
+                l.min,
+                l.mean(),
+                l.max
+            );
+        }
+    }
+    out.push_str("\n## Options\n\n");
+    let _ = writeln!(
+        out,
+        "- validation_fraction: {}\n- file_format: {}",
+        s.validation_fraction, s.file_ext
+    );
+    for (k, v) in &s.options {
+        let _ = writeln!(out, "- {k}: {v}");
+    }
+    out
+}
