@@ -85,8 +85,22 @@ fn number(f: &str, key: &str, v: &ScalarValue) -> Result<f64, String> {
 
 /// Parses an options struct; every message names the function and the option.
 pub fn parse_options(f: &str, options: Option<&ScalarValue>) -> Result<GenerateOptions, String> {
+    parse_options_with(f, options, &[]).map(|(o, _)| o)
+}
+
+/// Options of a function that takes generation options and some of its own (`extra`, returned
+/// by name as given).
+#[allow(clippy::type_complexity)]
+pub fn parse_options_with(
+    f: &str,
+    options: Option<&ScalarValue>,
+    extra: &[&str],
+) -> Result<(GenerateOptions, Vec<(String, ScalarValue)>), String> {
     let mut o = GenerateOptions::default();
-    let Some(options) = options else { return Ok(o) };
+    let mut own = Vec::new();
+    let Some(options) = options else {
+        return Ok((o, own));
+    };
     let ScalarValue::Struct(s) = options else {
         return Err(format!(
             "{f}: options must be a struct literal such as named_struct('temperature', 0.7), got {options}"
@@ -160,14 +174,19 @@ pub fn parse_options(f: &str, options: Option<&ScalarValue>) -> Result<GenerateO
                     o.truncate = b;
                 }
             }
+            other if extra.contains(&other) => own.push((other.to_string(), v)),
             other => {
-                return Err(format!(
-                    "{f}: unknown option '{other}' (known: temperature, top_p, top_k, max_tokens, stop, seed, chat, truncate)"
-                ));
+                let mut known =
+                    "temperature, top_p, top_k, max_tokens, stop, seed, chat, truncate".to_string();
+                for e in extra {
+                    known.push_str(", ");
+                    known.push_str(e);
+                }
+                return Err(format!("{f}: unknown option '{other}' (known: {known})"));
             }
         }
     }
-    Ok(o)
+    Ok((o, own))
 }
 
 /// FNV-1a: a stable hash, so a row's seed is the same in every build and on every machine.

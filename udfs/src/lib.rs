@@ -6,6 +6,7 @@
 pub mod ai_embed;
 pub mod ai_generate;
 pub mod ai_generate_n;
+pub mod ai_judge;
 pub mod ai_logprob;
 pub mod ai_reward;
 pub mod apply_chat_template;

@@ -30,6 +30,7 @@ pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
         model(Arc::new(crate::ai_generate_n::AiGenerateN::new(
             Arc::clone(models),
         ))),
+        model(Arc::new(crate::ai_judge::AiJudge::new(Arc::clone(models)))),
         model(Arc::new(crate::ai_reward::AiReward::new(Arc::clone(
             models,
         )))),
