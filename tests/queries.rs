@@ -4,6 +4,9 @@ use std::collections::HashMap;
 
 use prefflow::{Engine, Script, SessionOptions};
 
+#[path = "trl/mod.rs"]
+mod trl;
+
 /// Query-file parameters: outputs to `out`, the bundled data and models of this checkout.
 fn params(out: &std::path::Path) -> HashMap<String, String> {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -50,6 +53,20 @@ async fn every_query_file_runs() {
         assert!(rows > 0, "{} returned no rows", file.display());
         eprintln!("{}: {rows} rows", file.display());
     }
+    // The training sets the pipelines wrote load as TRL expects, each with its card.
+    let engine = Engine::new().unwrap();
+    for (dir, kind) in [
+        ("best_of_n_dpo", "dpo"),
+        ("judge_dpo", "dpo"),
+        ("math_kto", "kto"),
+        ("math_pmpo", "kto"),
+    ] {
+        let rows = trl::check(&engine, &out.path().join(dir), kind).await;
+        eprintln!("{dir}: {} rows", rows.len());
+    }
+    let card = std::fs::read_to_string(out.path().join("best_of_n_dpo/README.md")).unwrap();
+    assert!(card.contains("## Score margins"), "{card}");
+    assert!(card.contains("| validation |"), "{card}");
 }
 
 /// Runs queries/`name` and returns its final query's rows as a text table.

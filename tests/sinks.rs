@@ -1,0 +1,182 @@
+//! Training sinks: every format written, read back and checked against TRL's dataset-format
+//! rules (tests/trl), dataset cards, and atomic folder writes.
+
+#[path = "trl/mod.rs"]
+mod trl;
+
+use prefflow::{Engine, SessionOptions};
+
+fn engine() -> Engine {
+    Engine::with_options(&SessionOptions {
+        target_partitions: Some(2),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+const SETUP: &str = "
+CREATE TABLE scored AS SELECT * FROM (VALUES
+  ('p1', 'What is 2+2?', 'It is 4.', 1.0), ('p1', 'What is 2+2?', 'It is 5.', 0.2), ('p1', 'What is 2+2?', 'Four.', 0.9),
+  ('p2', 'Capital of France?', 'Paris.', 0.5), ('p2', 'Capital of France?', 'Lyon.', 0.5),
+  ('p3', 'Color of the sky?', 'Blue.', 0.8), ('p3', 'Color of the sky?', 'Green.', 0.1),
+  ('p4', 'Largest planet?', 'Jupiter.', NULL), ('p4', 'Largest planet?', 'Mars.', NULL),
+  ('p5', 'Alone?', 'Only.', 0.3)
+) v(prompt_id, prompt, response, score)";
+
+const PAIRS: &str =
+    "SELECT prompt_id, first_value(prompt) AS prompt, arg_max(response, score) AS chosen,
+  arg_min(response, score) AS rejected, max(score) AS score_chosen, min(score) AS score_rejected,
+  count(score) AS num_responses FROM scored GROUP BY prompt_id";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_loads_as_trl_expects() {
+    let e = engine();
+    e.sql(SETUP).await.unwrap();
+    e.sql("CREATE MODEL smol FROM 'models/smollm2-135m-instruct'")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let copies = [
+        (
+            "dpo",
+            format!("COPY ({PAIRS}) TO '{d}/dpo' STORED AS dpo OPTIONS (validation_fraction 0.5)"),
+        ),
+        (
+            "dpo",
+            format!(
+                "COPY ({PAIRS}) TO '{d}/dpo_conv' STORED AS dpo OPTIONS (style 'conversational', file_format 'jsonl')"
+            ),
+        ),
+        (
+            "kto",
+            format!(
+                "COPY (SELECT prompt, response AS completion, score > 0.6 AS label FROM scored) TO '{d}/kto' STORED AS kto"
+            ),
+        ),
+        (
+            "kto",
+            format!("COPY ({PAIRS}) TO '{d}/kto_unpaired' STORED AS kto OPTIONS (style 'pmpo')"),
+        ),
+        (
+            "sft",
+            format!(
+                "COPY (SELECT prompt, chosen AS completion FROM ({PAIRS})) TO '{d}/sft' STORED AS sft OPTIONS (style 'messages')"
+            ),
+        ),
+        (
+            "sft",
+            format!(
+                "COPY (SELECT prompt, chosen AS completion FROM ({PAIRS})) TO '{d}/sft_pc' STORED AS sft"
+            ),
+        ),
+        (
+            "sharegpt",
+            format!(
+                "COPY (SELECT prompt, chosen AS completion FROM ({PAIRS})) TO '{d}/sharegpt' STORED AS sharegpt"
+            ),
+        ),
+        (
+            "tokenized",
+            format!("COPY ({PAIRS}) TO '{d}/tokenized' STORED AS tokenized OPTIONS (model 'smol')"),
+        ),
+        (
+            "tokenized",
+            format!(
+                "COPY (SELECT prompt, chosen AS completion FROM ({PAIRS})) TO '{d}/tokenized_sft' STORED AS tokenized OPTIONS (model 'smol', validation_fraction 0.3)"
+            ),
+        ),
+    ];
+    for (kind, sql) in &copies {
+        e.query(sql)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+        let name = sql
+            .split(&format!("{d}/"))
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        let rows = trl::check(&e, &dir.path().join(name), kind).await;
+        assert!(!rows.is_empty(), "{name} wrote no rows");
+    }
+
+    // The card counts the pairing rules' drops and gives margins and lengths.
+    let card = std::fs::read_to_string(dir.path().join("dpo/README.md")).unwrap();
+    for expected in [
+        "| tie (best and worst scores equal) | 1 |",
+        "| no scored response (chosen or rejected is NULL) | 1 |",
+        "| one response only | 1 |",
+        "score_chosen - score_rejected over 2 pairs: min 0.7000, mean 0.7500, max 0.8000.",
+        "| chosen |",
+        "- validation_fraction: 0.5",
+    ] {
+        assert!(card.contains(expected), "card lacks {expected:?}:\n{card}");
+    }
+    // Unpaired from pairs: one desirable and one undesirable row per pair.
+    let card = std::fs::read_to_string(dir.path().join("kto_unpaired/README.md")).unwrap();
+    assert!(
+        card.contains("| 1 | 2 |") && card.contains("| -1 | 2 |"),
+        "{card}"
+    );
+    let card = std::fs::read_to_string(dir.path().join("tokenized/README.md")).unwrap();
+    assert!(card.contains("In tokens."), "{card}");
+    // Nothing staged is left beside the outputs.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_rows_are_dropped_and_counted() {
+    let e = engine();
+    e.sql("CREATE MODEL smol FROM 'models/smollm2-135m-instruct'")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("tok");
+    e.query(&format!(
+        "COPY (SELECT * FROM (VALUES ('Hi', 'Hello.', 'Go away.'), ('Hi', repeat('very long answer ', 40), 'No.')) t(prompt, chosen, rejected))
+         TO '{}' STORED AS tokenized OPTIONS (model 'smol', max_length 64)",
+        target.display()
+    ))
+    .await
+    .unwrap();
+    let rows = trl::check(&e, &target, "tokenized").await;
+    assert_eq!(rows.len(), 1);
+    let card = std::fs::read_to_string(target.join("README.md")).unwrap();
+    assert!(card.contains("| longer than max_length | 1 |"), "{card}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_the_previous_dataset() {
+    let e = engine();
+    e.sql(SETUP).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("pairs");
+    let copy = |query: &str| format!("COPY ({query}) TO '{}' STORED AS dpo", target.display());
+    e.query(&copy(PAIRS)).await.unwrap();
+    let before = std::fs::read(target.join("train.parquet")).unwrap();
+    let card = std::fs::read_to_string(target.join("README.md")).unwrap();
+    // Fails mid-stream, after some rows were converted.
+    let bad = "SELECT prompt, chosen, CASE WHEN prompt_id = 'p3' THEN CAST('x' AS INT)::TEXT ELSE rejected END AS rejected FROM (SELECT * FROM scored_pairs)";
+    e.sql(&format!("CREATE VIEW scored_pairs AS {PAIRS}"))
+        .await
+        .unwrap();
+    assert!(e.query(&copy(bad)).await.is_err());
+    assert_eq!(std::fs::read(target.join("train.parquet")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(target.join("README.md")).unwrap(),
+        card
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("pairs")]);
+}
