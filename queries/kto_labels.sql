@@ -13,7 +13,8 @@ CREATE VIEW labelled AS
 SELECT prompt_id,
        question AS prompt,
        strip_think(response) AS completion,
-       extract_boxed(strip_think(response)) = gold AS label
+       -- No \boxed{} answer at all is a wrong answer, not a missing label.
+       coalesce(extract_boxed(strip_think(response)) = gold, false) AS label
 FROM '${data_dir:-data}/math_samples.jsonl';
 
 COPY (SELECT * FROM labelled ORDER BY prompt_id, completion)

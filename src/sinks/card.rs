@@ -63,7 +63,11 @@ impl Stats {
             .fields()
             .iter()
             .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::List(_)))
-            .filter(|f| !f.name().ends_with("attention_mask") && !f.name().ends_with("labels"))
+            .filter(|f| {
+                f.name() != "prompt_id"
+                    && !f.name().ends_with("attention_mask")
+                    && !f.name().ends_with("labels")
+            })
             .map(|f| (f.name().clone(), Summary::default()))
             .collect();
         Self {
@@ -104,6 +108,11 @@ impl Stats {
         }
     }
 
+    /// Rows in the train and validation splits.
+    pub fn split_rows(&self) -> (u64, u64) {
+        (self.train, self.validation)
+    }
+
     /// Rows written in all splits.
     pub fn written(&self) -> u64 {
         self.train + self.validation
@@ -140,9 +149,14 @@ fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> Strin
         splits.push(("validation", stats.validation));
     }
     let mut out = String::new();
-    // Front matter: the Hub and `datasets.load_dataset` read the splits from here.
+    // Front matter: the Hub and `datasets.load_dataset` read the splits from here. An empty
+    // split is left out (its file is not kept, see `write_splits`): `datasets` refuses to
+    // load a split with no data.
     out.push_str("---\nconfigs:\n- config_name: default\n  data_files:\n");
-    for (split, _) in &splits {
+    for (split, _) in splits
+        .iter()
+        .filter(|(s, n)| *n > 0 || (*s == "train" && stats.written() == 0))
+    {
         let _ = writeln!(out, "  - split: {split}\n    path: {split}.{}", s.file_ext);
     }
     let _ = writeln!(out, "tags:\n- prefflow\n- {}\n---\n", s.format);
@@ -156,6 +170,14 @@ fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> Strin
     out.push_str("\n\n## Splits\n\n| split | rows |\n|---|---|\n");
     for (split, n) in &splits {
         let _ = writeln!(out, "| {split} | {n} |");
+    }
+    for (split, n) in &splits {
+        if *n == 0 && stats.written() > 0 {
+            let _ = writeln!(
+                out,
+                "\nNo row fell in the {split} split, so no {split} file was written."
+            );
+        }
     }
     let _ = writeln!(
         out,

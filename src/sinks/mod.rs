@@ -383,6 +383,15 @@ async fn write_splits(
     if let Some(w) = validation {
         w.finish()?;
     }
+    // `datasets` refuses a split with no data: an empty split's file goes (the card says so),
+    // unless nothing was written at all.
+    let (train_rows, validation_rows) = stats.split_rows();
+    for (split, n) in [("train", train_rows), ("validation", validation_rows)] {
+        let file = dir.join(format!("{split}.{}", kind.ext()));
+        if n == 0 && train_rows + validation_rows > 0 && file.exists() {
+            std::fs::remove_file(&file).map_err(|e| PrefflowError::io(&file, e))?;
+        }
+    }
     Ok(stats)
 }
 
