@@ -36,6 +36,7 @@ pub mod engine;
 pub mod error;
 pub mod hf;
 pub mod model_statements;
+pub mod ordered_async;
 pub mod output;
 pub mod script;
 pub mod session;

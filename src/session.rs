@@ -40,9 +40,16 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         config = config.with_batch_size(n);
     }
 
+    // Model calls keep the input's order (see ordered_async): first, so that every later rule
+    // sees it.
+    let mut rules: Vec<
+        Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
+    > = vec![Arc::new(crate::ordered_async::KeepOrderThroughModelCalls)];
+    rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
+        .with_physical_optimizer_rules(rules)
         .build();
 
     for udf in prefflow_udfs::scalar_functions(&models) {

@@ -180,3 +180,64 @@ async fn a_failed_run_keeps_the_previous_dataset() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("pairs")]);
 }
+
+/// Pairing after a model call streams when the input is declared sorted (clustered by prompt,
+/// as `unnest(ai_generate_n(...))` leaves it): the aggregate runs
+/// in sorted mode (one prompt's group in memory at a time), not as a hash table of every
+/// prompt. scripts/bench-pairing measures the memory this saves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_streams_through_model_calls() {
+    let e = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &file,
+        "{\"prompt_id\": \"a\", \"response\": \"Hi\"}\n{\"prompt_id\": \"a\", \"response\": \"Hi there\"}\n\
+         {\"prompt_id\": \"b\", \"response\": \"Yo there\"}\n{\"prompt_id\": \"b\", \"response\": \"Yo\"}\n",
+    )
+    .unwrap();
+    e.sql("CREATE MODEL smol FROM 'models/smollm2-135m-instruct'")
+        .await
+        .unwrap();
+    e.sql(&format!(
+        "CREATE EXTERNAL TABLE samples (prompt_id VARCHAR, response VARCHAR) STORED AS JSON LOCATION '{}' WITH ORDER (prompt_id)",
+        file.display()
+    ))
+    .await
+    .unwrap();
+    let pairing =
+        "SELECT prompt_id, arg_max(response, score) AS chosen, arg_min(response, score) AS rejected
+        FROM (SELECT prompt_id, response, token_count('smol', response) AS score FROM samples)
+        GROUP BY prompt_id";
+    let batches = e.query(&format!("EXPLAIN {pairing}")).await.unwrap();
+    let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("OrderedAsyncFuncExec"), "{plan}");
+    let aggregates: Vec<_> = plan
+        .lines()
+        .filter(|l| l.contains("AggregateExec"))
+        .collect();
+    assert!(
+        !aggregates.is_empty()
+            && aggregates
+                .iter()
+                .all(|l| l.contains("ordering_mode=Sorted")),
+        "{plan}"
+    );
+    let batches = e
+        .query(&format!("{pairing} ORDER BY prompt_id"))
+        .await
+        .unwrap();
+    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        table.contains("| a         | Hi there | Hi       |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| b         | Yo there | Yo       |"),
+        "{table}"
+    );
+}

@@ -41,7 +41,8 @@ impl AiEmbed {
             registry: SharedRegistry(registry),
             // Volatile: it must run in the executor (on the model's worker), never be folded
             // as a constant while planning.
-            signature: Signature::string(2, Volatility::Volatile),
+            // Any, not string(2): see model_call::text_args.
+            signature: Signature::any(2, Volatility::Volatile),
         }
     }
 }
@@ -69,6 +70,7 @@ impl ScalarUDFImpl for AiEmbed {
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let spec = planned_model(self.name(), &self.registry.0, &args)?;
+        crate::common::model_call::text_args(self.name(), &args, &[(1, "the text")])?;
         let info = self
             .registry
             .0

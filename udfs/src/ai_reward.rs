@@ -42,7 +42,8 @@ impl AiReward {
     pub fn new(registry: Arc<ModelRegistry>) -> Self {
         Self {
             registry: SharedRegistry(registry),
-            signature: Signature::string(3, Volatility::Volatile),
+            // Any, not string(3): see model_call::text_args.
+            signature: Signature::any(3, Volatility::Volatile),
         }
     }
 }
@@ -96,6 +97,11 @@ impl ScalarUDFImpl for AiReward {
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
         let spec = planned_model(self.name(), &self.registry.0, &args)?;
+        crate::common::model_call::text_args(
+            self.name(),
+            &args,
+            &[(1, "the prompt"), (2, "the response")],
+        )?;
         let info = self
             .registry
             .0

@@ -35,7 +35,8 @@ impl TokenCount {
     pub fn new(registry: Arc<ModelRegistry>) -> Self {
         Self {
             registry: SharedRegistry(registry),
-            signature: Signature::string(2, Volatility::Volatile),
+            // Any, not string(2): see model_call::text_args.
+            signature: Signature::any(2, Volatility::Volatile),
         }
     }
 }
@@ -59,6 +60,7 @@ impl ScalarUDFImpl for TokenCount {
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
         // Check the model while planning, so a typo fails before any row is read.
         planned_model(self.name(), &self.registry.0, &args)?;
+        crate::common::model_call::text_args(self.name(), &args, &[(1, "the text")])?;
         Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
             self.name(),
             DataType::Int64,

@@ -112,3 +112,25 @@ impl std::hash::Hash for SharedRegistry {
         (Arc::as_ptr(&self.0) as usize).hash(state)
     }
 }
+
+/// Checks that the arguments at `positions` are strings (text of any Arrow string type, or
+/// NULL). Model functions take `Signature::any` rather than `Signature::string`: coercing
+/// every argument to one string type would wrap the model name in a CAST next to a Utf8View
+/// column, and it would no longer be the literal the planner needs.
+pub fn text_args(
+    function: &str,
+    args: &ReturnFieldArgs,
+    positions: &[(usize, &str)],
+) -> Result<()> {
+    use datafusion::arrow::datatypes::DataType;
+    for (i, what) in positions {
+        let t = args.arg_fields[*i].data_type();
+        if !matches!(
+            t,
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+        ) {
+            return plan_err!("{function}: {what} must be text, got {t}");
+        }
+    }
+    Ok(())
+}
