@@ -188,7 +188,8 @@ impl Format for Dpo {
         };
         let mut s = format!(
             "Preference pairs in TRL's format with an explicit prompt, {shape}: `DPOTrainer` \
-             (and the other preference trainers) load it with `load_dataset(\"parquet\" or the folder)`."
+             and the other preference trainers take it as it is; `datasets.load_dataset(\"<this folder>\")` \
+             finds the splits from this card."
         );
         if self.scores {
             s.push_str(" score_chosen and score_rejected hold the scores the pair was picked by.");
