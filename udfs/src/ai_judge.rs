@@ -41,7 +41,7 @@ use datafusion::logical_expr::{
 use minijinja::{Environment, UndefinedBehavior, context};
 
 use crate::ai_generate::{GenerateOptions, generate_rows, parse_options_with};
-use crate::common::model_call::{SharedRegistry, loaded_decoder, planned_model};
+use crate::common::model_call::{SharedRegistry, loaded_decoder, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 
@@ -249,15 +249,11 @@ impl ScalarUDFImpl for AiJudge {
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
         planned_model(self.name(), &self.registry.0, &args)?;
-        for (i, what) in [(1, "question"), (2, "answer_a"), (3, "answer_b")] {
-            let t = args.arg_fields[i].data_type();
-            if !matches!(
-                t,
-                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
-            ) {
-                return plan_err!("ai_judge: {what} must be text, got {t}");
-            }
-        }
+        text_args(
+            self.name(),
+            &args,
+            &[(1, "question"), (2, "answer_a"), (3, "answer_b")],
+        )?;
         if let Some(f) = args.arg_fields.get(4)
             && !matches!(f.data_type(), DataType::Struct(_))
         {
