@@ -60,6 +60,9 @@ async fn every_query_file_runs() {
         ("judge_dpo", "dpo"),
         ("math_kto", "kto"),
         ("math_pmpo", "kto"),
+        ("sft_with_thinking", "sft"),
+        ("sft_without_thinking", "sft"),
+        ("sft_without_thinking_sharegpt", "sharegpt"),
     ] {
         let rows = trl::check(&engine, &out.path().join(dir), kind).await;
         eprintln!("{dir}: {} rows", rows.len());
