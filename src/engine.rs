@@ -65,17 +65,17 @@ impl Engine {
             return self.model_statement(statement).await;
         }
         let plan = self.ctx.state().create_logical_plan(sql).await?;
-        if let LogicalPlan::Copy(copy) = &plan
-            && let Some(format) = crate::sinks::format_of(copy)
-        {
-            let batches = crate::sinks::write(&self.ctx, copy, format).await?;
-            return Ok(self.ctx.read_batches(batches)?);
-        }
-        if let LogicalPlan::Copy(copy) = &plan
-            && let Some(target) = local_path(&copy.output_url)
-        {
-            let batches = self.atomic_copy(copy, &target).await?;
-            return Ok(self.ctx.read_batches(batches)?);
+        if let LogicalPlan::Copy(copy) = &plan {
+            let batches = if let Some(format) = crate::sinks::format_of(copy) {
+                Some(crate::sinks::write(&self.ctx, copy, format).await?)
+            } else if let Some(target) = local_path(&copy.output_url) {
+                Some(self.atomic_copy(copy, &target).await?)
+            } else {
+                None
+            };
+            if let Some(batches) = batches {
+                return Ok(self.ctx.read_batches(batches)?);
+            }
         }
         let plan = hoist_async_calls(plan)?;
         Ok(self.ctx.execute_logical_plan(plan).await?)
@@ -220,7 +220,7 @@ async fn drain(df: DataFrame) -> Result<()> {
 }
 
 /// A local filesystem path for a COPY target, or None for object-store URLs.
-fn local_path(url: &str) -> Option<PathBuf> {
+pub(crate) fn local_path(url: &str) -> Option<PathBuf> {
     if let Some(p) = url.strip_prefix("file://") {
         return Some(PathBuf::from(p));
     }

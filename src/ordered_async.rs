@@ -40,16 +40,11 @@ impl PhysicalOptimizerRule for KeepOrderThroughModelCalls {
         // Bottom-up, so every parent is rebuilt from its new child and recomputes its own
         // properties (an aggregate picks its sorted mode then).
         plan.transform_up(|node| {
-            let Some(inner) = node.downcast_ref::<AsyncFuncExec>() else {
+            if node.downcast_ref::<AsyncFuncExec>().is_none() {
                 return Ok(Transformed::no(node));
-            };
-            let inner = Arc::new(AsyncFuncExec::try_new(
-                #[allow(deprecated)]
-                inner.async_exprs().to_vec(),
-                Arc::clone(inner.input()),
-            )?);
+            }
             Ok(Transformed::yes(
-                Arc::new(OrderedAsyncFunc::new(inner)?) as Arc<dyn ExecutionPlan>
+                Arc::new(OrderedAsyncFunc::new(node)?) as Arc<dyn ExecutionPlan>
             ))
         })
         .map(|t| t.data)
@@ -67,13 +62,14 @@ impl PhysicalOptimizerRule for KeepOrderThroughModelCalls {
 /// An `AsyncFuncExec` whose output keeps its input's orderings on the passed-through columns.
 #[derive(Debug)]
 pub struct OrderedAsyncFunc {
-    inner: Arc<AsyncFuncExec>,
+    /// The wrapped `AsyncFuncExec`.
+    inner: Arc<dyn ExecutionPlan>,
     properties: Arc<PlanProperties>,
 }
 
 impl OrderedAsyncFunc {
-    fn new(inner: Arc<AsyncFuncExec>) -> Result<Self> {
-        let input = inner.input();
+    fn new(inner: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let input = Arc::clone(inner.children()[0]);
         let input_schema = input.schema();
         // The output starts with the input's columns, at the same positions.
         let identity = input_schema
@@ -122,7 +118,7 @@ impl ExecutionPlan for OrderedAsyncFunc {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![self.inner.input()]
+        self.inner.children()
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
@@ -142,11 +138,7 @@ impl ExecutionPlan for OrderedAsyncFunc {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let inner = Arc::clone(&self.inner).with_new_children(children)?;
-        let inner = inner
-            .downcast_ref::<AsyncFuncExec>()
-            .map(|a| AsyncFuncExec::try_new(a.async_exprs().to_vec(), Arc::clone(a.input())))
-            .expect("AsyncFuncExec rebuilds as AsyncFuncExec")?;
-        Ok(Arc::new(Self::new(Arc::new(inner))?))
+        Ok(Arc::new(Self::new(inner)?))
     }
 
     fn execute(

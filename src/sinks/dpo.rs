@@ -73,15 +73,11 @@ impl Dpo {
                 "min_margin needs the columns score_chosen and score_rejected (for example max(score) and min(score) per prompt)",
             ));
         }
-        let answer = |name: &str| match shape {
-            Shape::Text => rows::text_field(name),
-            Shape::Conversation => rows::conversation_field(name),
-        };
         let mut fields = Vec::new();
         if let Some(t) = &prompt_id {
             fields.push(rows::id_field("prompt_id", t));
         }
-        fields.extend([answer("prompt"), answer("chosen"), answer("rejected")]);
+        fields.extend(["prompt", "chosen", "rejected"].map(|c| shape.field(c)));
         if scores {
             fields.push(datafusion::arrow::datatypes::Field::new(
                 "score_chosen",
@@ -162,13 +158,7 @@ impl Format for Dpo {
             ("rejected", "assistant"),
         ] {
             let v = row.remove(name).unwrap_or(Value::Null);
-            let v = match self.shape {
-                Shape::Conversation => {
-                    Value::Array(rows::clean_messages(&rows::as_shape(v, self.shape, role)))
-                }
-                Shape::Text => v,
-            };
-            o.insert(name.into(), v);
+            o.insert(name.into(), self.shape.value(v, role));
         }
         if self.scores {
             for name in ["score_chosen", "score_rejected"] {

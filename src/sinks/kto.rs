@@ -40,15 +40,11 @@ impl Kto {
         };
         let pmpo = o.take_choice("style", &["kto", "pmpo"])? == Some("pmpo");
         let prompt_id = c.optional(o, "prompt_id", Kind::Id)?;
-        let field = |name: &str| match shape {
-            Shape::Text => rows::text_field(name),
-            Shape::Conversation => rows::conversation_field(name),
-        };
         let mut fields = Vec::new();
         if let Some(t) = &prompt_id {
             fields.push(rows::id_field("prompt_id", t));
         }
-        fields.extend([field("prompt"), field("completion")]);
+        fields.extend([shape.field("prompt"), shape.field("completion")]);
         fields.push(Field::new(
             "label",
             if pmpo {
@@ -75,14 +71,14 @@ impl Kto {
                 row.get("prompt_id").cloned().unwrap_or(Value::Null),
             );
         }
-        let shaped = |v: Value, role: &str| match self.shape {
-            Shape::Conversation => {
-                Value::Array(rows::clean_messages(&rows::as_shape(v, self.shape, role)))
-            }
-            Shape::Text => v,
-        };
-        o.insert("prompt".into(), shaped(row["prompt"].clone(), "user"));
-        o.insert("completion".into(), shaped(completion, "assistant"));
+        o.insert(
+            "prompt".into(),
+            self.shape.value(row["prompt"].clone(), "user"),
+        );
+        o.insert(
+            "completion".into(),
+            self.shape.value(completion, "assistant"),
+        );
         let label = if self.pmpo {
             Value::from(if good { 1 } else { -1 })
         } else {

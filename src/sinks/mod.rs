@@ -38,7 +38,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use crate::async_args::hoist_async_calls;
-use crate::engine::{commit, remove_path, temp_sibling};
+use crate::engine::{commit, local_path, remove_path, temp_sibling};
 use crate::error::{PrefflowError, Result};
 
 pub use card::Stats;
@@ -81,13 +81,18 @@ pub(crate) struct Options {
 }
 
 impl Options {
-    fn new(format: &'static str, raw: &HashMap<String, String>) -> Result<Self> {
-        let mut values = BTreeMap::new();
-        for (k, v) in raw {
-            let key = k.strip_prefix("format.").unwrap_or(k);
-            values.insert(key.to_string(), v.clone());
-        }
-        Ok(Self { format, values })
+    /// DataFusion prefixes unqualified COPY options with `format.`; the sinks' are all plain.
+    fn new(format: &'static str, raw: &HashMap<String, String>) -> Self {
+        let values = raw
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.strip_prefix("format.").unwrap_or(k).to_string(),
+                    v.clone(),
+                )
+            })
+            .collect();
+        Self { format, values }
     }
 
     /// A planning error naming the format.
@@ -234,7 +239,7 @@ pub async fn write(
     format: &'static str,
 ) -> Result<Vec<RecordBatch>> {
     let target = local_dir(format, &copy.output_url)?;
-    let mut options = Options::new(format, &copy.options)?;
+    let mut options = Options::new(format, &copy.options);
     let validation_fraction = options.take_f64("validation_fraction")?.unwrap_or(0.0);
     if !(0.0..1.0).contains(&validation_fraction) {
         return Err(options.err(format!(
@@ -252,7 +257,7 @@ pub async fn write(
         options: options.values.clone(),
     };
     let input_schema = copy.input.schema().as_arrow().clone();
-    let mut fmt = plan_format(ctx, format, &input_schema, &mut options)?;
+    let fmt = plan_format(ctx, format, &input_schema, &mut options)?;
     options.finish(&format!("{COMMON_OPTIONS}, {}", known_options(format)))?;
 
     let input = hoist_async_calls(copy.input.as_ref().clone())?;
@@ -264,7 +269,7 @@ pub async fn write(
             .await?
             .execute_stream()
             .await?;
-        let stats = write_splits(stream, &mut fmt, &tmp, kind, validation_fraction).await?;
+        let (stats, fmt) = write_splits(stream, fmt, &tmp, kind, validation_fraction).await?;
         card::write(&tmp, &target, &settings, fmt.as_ref(), &stats)?;
         Ok::<_, PrefflowError>(stats)
     }
@@ -303,17 +308,11 @@ fn known_options(format: &str) -> &'static str {
 
 /// The target folder; a file name (`x.parquet`) is refused, since a format writes a folder.
 fn local_dir(format: &str, url: &str) -> Result<PathBuf> {
-    let path = match url.strip_prefix("file://") {
-        Some(p) => p,
-        None if url.contains("://") => {
-            return Err(DataFusionError::Plan(format!(
-                "{format}: training sinks write to a local folder, got '{url}'"
-            ))
-            .into());
-        }
-        None => url,
-    };
-    let path = PathBuf::from(path.trim_end_matches('/'));
+    let path = local_path(url).ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "{format}: training sinks write to a local folder, got '{url}'"
+        ))
+    })?;
     if let Some(ext) = path.extension().and_then(|e| e.to_str())
         && ["parquet", "jsonl", "json", "ndjson", "csv"].contains(&ext)
     {
@@ -325,14 +324,15 @@ fn local_dir(format: &str, url: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Reads the query's batches, converts their rows, and writes each to its split.
+/// Reads the query's batches, converts their rows, and writes each to its split; hands the
+/// format back for the card.
 async fn write_splits(
     mut stream: datafusion::execution::SendableRecordBatchStream,
-    fmt: &mut Box<dyn Format>,
+    mut fmt: Box<dyn Format>,
     dir: &Path,
     kind: FileKind,
     validation_fraction: f64,
-) -> Result<Stats> {
+) -> Result<(Stats, Box<dyn Format>)> {
     let schema = fmt.schema();
     let mut stats = Stats::new(&schema);
     let mut train = Writer::create(&dir.join(format!("train.{}", kind.ext())), kind, &schema)?;
@@ -348,14 +348,13 @@ async fn write_splits(
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         // Conversion (and, for `tokenized`, tokenizing) is CPU work: off the async runtime.
-        let mut owned = std::mem::replace(fmt, Box::new(Placeholder));
         let (back, converted) = tokio::task::spawn_blocking(move || {
-            let r = convert_batch(owned.as_mut(), &batch);
-            (owned, r)
+            let r = convert_batch(fmt.as_mut(), &batch);
+            (fmt, r)
         })
         .await
-        .map_err(|e| PrefflowError::Usage(format!("sink task failed: {e}")))?;
-        *fmt = back;
+        .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+        fmt = back;
         let (rows, dropped) = converted?;
         for reason in dropped {
             stats.drop(reason);
@@ -392,7 +391,7 @@ async fn write_splits(
             std::fs::remove_file(&file).map_err(|e| PrefflowError::io(&file, e))?;
         }
     }
-    Ok(stats)
+    Ok((stats, fmt))
 }
 
 /// Converts one batch: its kept output rows, each with where its prompt falls in [0, 1) for
@@ -428,21 +427,6 @@ fn split_key(row: &Row) -> String {
         .unwrap_or_default();
     let n = messages.len().saturating_sub(1);
     serde_json::Value::Array(messages[..n].to_vec()).to_string()
-}
-
-/// Stands in for the format while it is away on the blocking pool.
-struct Placeholder;
-
-impl Format for Placeholder {
-    fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::empty())
-    }
-    fn convert(&mut self, _row: Row, _out: &mut Vec<Row>) -> Result<Option<&'static str>> {
-        Ok(None)
-    }
-    fn describe(&self) -> String {
-        String::new()
-    }
 }
 
 /// Where a prompt falls in [0, 1): FNV-1a of its text, mixed (splitmix64's finaliser) so

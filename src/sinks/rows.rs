@@ -225,11 +225,30 @@ pub fn schema(fields: Vec<Field>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// A value as text or conversation of the wanted shape: text becomes one turn of `role`.
-pub fn as_shape(v: Value, shape: Shape, role: &str) -> Value {
-    match (shape, v) {
-        (Shape::Conversation, Value::String(s)) => Value::Array(vec![message(role, &s)]),
-        (_, v) => v,
+/// A value as a conversation: text becomes one turn of `role`, and messages keep only their
+/// role and content.
+pub fn messages(v: Value, role: &str) -> Vec<Value> {
+    match v {
+        Value::String(s) => vec![message(role, &s)],
+        other => clean_messages(&other),
+    }
+}
+
+impl Shape {
+    /// The written field of a column of this shape.
+    pub fn field(self, name: &str) -> Field {
+        match self {
+            Shape::Text => text_field(name),
+            Shape::Conversation => conversation_field(name),
+        }
+    }
+
+    /// A value written in this shape (text of a conversational set becomes a `role` turn).
+    pub fn value(self, v: Value, role: &str) -> Value {
+        match self {
+            Shape::Text => v,
+            Shape::Conversation => Value::Array(messages(v, role)),
+        }
     }
 }
 

@@ -44,16 +44,8 @@ impl Source {
                 if rows::is_null(row, "prompt") || rows::is_null(row, "completion") {
                     return None;
                 }
-                let mut m = rows::clean_messages(&rows::as_shape(
-                    row["prompt"].clone(),
-                    Shape::Conversation,
-                    "user",
-                ));
-                m.extend(rows::clean_messages(&rows::as_shape(
-                    row["completion"].clone(),
-                    Shape::Conversation,
-                    "assistant",
-                )));
+                let mut m = rows::messages(row["prompt"].clone(), "user");
+                m.extend(rows::messages(row["completion"].clone(), "assistant"));
                 m
             }
         };
@@ -85,12 +77,11 @@ impl Sft {
         match (&source, to_messages) {
             (_, true) => fields.push(rows::conversation_field("messages")),
             (Source::PromptCompletion(Shape::Text), false) => {
-                fields.extend([rows::text_field("prompt"), rows::text_field("completion")])
+                fields.extend(["prompt", "completion"].map(|c| Shape::Text.field(c)))
             }
-            (_, false) => fields.extend([
-                rows::conversation_field("prompt"),
-                rows::conversation_field("completion"),
-            ]),
+            (_, false) => {
+                fields.extend(["prompt", "completion"].map(|c| Shape::Conversation.field(c)))
+            }
         }
         Ok(Self {
             source,

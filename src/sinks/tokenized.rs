@@ -142,18 +142,13 @@ impl Tokenized {
             let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
             return Ok((text(prompt), text(answer)));
         };
-        let prompt =
-            rows::clean_messages(&rows::as_shape(prompt.clone(), Shape::Conversation, "user"));
-        let answer = rows::clean_messages(&rows::as_shape(
-            answer.clone(),
-            Shape::Conversation,
-            "assistant",
-        ));
+        let prompt = rows::messages(prompt.clone(), "user");
+        let answer = rows::messages(answer.clone(), "assistant");
         let p = chat.render("tokenized", minijinja::Value::from_serialize(&prompt), true)?;
         let whole: Vec<Value> = prompt.into_iter().chain(answer).collect();
         let full = chat.render("tokenized", minijinja::Value::from_serialize(&whole), false)?;
-        match full.strip_prefix(p.as_str()) {
-            Some(rest) => Ok((p.clone(), rest.to_string())),
+        match full.strip_prefix(p.as_str()).map(str::to_string) {
+            Some(rest) => Ok((p, rest)),
             None => Err(err(
                 "the chat template does not render the prompt (with the generation prompt) as the start of the whole conversation, so the answer's tokens cannot be told apart".into(),
             )),
