@@ -30,13 +30,14 @@
 //! [`Engine::run_script`] runs a whole query file.
 
 pub mod async_args;
+pub mod cache;
 pub mod cli;
 pub mod datasets;
 pub mod engine;
 pub mod error;
 pub mod hf;
+pub mod model_calls;
 pub mod model_statements;
-pub mod ordered_async;
 pub mod output;
 pub mod script;
 pub mod session;
@@ -45,4 +46,4 @@ pub mod sinks;
 pub use engine::{Engine, FinalQuery};
 pub use error::{PrefflowError, Result};
 pub use script::Script;
-pub use session::{SessionOptions, build_session};
+pub use session::{CacheMode, SessionOptions, build_session};

@@ -1,6 +1,7 @@
 //! The one place that builds a [`SessionContext`]. The CLI, the library API ([`crate::Engine`])
 //! and the tests all call [`build_session`], so they can never drift apart.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::catalog::{DynamicFileCatalog, UrlTableFactory};
@@ -9,6 +10,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use prefflow_udfs::common::cache::CacheMode;
 use prefflow_udfs::models::{ModelRegistry, PrefflowOptions};
 
 use crate::datasets::{EXTERNAL_TABLE_TYPES, ExternalTables, PathTables};
@@ -21,6 +23,11 @@ pub struct SessionOptions {
     pub target_partitions: Option<usize>,
     /// Rows per record batch; default DataFusion's 8192.
     pub batch_size: Option<usize>,
+    /// Folder of the result cache; default [`crate::cache::default_dir`].
+    pub cache_dir: Option<PathBuf>,
+    /// The session's initial `prefflow.cache` mode; default readwrite. Tests that check a
+    /// model's outputs turn it off, so the model really runs.
+    pub cache: Option<CacheMode>,
 }
 
 /// Builds a session with every prefflow function, file format and dataset address.
@@ -39,12 +46,27 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     if let Some(n) = options.batch_size {
         config = config.with_batch_size(n);
     }
+    if let Some(mode) = options.cache {
+        let value = match mode {
+            CacheMode::Off => "off",
+            CacheMode::Read => "read",
+            CacheMode::ReadWrite => "readwrite",
+        };
+        config = config.set_str("prefflow.cache", value);
+    }
+    let dir = options
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::cache::default_dir);
+    models.set_result_store(Some(Arc::new(crate::cache::RedbStore::new(&dir))));
 
-    // Model calls keep the input's order (see ordered_async): first, so that every later rule
-    // sees it.
+    // Model calls keep the input's order and count their work (see model_calls): first, so
+    // that every later rule sees the order.
     let mut rules: Vec<
         Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
-    > = vec![Arc::new(crate::ordered_async::KeepOrderThroughModelCalls)];
+    > = vec![Arc::new(crate::model_calls::ModelCallsRule::new(Arc::clone(
+        &models,
+    )))];
     rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
     let mut state = SessionStateBuilder::new()
         .with_config(config)

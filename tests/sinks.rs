@@ -213,7 +213,7 @@ async fn pairing_streams_through_model_calls() {
     let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
         .unwrap()
         .to_string();
-    assert!(plan.contains("OrderedAsyncFuncExec"), "{plan}");
+    assert!(plan.contains("ModelCallsExec"), "{plan}");
     let aggregates: Vec<_> = plan
         .lines()
         .filter(|l| l.contains("AggregateExec"))

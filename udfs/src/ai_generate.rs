@@ -387,6 +387,7 @@ pub(crate) async fn generate_rows(
                 seed: row_seed(text, k, options.seed),
             })
             .collect();
+        crate::common::calls::record_tokens(ids.len() as u64, 0);
         pending.push(Some(decoder.generate(ids, samplers)));
     }
     let mut out = Vec::with_capacity(pending.len());
@@ -396,6 +397,8 @@ pub(crate) async fn generate_rows(
             continue;
         };
         let samples = p.await.map_err(|e| model_err(name, e))?;
+        let written: usize = samples.iter().map(Vec::len).sum();
+        crate::common::calls::record_tokens(0, written as u64);
         let mut texts = Vec::with_capacity(n);
         for new in samples {
             let mut answer = decoder

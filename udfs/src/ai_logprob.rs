@@ -114,6 +114,7 @@ impl AsyncScalarUDFImpl for AiLogprob {
                 Ok((enc(text)?, enc(response)?))
             })
             .await?;
+            crate::common::calls::record_tokens((p.len() + r.len()) as u64, 0);
             out.append_value(
                 decoder
                     .logprob(p, r)

@@ -2,41 +2,39 @@
 
 use std::sync::Arc;
 
-use datafusion::logical_expr::async_udf::AsyncScalarUDF;
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 
+use crate::common::cached::ModelCall;
+use crate::common::model_call::SharedRegistry;
 use crate::models::ModelRegistry;
 
 /// Scalar functions; the model functions run the session's models from `models`.
 pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
-    let model = |f: Arc<dyn datafusion::logical_expr::async_udf::AsyncScalarUDFImpl>| {
-        Arc::new(AsyncScalarUDF::new(f).into_scalar_udf())
-    };
+    fn model<F>(f: F, models: &Arc<ModelRegistry>, cache: bool) -> Arc<ScalarUDF>
+    where
+        F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash,
+    {
+        // Counted, and cached unless the result is cheaper to recompute than to look up.
+        let call = ModelCall::new(f, SharedRegistry(Arc::clone(models)), cache);
+        Arc::new(AsyncScalarUDF::new(Arc::new(call)).into_scalar_udf())
+    }
+    let m = || Arc::clone(models);
     vec![
         Arc::new(ScalarUDF::from(crate::strip_think::StripThink::new())),
         Arc::new(ScalarUDF::from(crate::extract_tag::ExtractTag::new())),
         Arc::new(ScalarUDF::from(crate::extract_boxed::ExtractBoxed::new())),
         Arc::new(ScalarUDF::from(crate::render::Render::new())),
         Arc::new(ScalarUDF::from(
-            crate::apply_chat_template::ApplyChatTemplate::new(Arc::clone(models)),
+            crate::apply_chat_template::ApplyChatTemplate::new(m()),
         )),
-        model(Arc::new(crate::ai_embed::AiEmbed::new(Arc::clone(models)))),
-        model(Arc::new(crate::ai_generate::AiGenerate::new(Arc::clone(
-            models,
-        )))),
-        model(Arc::new(crate::ai_logprob::AiLogprob::new(Arc::clone(
-            models,
-        )))),
-        model(Arc::new(crate::ai_generate_n::AiGenerateN::new(
-            Arc::clone(models),
-        ))),
-        model(Arc::new(crate::ai_judge::AiJudge::new(Arc::clone(models)))),
-        model(Arc::new(crate::ai_reward::AiReward::new(Arc::clone(
-            models,
-        )))),
-        model(Arc::new(crate::token_count::TokenCount::new(Arc::clone(
-            models,
-        )))),
+        model(crate::ai_embed::AiEmbed::new(m()), models, true),
+        model(crate::ai_generate::AiGenerate::new(m()), models, true),
+        model(crate::ai_logprob::AiLogprob::new(m()), models, true),
+        model(crate::ai_generate_n::AiGenerateN::new(m()), models, true),
+        model(crate::ai_judge::AiJudge::new(m()), models, true),
+        model(crate::ai_reward::AiReward::new(m()), models, true),
+        model(crate::token_count::TokenCount::new(m()), models, false),
     ]
 }
 

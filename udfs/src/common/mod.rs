@@ -1,5 +1,8 @@
 //! Helpers shared by several SQL functions.
 
+pub mod cache;
+pub mod cached;
+pub mod calls;
 pub mod chat;
 pub mod model_call;
 pub mod text;

@@ -9,6 +9,8 @@ use candle_core::Device;
 use tokenizers::Tokenizer;
 
 use super::bert::Bert;
+use crate::common::cache::{FileMemo, Key, ResultStore, model_identity};
+use crate::common::calls::Activity;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::error::{ModelError, ModelResult};
 use super::qwen2::Qwen2Classifier;
@@ -183,6 +185,9 @@ pub struct ModelRegistry {
     infos: Mutex<HashMap<PathBuf, ModelInfo>>,
     decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
     decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
+    result_store: RwLock<Option<Arc<dyn ResultStore>>>,
+    file_hashes: FileMemo,
+    activity: Arc<Activity>,
 }
 
 /// Option keys CREATE MODEL accepts; anything else is a typo worth an error.
@@ -248,6 +253,28 @@ impl ModelRegistry {
             None if !if_exists => Err(ModelError::Unknown(name.to_string())),
             _ => Ok(()),
         }
+    }
+
+    /// Keeps model results in `store` (the engine's result cache).
+    pub fn set_result_store(&self, store: Option<Arc<dyn ResultStore>>) {
+        *self.result_store.write().expect("registry lock") = store;
+    }
+
+    /// The result cache, if the session has one.
+    pub fn result_store(&self) -> Option<Arc<dyn ResultStore>> {
+        self.result_store.read().expect("registry lock").clone()
+    }
+
+    /// The identity of a model's outputs for the result cache: its files' hashes, options and
+    /// the device. Reads the files the first time (blocking: call it off the runtime).
+    pub fn identity(&self, spec: &ModelSpec, device: &str) -> datafusion::common::Result<Key> {
+        let store = self.result_store();
+        model_identity(spec, device, store.as_deref(), &self.file_hashes)
+    }
+
+    /// What the session's model functions are doing, for progress display.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Every declared model, by name.

@@ -16,6 +16,9 @@ extensions_options! {
         /// Sequences a decoder generates together (continuous batching); 1 decodes one at a
         /// time. Results do not depend on it.
         pub decode_batch: usize, default = 16
+        /// The result cache: 'readwrite' reuses results and stores new ones as each batch
+        /// completes, 'read' only reuses, 'off' neither (the model runs on every row).
+        pub cache: String, default = "readwrite".to_string()
     }
 }
 

@@ -1,0 +1,274 @@
+//! The result cache on disk: one redb database (`results.redb`) in the cache folder.
+//!
+//! Opened on first use, in redb's multi-writer mode, so several runs (a SLURM array's shards)
+//! can share one folder: each write is one transaction, committed durably before the batch it
+//! belongs to is handed on. A file that is not a prefflow cache (foreign, damaged, or from an
+//! incompatible redb) is reported and moved aside as `results.redb.corrupt-<time>`, and an
+//! empty cache takes its place; its entries are never trusted.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use prefflow_udfs::common::cache::{Key, ResultStore};
+use redb::{ConcurrencyMode, Database, DatabaseError, ReadableDatabase, TableDefinition};
+
+const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
+const META: TableDefinition<&str, &str> = TableDefinition::new("prefflow");
+/// What META's "format" says in a prefflow result cache.
+const FORMAT: &str = "prefflow-result-cache-v1";
+/// The first bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// The default cache folder: `$PREFFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/prefflow`, else
+/// `~/.cache/prefflow`.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PREFFLOW_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("prefflow");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("prefflow"),
+        None => std::env::temp_dir().join("prefflow-cache"),
+    }
+}
+
+/// The result cache in `dir`.
+#[derive(Debug)]
+pub struct RedbStore {
+    path: PathBuf,
+    db: OnceLock<Result<Database, String>>,
+}
+
+impl RedbStore {
+    /// The cache in `dir` (not opened until first used).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join("results.redb"),
+            db: OnceLock::new(),
+        }
+    }
+
+    fn db(&self) -> Result<&Database, String> {
+        self.db
+            .get_or_init(|| open(&self.path))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Number of stored entries (tests and diagnostics).
+    pub fn len(&self) -> Result<u64, String> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        match tx.open_table(RESULTS) {
+            Ok(t) => redb::ReadableTableMetadata::len(&t).map_err(|e| e.to_string()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> Result<bool, String> {
+        self.len().map(|n| n == 0)
+    }
+}
+
+impl ResultStore for RedbStore {
+    fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let table = match tx.open_table(RESULTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+            Err(e) => return Err(e.to_string()),
+        };
+        keys.iter()
+            .map(|k| {
+                table
+                    .get(k.as_slice())
+                    .map(|v| v.map(|v| v.value().to_vec()))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    fn put_many(&self, entries: &[(Key, Vec<u8>)]) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut table = tx.open_table(RESULTS).map_err(|e| e.to_string())?;
+            for (k, v) in entries {
+                table
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Opens (or creates) the cache, setting aside a file that is not one.
+fn open(path: &Path) -> Result<Database, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match try_open(path) {
+        Ok(db) => Ok(db),
+        Err(Unusable::Busy(e)) => Err(e),
+        Err(Unusable::Foreign(why)) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = path.with_extension(format!("redb.corrupt-{stamp}"));
+            std::fs::rename(path, &aside).map_err(|e| {
+                format!("{} is not a usable result cache ({why}) and cannot be moved aside: {e}", path.display())
+            })?;
+            eprintln!(
+                "prefflow: warning: {} is not a usable result cache ({why}); moved it to {} and started an empty cache",
+                path.display(),
+                aside.display()
+            );
+            try_open(path).map_err(|e| match e {
+                Unusable::Busy(e) | Unusable::Foreign(e) => e,
+            })
+        }
+    }
+}
+
+enum Unusable {
+    /// Locked by another process in an incompatible mode, or not permitted: an error.
+    Busy(String),
+    /// Not a prefflow cache: set aside.
+    Foreign(String),
+}
+
+fn try_open(path: &Path) -> Result<Database, Unusable> {
+    // redb reports some damage with debug assertions (a panic) rather than an error: a file
+    // that is not redb at all is recognised here first.
+    if let Ok(mut f) = std::fs::File::open(path) {
+        use std::io::Read;
+        let mut head = [0u8; 9];
+        let n = f.read(&mut head).unwrap_or(0);
+        if n > 0 && (n < head.len() || head != REDB_MAGIC) {
+            return Err(Unusable::Foreign("not a redb database".to_string()));
+        }
+    }
+    let opened = std::panic::catch_unwind(|| {
+        Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+    });
+    let db = match opened {
+        Err(_) => return Err(Unusable::Foreign("damaged database".to_string())),
+        Ok(Ok(db)) => db,
+        Ok(Err(e @ (DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch))) => {
+            return Err(Unusable::Busy(format!(
+                "{} is in use by another program: {e}",
+                path.display()
+            )));
+        }
+        Ok(Err(DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            return Err(Unusable::Busy(format!("cannot open {}: {e}", path.display())));
+        }
+        Ok(Err(e)) => return Err(Unusable::Foreign(e.to_string())),
+    };
+    check_format(&db).map_err(Unusable::Foreign)?;
+    Ok(db)
+}
+
+/// A new file gets prefflow's format mark; an existing one must carry it.
+fn check_format(db: &Database) -> Result<(), String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let format = match tx.open_table(META) {
+        Ok(t) => t
+            .get("format")
+            .map_err(|e| e.to_string())?
+            .map(|v| v.value().to_string()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    let has_results = !matches!(
+        tx.open_table(RESULTS),
+        Err(redb::TableError::TableDoesNotExist(_))
+    );
+    drop(tx);
+    match format {
+        Some(f) if f == FORMAT => Ok(()),
+        Some(f) => Err(format!("format '{f}', expected '{FORMAT}'")),
+        None if has_results => Err("no prefflow format mark".to_string()),
+        None => {
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut t = tx.open_table(META).map_err(|e| e.to_string())?;
+                t.insert("format", FORMAT).map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::new(dir.path());
+            s.put_many(&[([1; 32], b"one".to_vec())]).unwrap();
+        }
+        let s = RedbStore::new(dir.path());
+        assert_eq!(
+            s.get_many(&[[1; 32], [2; 32]]).unwrap(),
+            vec![Some(b"one".to_vec()), None]
+        );
+        assert_eq!(s.len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_foreign_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("results.redb"), b"definitely not a database").unwrap();
+        let s = RedbStore::new(dir.path());
+        assert_eq!(s.get_many(&[[1; 32]]).unwrap(), vec![None]);
+        s.put_many(&[([1; 32], b"x".to_vec())]).unwrap();
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("results.redb.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the foreign file is kept aside");
+        assert_eq!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap(),
+            b"definitely not a database"
+        );
+    }
+
+    #[test]
+    fn a_redb_file_of_another_program_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(RESULTS).unwrap();
+                t.insert([1u8; 32].as_slice(), b"stale".as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let s = RedbStore::new(dir.path());
+        assert_eq!(s.get_many(&[[1; 32]]).unwrap(), vec![None], "never trusted");
+    }
+}

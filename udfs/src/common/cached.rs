@@ -1,0 +1,227 @@
+//! Every model function runs through [`ModelCall`]: it counts rows, tokens, batches and time
+//! (see [`super::calls`]) and serves rows from the result cache, calling the function itself
+//! only on the rows the cache does not have; their results are committed to the cache before
+//! the batch is handed on, so a run killed at any point loses at most its batches in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{concat, interleave, take};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
+};
+
+use super::cache::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
+use super::calls::{self, CallStats};
+use super::model_call::{SharedRegistry, blocking, executed_model};
+use crate::models::PrefflowOptions;
+
+/// A model function with counters and the result cache around it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ModelCall<F> {
+    inner: F,
+    registry: SharedRegistry,
+    /// Whether results are worth caching (not for a tokenizer-only count).
+    cache: bool,
+}
+
+impl<F> ModelCall<F> {
+    /// `inner` over the registry's models, cached when `cache`.
+    pub fn new(inner: F, registry: SharedRegistry, cache: bool) -> Self {
+        Self {
+            inner,
+            registry,
+            cache,
+        }
+    }
+}
+
+/// `function(model)`, the label of a call's counters and progress bar.
+pub fn call_label(function: &str, model: &ColumnarValue) -> String {
+    let model = match model {
+        ColumnarValue::Scalar(s) => s.try_as_str().flatten().unwrap_or("?").to_string(),
+        ColumnarValue::Array(_) => "?".to_string(),
+    };
+    format!("{function}({model})")
+}
+
+impl<F: ScalarUDFImpl + PartialEq + Eq + std::hash::Hash> ScalarUDFImpl for ModelCall<F> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        self.inner.invoke_with_args(args)
+    }
+}
+
+#[async_trait::async_trait]
+impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImpl
+    for ModelCall<F>
+{
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let stats = calls::current_entry(&call_label(self.name(), &args.args[0]));
+        stats.start();
+        let started = Instant::now();
+        let rows = args.number_rows as u64;
+        let out = calls::with_call(Arc::clone(&stats), self.cached(args, &stats)).await;
+        stats
+            .nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        if out.is_ok() {
+            stats.rows.fetch_add(rows, Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+impl<F: AsyncScalarUDFImpl> ModelCall<F> {
+    async fn cached(&self, args: ScalarFunctionArgs, stats: &CallStats) -> Result<ColumnarValue> {
+        let name = self.inner.name().to_string();
+        let settings = PrefflowOptions::from_config(&args.config_options);
+        let mode = CacheMode::parse(&settings.cache)
+            .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
+        let store = match (mode, self.registry.0.result_store()) {
+            (CacheMode::Off, _) | (_, None) => None,
+            (_, Some(store)) if self.cache => Some(store),
+            _ => None,
+        };
+        let Some(store) = store else {
+            return self.inner.invoke_async_with_args(args).await;
+        };
+        let rows = args.number_rows;
+        let spec = executed_model(&name, &self.registry.0, &args.args[0])?;
+        let registry = Arc::clone(&self.registry.0);
+        let expected = args.return_field.data_type().clone();
+        let call_args = args.args.clone();
+        let (f, s) = (name.clone(), Arc::clone(&store));
+        let (keys, found) = blocking(&name, move || {
+            let identity = registry.identity(&spec, &settings.device)?;
+            let (columns, constants): (Vec<_>, Vec<_>) = call_args[1..]
+                .iter()
+                .partition(|a| matches!(a, ColumnarValue::Array(_)));
+            let prefix = KeyPrefix::new(&f, &identity, &expected, &constants)?;
+            let columns = columns
+                .iter()
+                .map(|c| c.to_array(rows))
+                .collect::<Result<Vec<_>>>()?;
+            let keys = prefix.keys(&columns, rows)?;
+            let found = s.get_many(&keys).map_err(|e| cache_err(&f, s.as_ref(), e))?;
+            let values: Vec<Option<ArrayRef>> = found
+                .into_iter()
+                .map(|v| v.and_then(|v| decode_value(&v, &expected)))
+                .collect();
+            Ok((keys, values))
+        })
+        .await?;
+        let misses: Vec<usize> = (0..rows).filter(|&i| found[i].is_none()).collect();
+        stats
+            .cache_hits
+            .fetch_add((rows - misses.len()) as u64, Ordering::Relaxed);
+        if misses.is_empty() {
+            let parts: Vec<&dyn Array> = found.iter().flatten().map(|a| a.as_ref()).collect();
+            return Ok(ColumnarValue::Array(concat(&parts)?));
+        }
+        // Only the missing rows go to the model.
+        let return_type = args.return_field.data_type().clone();
+        let computed = if misses.len() == rows {
+            self.inner.invoke_async_with_args(args).await?.to_array(rows)?
+        } else {
+            let picks = UInt32Array::from_iter_values(misses.iter().map(|&i| i as u32));
+            let sub_args = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    ColumnarValue::Array(a) => Ok(ColumnarValue::Array(take(a, &picks, None)?)),
+                    s => Ok(s.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let sub = ScalarFunctionArgs {
+                args: sub_args,
+                arg_fields: args.arg_fields.clone(),
+                number_rows: misses.len(),
+                return_field: Arc::clone(&args.return_field),
+                config_options: Arc::clone(&args.config_options),
+            };
+            self.inner
+                .invoke_async_with_args(sub)
+                .await?
+                .to_array(misses.len())?
+        };
+        if mode == CacheMode::ReadWrite && computed.data_type() == &return_type {
+            let entries: Vec<(Key, ArrayRef)> = misses
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (keys[i], computed.slice(j, 1)))
+                .collect();
+            let f = name.clone();
+            blocking(&name, move || {
+                let encoded = entries
+                    .into_iter()
+                    .map(|(k, v)| {
+                        // A compact copy, so a slice does not carry its whole batch's buffers.
+                        let v = take(&v, &UInt32Array::from(vec![0u32]), None)?;
+                        Ok((k, encode_value(&v)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                store
+                    .put_many(&encoded)
+                    .map_err(|e| cache_err(&f, store.as_ref(), e))
+            })
+            .await?;
+        }
+        if misses.len() == rows {
+            return Ok(ColumnarValue::Array(computed));
+        }
+        // Put cached and computed rows back in row order.
+        let cached_parts: Vec<&dyn Array> = found.iter().flatten().map(|a| a.as_ref()).collect();
+        let cached = concat(&cached_parts)?;
+        let (mut hit, mut miss) = (0usize, 0usize);
+        let order: Vec<(usize, usize)> = found
+            .iter()
+            .map(|f| match f {
+                Some(_) => {
+                    hit += 1;
+                    (0, hit - 1)
+                }
+                None => {
+                    miss += 1;
+                    (1, miss - 1)
+                }
+            })
+            .collect();
+        Ok(ColumnarValue::Array(interleave(
+            &[cached.as_ref(), computed.as_ref()],
+            &order,
+        )?))
+    }
+}
+
+fn cache_err(
+    function: &str,
+    store: &dyn super::cache::ResultStore,
+    e: String,
+) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "{function}: result cache {}: {e}",
+        store.location()
+    ))
+}

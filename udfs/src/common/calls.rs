@@ -1,0 +1,213 @@
+//! What model functions did: rows, cache hits, tokens, batches and time, per function and model
+//! in a plan node. EXPLAIN ANALYZE prints them and the CLI's progress bars read them live.
+//!
+//! The plan node that runs model functions (the engine's `ModelCallsExec`) owns a
+//! [`NodeCalls`] and makes it current while it polls its input (a tokio task-local), so the
+//! function, which DataFusion calls without any handle to the node, finds the counters of its
+//! own node. Inside one call, [`record_tokens`] adds to the counters of that call.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static NODE: Arc<NodeCalls>;
+    static CALL: Arc<CallStats>;
+}
+
+/// Counters of one model function with one model (`ai_generate(policy)`) in one plan node.
+#[derive(Debug)]
+pub struct CallStats {
+    /// `function(model)`.
+    pub label: String,
+    /// Rows the node expects to pass (from its input's statistics), when known.
+    pub total_rows: Option<u64>,
+    /// Rows the function was called on.
+    pub rows: AtomicU64,
+    /// Rows whose result came from the result cache.
+    pub cache_hits: AtomicU64,
+    /// Tokens the model read.
+    pub input_tokens: AtomicU64,
+    /// Tokens the model wrote.
+    pub output_tokens: AtomicU64,
+    /// Record batches the function ran on.
+    pub batches: AtomicU64,
+    /// Time inside the function, summed over partitions (nanoseconds).
+    pub nanos: AtomicU64,
+    started: Mutex<Option<Instant>>,
+    finished: AtomicBool,
+}
+
+impl CallStats {
+    /// Counters for `label`, expecting `total_rows` rows.
+    pub fn new(label: String, total_rows: Option<u64>) -> Self {
+        Self {
+            label,
+            total_rows,
+            rows: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            input_tokens: AtomicU64::new(0),
+            output_tokens: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            started: Mutex::new(None),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the first call (for rates and ETA).
+    pub fn start(&self) {
+        self.started
+            .lock()
+            .expect("stats lock")
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// Wall time since the first call.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.started
+            .lock()
+            .expect("stats lock")
+            .map(|t| t.elapsed())
+    }
+
+    /// Whether any call has started.
+    pub fn started(&self) -> bool {
+        self.started.lock().expect("stats lock").is_some()
+    }
+
+    /// Marks the node's output as complete.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node's output is complete.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// A consistent-enough copy of the counters.
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            rows: get(&self.rows),
+            cache_hits: get(&self.cache_hits),
+            input_tokens: get(&self.input_tokens),
+            output_tokens: get(&self.output_tokens),
+            batches: get(&self.batches),
+            time: Duration::from_nanos(get(&self.nanos)),
+        }
+    }
+}
+
+/// Counter values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Rows called on.
+    pub rows: u64,
+    /// Rows served from the cache.
+    pub cache_hits: u64,
+    /// Tokens read.
+    pub input_tokens: u64,
+    /// Tokens written.
+    pub output_tokens: u64,
+    /// Record batches.
+    pub batches: u64,
+    /// Time inside the function, summed over partitions.
+    pub time: Duration,
+}
+
+impl Snapshot {
+    /// Rows the model computed (not served from the cache).
+    pub fn computed(&self) -> u64 {
+        self.rows - self.cache_hits
+    }
+}
+
+/// The model functions of one plan node, in the order of its expressions.
+#[derive(Debug, Default)]
+pub struct NodeCalls {
+    entries: Mutex<Vec<Arc<CallStats>>>,
+}
+
+impl NodeCalls {
+    /// Counters for these labels.
+    pub fn new(labels: impl IntoIterator<Item = (String, Option<u64>)>) -> Self {
+        let mut entries: Vec<Arc<CallStats>> = Vec::new();
+        for (label, total) in labels {
+            // Two calls with the same function and model in one node share their counters.
+            if !entries.iter().any(|e| e.label == label) {
+                entries.push(Arc::new(CallStats::new(label, total)));
+            }
+        }
+        Self {
+            entries: Mutex::new(entries),
+        }
+    }
+
+    /// The counters of `label`, created on first use.
+    pub fn entry(&self, label: &str) -> Arc<CallStats> {
+        let mut entries = self.entries.lock().expect("stats lock");
+        if let Some(e) = entries.iter().find(|e| e.label == label) {
+            return Arc::clone(e);
+        }
+        let e = Arc::new(CallStats::new(label.to_string(), None));
+        entries.push(Arc::clone(&e));
+        e
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> Vec<Arc<CallStats>> {
+        self.entries.lock().expect("stats lock").clone()
+    }
+
+    /// Runs `f` (a poll of the node's input) with these counters current.
+    pub fn sync_scope<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
+        NODE.sync_scope(Arc::clone(self), f)
+    }
+}
+
+/// The counters of `label` in the node being polled, or detached ones outside any node.
+pub fn current_entry(label: &str) -> Arc<CallStats> {
+    NODE.try_with(|n| n.entry(label))
+        .unwrap_or_else(|_| Arc::new(CallStats::new(label.to_string(), None)))
+}
+
+/// Runs one call of a model function with `stats` current, for [`record_tokens`].
+pub async fn with_call<F: Future>(stats: Arc<CallStats>, f: F) -> F::Output {
+    CALL.scope(stats, f).await
+}
+
+/// Adds tokens read and written by the model to the current call's counters.
+pub fn record_tokens(input: u64, output: u64) {
+    let _ = CALL.try_with(|s| {
+        s.input_tokens.fetch_add(input, Ordering::Relaxed);
+        s.output_tokens.fetch_add(output, Ordering::Relaxed);
+    });
+}
+
+/// The sessions' model activity, newest last, for progress display.
+#[derive(Debug, Default)]
+pub struct Activity {
+    nodes: Mutex<Vec<Arc<NodeCalls>>>,
+}
+
+impl Activity {
+    /// Registers a node when it starts executing (once).
+    pub fn register(&self, node: &Arc<NodeCalls>) {
+        let mut nodes = self.nodes.lock().expect("activity lock");
+        if !nodes.iter().any(|n| Arc::ptr_eq(n, node)) {
+            nodes.push(Arc::clone(node));
+        }
+    }
+
+    /// Every entry of every registered node, in registration order.
+    pub fn entries(&self) -> Vec<Arc<CallStats>> {
+        self.nodes
+            .lock()
+            .expect("activity lock")
+            .iter()
+            .flat_map(|n| n.entries())
+            .collect()
+    }
+}
