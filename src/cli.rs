@@ -11,7 +11,10 @@ use crate::engine::Engine;
 use crate::error::{PrefflowError, Result, one_line};
 use crate::output::{Format, write_result};
 use crate::script::Script;
-use crate::session::SessionOptions;
+use crate::progress::{Progress, ProgressMode};
+use crate::session::{CacheMode, SessionOptions};
+use crate::shard::{Shard, shard_path};
+use std::sync::Arc;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -68,9 +71,24 @@ struct Common {
     /// Partitions to run queries in [default: CPU cores].
     #[arg(long, value_name = "N")]
     partitions: Option<usize>,
-    /// Print nothing but the result and errors.
+    /// Print nothing but the result and errors (no progress, no summaries).
     #[arg(short, long)]
     quiet: bool,
+    /// Folder of the result cache [default: $PREFFLOW_CACHE_DIR, else ~/.cache/prefflow].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Reuse model results from earlier runs and store new ones (readwrite), only reuse
+    /// (read), or neither (off); `SET prefflow.cache` changes it inside a query file.
+    #[arg(long, value_name = "MODE", default_value = "readwrite")]
+    cache: String,
+    /// Process only shard I of N (0 <= I < N) of the input rows, e.g. --shard
+    /// $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; outputs are named after the shard.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Pick each row's shard by this column (rows with the same key stay together, across
+    /// tables) instead of by the whole row.
+    #[arg(long, value_name = "COLUMN", requires = "shard")]
+    shard_key: Option<String>,
 }
 
 /// Parses `NAME=VALUE` parameters.
@@ -98,23 +116,47 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let params = parse_params(&common.param)?;
     let format = Format::choose(common.format, common.output.as_deref())?;
+    let cache = CacheMode::parse(&common.cache).map_err(PrefflowError::Usage)?;
+    let mut settings = Vec::new();
+    let mut output = common.output.clone();
+    if let Some(spec) = &common.shard {
+        let key = common.shard_key.clone().unwrap_or_default();
+        let shard = Shard::parse(spec, &key)
+            .map_err(|e| PrefflowError::Usage(format!("--{e}")))?
+            .expect("--shard has a value");
+        settings.push(("prefflow.shard".to_string(), spec.clone()));
+        settings.push(("prefflow.shard_key".to_string(), key));
+        output = output.map(|o| PathBuf::from(shard_path(&o.display().to_string(), &shard)));
+    }
     let engine = Engine::with_options(&SessionOptions {
         target_partitions: common.partitions,
+        cache_dir: common.cache_dir.clone(),
+        cache: Some(cache),
+        settings,
         ..Default::default()
     })?;
-    let mut last = None;
-    for script in &scripts {
-        if let Some(q) = engine.run_script(script, &params).await? {
-            last = Some(q);
+    let progress = Progress::start(
+        Arc::clone(engine.models().activity()),
+        ProgressMode::for_stderr(common.quiet),
+    );
+    let result = async {
+        let mut last = None;
+        for script in &scripts {
+            if let Some(q) = engine.run_script(script, &params).await? {
+                last = Some(q);
+            }
         }
+        let Some(query) = last else {
+            return Err(PrefflowError::Usage("no statements to run".to_string()));
+        };
+        write_result(query.dataframe, format, output.as_deref())
+            .await
+            .map_err(|e| e.at(query.location))
     }
-    let Some(query) = last else {
-        return Err(PrefflowError::Usage("no statements to run".to_string()));
-    };
-    let rows = write_result(query.dataframe, format, common.output.as_deref())
-        .await
-        .map_err(|e| e.at(query.location))?;
-    if let Some(path) = &common.output
+    .await;
+    progress.finish();
+    let rows = result?;
+    if let Some(path) = &output
         && !common.quiet
     {
         eprintln!("prefflow: wrote {rows} rows to {}", path.display());

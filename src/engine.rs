@@ -56,6 +56,11 @@ impl Engine {
         &self.ctx
     }
 
+    /// The session's models (and what their functions are doing, for progress).
+    pub fn models(&self) -> std::sync::Arc<prefflow_udfs::models::ModelRegistry> {
+        crate::session::models(&self.ctx)
+    }
+
     /// Plans one statement. DDL runs now; a `COPY … TO` runs now too, writing atomically (a
     /// failed query leaves no partial output and the previous file intact), and the returned
     /// frame holds its row count.
@@ -64,7 +69,13 @@ impl Engine {
             let statement = statement.map_err(PrefflowError::Script)?;
             return self.model_statement(statement).await;
         }
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        let mut plan = self.ctx.state().create_logical_plan(sql).await?;
+        // A shard writes its own files, beside the other shards'.
+        if let LogicalPlan::Copy(copy) = &mut plan
+            && let Some(shard) = crate::shard::Shard::from_config(self.ctx.state().config_options())?
+        {
+            copy.output_url = crate::shard::shard_path(&copy.output_url, &shard);
+        }
         if let LogicalPlan::Copy(copy) = &plan {
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
                 Some(crate::sinks::write(&self.ctx, copy, format).await?)

@@ -40,7 +40,9 @@ pub mod model_calls;
 pub mod model_statements;
 pub mod output;
 pub mod script;
+pub mod progress;
 pub mod session;
+pub mod shard;
 pub mod sinks;
 
 pub use engine::{Engine, FinalQuery};

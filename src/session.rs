@@ -28,6 +28,8 @@ pub struct SessionOptions {
     /// The session's initial `prefflow.cache` mode; default readwrite. Tests that check a
     /// model's outputs turn it off, so the model really runs.
     pub cache: Option<CacheMode>,
+    /// More settings, as `SET key = value` would make them (`prefflow.shard`, ...).
+    pub settings: Vec<(String, String)>,
 }
 
 /// Builds a session with every prefflow function, file format and dataset address.
@@ -54,6 +56,9 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         };
         config = config.set_str("prefflow.cache", value);
     }
+    for (key, value) in &options.settings {
+        config.options_mut().set(key, value)?;
+    }
     let dir = options
         .cache_dir
         .clone()
@@ -72,6 +77,8 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_config(config)
         .with_default_features()
         .with_physical_optimizer_rules(rules)
+        // --shard: filters the input tables (see shard).
+        .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
         .build();
 
     for udf in prefflow_udfs::scalar_functions(&models) {

@@ -7,6 +7,8 @@ fn prefflow(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prefflow"))
         .args(args)
         .current_dir(dir)
+        // A fresh result cache per test folder: models really run.
+        .env("PREFFLOW_CACHE_DIR", dir.join(".prefflow-cache"))
         .output()
         .expect("run prefflow")
 }

@@ -29,7 +29,11 @@ fn quote(v: &serde_json::Value) -> String {
 
 async fn engine(declarations: &[String]) -> prefflow::Engine {
     std::env::set_current_dir(ROOT).unwrap();
-    let engine = prefflow::Engine::new().unwrap();
+    let engine = prefflow::Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
     for d in declarations {
         engine.sql(d).await.unwrap();
     }

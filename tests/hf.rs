@@ -190,7 +190,11 @@ async fn hf_datasets_through_a_loopback_hub() {
         std::env::set_var("HF_HOME", home.path());
         std::env::set_var("HF_TOKEN", "hf_test_secret");
     }
-    let engine = Engine::new().unwrap();
+    let engine = Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
 
     // One file, by path in FROM.
     assert_eq!(
@@ -287,7 +291,11 @@ async fn hf_datasets_through_a_loopback_hub() {
     // Offline after the first fetch: with the server gone, a cached file still reads.
     server.abort();
     let before = *hub.requests.lock().unwrap();
-    let engine = Engine::new().unwrap();
+    let engine = Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
     assert_eq!(
         count(
             &engine,

@@ -19,6 +19,8 @@ fn engine(partitions: usize) -> Engine {
     );
     Engine::with_options(&SessionOptions {
         target_partitions: Some(partitions),
+        // The model must really run: no results from earlier runs.
+        cache: Some(prefflow::CacheMode::Off),
         ..Default::default()
     })
     .unwrap()

@@ -39,6 +39,7 @@ async fn every_query_file_runs() {
         );
         let engine = Engine::with_options(&SessionOptions {
             target_partitions: Some(2),
+            cache: Some(prefflow::CacheMode::Off),
             ..Default::default()
         })
         .unwrap();
@@ -54,7 +55,11 @@ async fn every_query_file_runs() {
         eprintln!("{}: {rows} rows", file.display());
     }
     // The training sets the pipelines wrote load as TRL expects, each with its card.
-    let engine = Engine::new().unwrap();
+    let engine = Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
     for (dir, kind) in [
         ("best_of_n_dpo", "dpo"),
         ("judge_dpo", "dpo"),
@@ -88,7 +93,11 @@ async fn run_file(engine: &Engine, name: &str, params: &HashMap<String, String>)
 async fn pipeline_results() {
     let out = tempfile::tempdir().unwrap();
     let params = params(out.path());
-    let engine = Engine::new().unwrap();
+    let engine = Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
     run_file(&engine, "math_pairs.sql", &params).await;
     let csv = |sql: String| {
         let engine = engine.clone();
@@ -129,7 +138,11 @@ async fn pipeline_results() {
 async fn data_selection_pipeline() {
     let out = tempfile::tempdir().unwrap();
     let params = params(out.path());
-    let engine = Engine::new().unwrap();
+    let engine = Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
     let table = run_file(&engine, "data_selection.sql", &params).await;
     assert!(
         table.contains("| code   | 5        | 3        | 1                  |"),

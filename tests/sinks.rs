@@ -9,6 +9,7 @@ use prefflow::{Engine, SessionOptions};
 fn engine() -> Engine {
     Engine::with_options(&SessionOptions {
         target_partitions: Some(2),
+        cache: Some(prefflow::CacheMode::Off),
         ..Default::default()
     })
     .unwrap()

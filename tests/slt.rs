@@ -106,6 +106,8 @@ fn main() -> ExitCode {
             // Fixed partitions: deterministic plans and row order across machines.
             let options = SessionOptions {
                 target_partitions: Some(2),
+                // Models really run in every test: no results from earlier runs.
+                cache: Some(prefflow::CacheMode::Off),
                 ..Default::default()
             };
             Ok::<_, PrefflowError>(Db {

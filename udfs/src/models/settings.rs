@@ -19,6 +19,10 @@ extensions_options! {
         /// The result cache: 'readwrite' reuses results and stores new ones as each batch
         /// completes, 'read' only reuses, 'off' neither (the model runs on every row).
         pub cache: String, default = "readwrite".to_string()
+        /// Keep only shard 'i/N' of the input rows (0 <= i < N); '' keeps all.
+        pub shard: String, default = String::new()
+        /// The column whose hash picks a row's shard; '' hashes whole rows.
+        pub shard_key: String, default = String::new()
     }
 }
 

@@ -1,0 +1,230 @@
+//! `prefflow run --shard i/N` (or `SET prefflow.shard = 'i/N'`): each run keeps a
+//! deterministic 1/N of the input rows, so a SLURM array splits one job and the union of the
+//! shards' outputs is the unsharded output.
+//!
+//! A row's shard is a hash of its key column (`--shard-key`, `SET prefflow.shard_key`) or, with
+//! no key, of the whole row as read from its file: the same row lands in the same shard on any
+//! machine and in any order, and no shard needs to know the row count. With a key, every table
+//! the statement reads that has the key column is filtered (rows of one prompt stay together
+//! across joined tables, and tables built from earlier statements filter to the same rows);
+//! without one, the statement may read only one file-backed table. Shards are numbered from 0.
+//! Output files get the shard in their name (see [`shard_path`]).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{Result, plan_err};
+use datafusion::datasource::DefaultTableSource;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, Filter, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
+};
+use datafusion::optimizer::AnalyzerRule;
+use prefflow_udfs::common::cache::KeyPrefix;
+use prefflow_udfs::models::PrefflowOptions;
+
+/// Shard `index` of `count`, by `key` or by whole rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// From 0.
+    pub index: u64,
+    /// At least 1.
+    pub count: u64,
+    /// The column to hash; None hashes whole rows.
+    pub key: Option<String>,
+}
+
+impl Shard {
+    /// Parses `i/N`; an empty string is no sharding.
+    pub fn parse(spec: &str, key: &str) -> Result<Option<Self>, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        let bad = || format!("shard must be i/N with 0 <= i < N (shards count from 0), got '{spec}'");
+        let (i, n) = spec.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<u64>().map_err(|_| bad())?,
+            n.trim().parse::<u64>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        let key = Some(key.trim().to_string()).filter(|k| !k.is_empty());
+        Ok(Some(Self { index, count, key }))
+    }
+
+    /// The shard the session's settings ask for.
+    pub fn from_config(config: &ConfigOptions) -> Result<Option<Self>> {
+        let o = PrefflowOptions::from_config(config);
+        Self::parse(&o.shard, &o.shard_key).map_err(datafusion::error::DataFusionError::Plan)
+    }
+
+    /// `-shard-00001-of-00004`-style tag for file names.
+    pub fn tag(&self) -> String {
+        format!("shard-{:05}-of-{:05}", self.index, self.count)
+    }
+}
+
+/// The output path of a shard: a file `out.parquet` becomes `out.shard-00001-of-00004.parquet`,
+/// a folder `out/` gets a `shard-00001-of-00004` folder inside it.
+pub fn shard_path(url: &str, shard: &Shard) -> String {
+    let trailing = url.ends_with('/');
+    let trimmed = url.trim_end_matches('/');
+    let (dir, name) = match trimmed.rsplit_once('/') {
+        Some((d, n)) => (format!("{d}/"), n),
+        None => (String::new(), trimmed),
+    };
+    match name.split_once('.') {
+        Some((stem, ext)) if !trailing && !stem.is_empty() => {
+            format!("{dir}{stem}.{}.{ext}", shard.tag())
+        }
+        _ => format!("{trimmed}/{}{}", shard.tag(), if trailing { "/" } else { "" }),
+    }
+}
+
+/// The analyzer rule that filters the statement's input tables to the session's shard.
+#[derive(Debug, Default)]
+pub struct ShardRule;
+
+impl AnalyzerRule for ShardRule {
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
+        let Some(shard) = Shard::from_config(config)? else {
+            return Ok(plan);
+        };
+        if shard.key.is_none() {
+            let mut files = 0;
+            plan.apply_with_subqueries(|node| {
+                if let LogicalPlan::TableScan(scan) = node
+                    && is_file_table(scan)
+                {
+                    files += 1;
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })?;
+            if files > 1 {
+                return plan_err!(
+                    "--shard: this statement reads {files} tables; name a key column they share with --shard-key (SET prefflow.shard_key) so their rows shard alike"
+                );
+            }
+        }
+        plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let columns: Vec<Expr> = match &shard.key {
+                Some(key) => match scan
+                    .projected_schema
+                    .columns()
+                    .into_iter()
+                    .find(|c| c.name == *key)
+                {
+                    Some(c) => vec![Expr::Column(c)],
+                    None => return Ok(Transformed::no(node)),
+                },
+                None if is_file_table(scan) => scan
+                    .projected_schema
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect(),
+                None => return Ok(Transformed::no(node)),
+            };
+            let keep = ScalarUDF::from(InShard::new(&shard)).call(columns);
+            Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+                keep,
+                Arc::new(node),
+            )?)))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "prefflow_shard"
+    }
+}
+
+/// Data read from files (not tables built by earlier statements).
+fn is_file_table(scan: &datafusion::logical_expr::TableScan) -> bool {
+    scan.source
+        .as_ref()
+        .downcast_ref::<DefaultTableSource>()
+        .is_some_and(|s| s.table_provider.as_ref().downcast_ref::<ListingTable>().is_some())
+}
+
+/// `shard_i_of_n(columns...)`: whether a row belongs to shard i.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct InShard {
+    name: String,
+    index: u64,
+    count: u64,
+    signature: Signature,
+}
+
+impl InShard {
+    fn new(shard: &Shard) -> Self {
+        Self {
+            name: format!("shard_{}_of_{}", shard.index, shard.count),
+            index: shard.index,
+            count: shard.count,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for InShard {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let columns = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<Vec<_>>>()?;
+        // The result cache's row hash: stable across machines, orders and Arrow text types.
+        let keys = KeyPrefix::new("shard", &[0; 32], &DataType::Boolean, &[])?.keys(&columns, rows)?;
+        let keep: BooleanArray = keys
+            .iter()
+            .map(|k| {
+                let h = u64::from_le_bytes(k[..8].try_into().expect("32-byte key"));
+                Some(h % self.count == self.index)
+            })
+            .collect();
+        debug_assert_eq!(keep.len(), rows);
+        Ok(ColumnarValue::Array(Arc::new(keep)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_names_shards() {
+        let s = Shard::parse("1/4", "").unwrap().unwrap();
+        assert_eq!((s.index, s.count, s.key.clone()), (1, 4, None));
+        assert_eq!(Shard::parse("", "x").unwrap(), None);
+        for bad in ["4/4", "1", "a/4", "1/0", "-1/3"] {
+            assert!(Shard::parse(bad, "").is_err(), "{bad}");
+        }
+        assert_eq!(shard_path("out/pairs.parquet", &s), "out/pairs.shard-00001-of-00004.parquet");
+        assert_eq!(shard_path("out/dpo", &s), "out/dpo/shard-00001-of-00004");
+        assert_eq!(shard_path("out/parts/", &s), "out/parts/shard-00001-of-00004/");
+        assert_eq!(shard_path("x.jsonl", &s), "x.shard-00001-of-00004.jsonl");
+    }
+}
