@@ -246,11 +246,43 @@ pub(crate) fn temp_sibling(target: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "output".to_string());
+    let dir = target.parent().unwrap_or(Path::new(""));
+    remove_orphans(dir, &name);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = format!(".prefflow-tmp-{}-{n}-{name}", std::process::id());
-    match target.parent() {
-        Some(p) => p.join(tmp),
-        None => PathBuf::from(tmp),
+    dir.join(tmp)
+}
+
+/// Removes the staging copies of `name` left by runs that were killed (their process is gone),
+/// so that a crash leaves nothing behind once the command is run again.
+fn remove_orphans(dir: &Path, name: &str) {
+    // Only where a process's liveness can be seen.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let listing = if dir.as_os_str().is_empty() {
+        std::fs::read_dir(".")
+    } else {
+        std::fs::read_dir(dir)
+    };
+    let Ok(entries) = listing else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(".prefflow-tmp-") else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(_), Some(rest_name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let rest_name = rest_name.strip_prefix("old-").unwrap_or(rest_name);
+        if rest_name != name || pid.parse::<u32>().is_err() {
+            continue;
+        }
+        if !Path::new("/proc").join(pid).exists() {
+            remove_path(&entry.path());
+        }
     }
 }
 

@@ -176,7 +176,12 @@ pub fn line(e: &CallStats) -> String {
         }
         _ => format!("{} rows", s.rows),
     };
-    format!("{}: {done}, {}", e.label, rates(&s, Some(elapsed)))
+    format!(
+        "{}: {done}, {} in flight, {}",
+        e.label,
+        s.in_flight,
+        rates(&s, Some(elapsed))
+    )
 }
 
 /// The end-of-run record of a call.

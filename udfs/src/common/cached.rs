@@ -105,6 +105,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
             _ => None,
         };
         let Some(store) = store else {
+            let _flight = InFlight::new(stats, args.number_rows);
             return self.inner.invoke_async_with_args(args).await;
         };
         let rows = args.number_rows;
@@ -140,7 +141,8 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
             let parts: Vec<&dyn Array> = found.iter().flatten().map(|a| a.as_ref()).collect();
             return Ok(ColumnarValue::Array(concat(&parts)?));
         }
-        // Only the missing rows go to the model.
+        // Only the missing rows go to the model; they are in flight until committed.
+        let _flight = InFlight::new(stats, misses.len());
         let return_type = args.return_field.data_type().clone();
         let computed = if misses.len() == rows {
             self.inner.invoke_async_with_args(args).await?.to_array(rows)?
@@ -212,6 +214,22 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
             &[cached.as_ref(), computed.as_ref()],
             &order,
         )?))
+    }
+}
+
+/// Counts rows in flight for as long as it lives (also when the call fails).
+struct InFlight<'a>(&'a CallStats, u64);
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a CallStats, rows: usize) -> Self {
+        stats.in_flight.fetch_add(rows as u64, Ordering::Relaxed);
+        Self(stats, rows as u64)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 

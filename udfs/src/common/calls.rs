@@ -32,6 +32,8 @@ pub struct CallStats {
     pub output_tokens: AtomicU64,
     /// Record batches the function ran on.
     pub batches: AtomicU64,
+    /// Rows handed to the model whose results are not yet complete (and cached).
+    pub in_flight: AtomicU64,
     /// Time inside the function, summed over partitions (nanoseconds).
     pub nanos: AtomicU64,
     started: Mutex<Option<Instant>>,
@@ -49,6 +51,7 @@ impl CallStats {
             input_tokens: AtomicU64::new(0),
             output_tokens: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             nanos: AtomicU64::new(0),
             started: Mutex::new(None),
             finished: AtomicBool::new(false),
@@ -95,6 +98,7 @@ impl CallStats {
             input_tokens: get(&self.input_tokens),
             output_tokens: get(&self.output_tokens),
             batches: get(&self.batches),
+            in_flight: get(&self.in_flight),
             time: Duration::from_nanos(get(&self.nanos)),
         }
     }
@@ -113,6 +117,8 @@ pub struct Snapshot {
     pub output_tokens: u64,
     /// Record batches.
     pub batches: u64,
+    /// Rows being computed.
+    pub in_flight: u64,
     /// Time inside the function, summed over partitions.
     pub time: Duration,
 }
