@@ -188,7 +188,7 @@ pub fn line(e: &CallStats) -> String {
 pub fn summary(e: &CallStats) -> String {
     let s = e.snapshot();
     format!(
-        "{}: {} rows ({} computed, {} from cache), {} tokens in, {} out, {} batches, {}",
+        "{}: {} rows ({} computed, {} from cache), tokens {} in / {} out, {} batches, {}",
         e.label,
         s.rows,
         s.computed(),
@@ -196,7 +196,7 @@ pub fn summary(e: &CallStats) -> String {
         s.input_tokens,
         s.output_tokens,
         s.batches,
-        clock(e.elapsed().unwrap_or_default())
+        clock(e.active().unwrap_or_default())
     )
 }
 

@@ -86,6 +86,7 @@ impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImp
             .nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.done();
         if out.is_ok() {
             stats.rows.fetch_add(rows, Ordering::Relaxed);
         }

@@ -37,6 +37,7 @@ pub struct CallStats {
     /// Time inside the function, summed over partitions (nanoseconds).
     pub nanos: AtomicU64,
     started: Mutex<Option<Instant>>,
+    last_done: Mutex<Option<Instant>>,
     finished: AtomicBool,
 }
 
@@ -54,6 +55,7 @@ impl CallStats {
             in_flight: AtomicU64::new(0),
             nanos: AtomicU64::new(0),
             started: Mutex::new(None),
+            last_done: Mutex::new(None),
             finished: AtomicBool::new(false),
         }
     }
@@ -72,6 +74,18 @@ impl CallStats {
             .lock()
             .expect("stats lock")
             .map(|t| t.elapsed())
+    }
+
+    /// Marks the end of a call.
+    pub fn done(&self) {
+        *self.last_done.lock().expect("stats lock") = Some(Instant::now());
+    }
+
+    /// Wall time from the first call's start to the last call's end.
+    pub fn active(&self) -> Option<Duration> {
+        let start = (*self.started.lock().expect("stats lock"))?;
+        let end = (*self.last_done.lock().expect("stats lock")).unwrap_or_else(Instant::now);
+        Some(end.saturating_duration_since(start))
     }
 
     /// Whether any call has started.
