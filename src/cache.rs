@@ -118,7 +118,8 @@ impl ResultStore for RedbStore {
 /// Opens (or creates) the cache, setting aside a file that is not one.
 fn open(path: &Path) -> Result<Database, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     match try_open(path) {
         Ok(db) => Ok(db),
@@ -129,7 +130,10 @@ fn open(path: &Path) -> Result<Database, String> {
                 .map_or(0, |d| d.as_secs());
             let aside = path.with_extension(format!("redb.corrupt-{stamp}"));
             std::fs::rename(path, &aside).map_err(|e| {
-                format!("{} is not a usable result cache ({why}) and cannot be moved aside: {e}", path.display())
+                format!(
+                    "{} is not a usable result cache ({why}) and cannot be moved aside: {e}",
+                    path.display()
+                )
             })?;
             eprintln!(
                 "prefflow: warning: {} is not a usable result cache ({why}); moved it to {} and started an empty cache",
@@ -178,7 +182,10 @@ fn try_open(path: &Path) -> Result<Database, Unusable> {
         Ok(Err(DatabaseError::Storage(redb::StorageError::Io(e))))
             if e.kind() != std::io::ErrorKind::InvalidData =>
         {
-            return Err(Unusable::Busy(format!("cannot open {}: {e}", path.display())));
+            return Err(Unusable::Busy(format!(
+                "cannot open {}: {e}",
+                path.display()
+            )));
         }
         Ok(Err(e)) => return Err(Unusable::Foreign(e.to_string())),
     };
@@ -239,7 +246,11 @@ mod tests {
     #[test]
     fn a_foreign_file_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("results.redb"), b"definitely not a database").unwrap();
+        std::fs::write(
+            dir.path().join("results.redb"),
+            b"definitely not a database",
+        )
+        .unwrap();
         let s = RedbStore::new(dir.path());
         assert_eq!(s.get_many(&[[1; 32]]).unwrap(), vec![None]);
         s.put_many(&[([1; 32], b"x".to_vec())]).unwrap();

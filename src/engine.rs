@@ -72,7 +72,8 @@ impl Engine {
         let mut plan = self.ctx.state().create_logical_plan(sql).await?;
         // A shard writes its own files, beside the other shards'.
         if let LogicalPlan::Copy(copy) = &mut plan
-            && let Some(shard) = crate::shard::Shard::from_config(self.ctx.state().config_options())?
+            && let Some(shard) =
+                crate::shard::Shard::from_config(self.ctx.state().config_options())?
         {
             copy.output_url = crate::shard::shard_path(&copy.output_url, &shard);
         }

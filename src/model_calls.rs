@@ -66,10 +66,10 @@ impl PhysicalOptimizerRule for ModelCallsRule {
             if node.downcast_ref::<AsyncFuncExec>().is_none() {
                 return Ok(Transformed::no(node));
             }
-            Ok(Transformed::yes(Arc::new(ModelCallsExec::new(
-                node,
-                Arc::clone(&self.models),
-            )?) as Arc<dyn ExecutionPlan>))
+            Ok(Transformed::yes(
+                Arc::new(ModelCallsExec::new(node, Arc::clone(&self.models))?)
+                    as Arc<dyn ExecutionPlan>,
+            ))
         })
         .map(|t| t.data)
     }

@@ -130,11 +130,9 @@ fn show(activity: &Activity, mode: ProgressMode, stop: &AtomicBool) {
 fn new_bar(e: &CallStats) -> ProgressBar {
     let bar = match e.total_rows {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} rows, {msg}, ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rows, {msg}, ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template("{prefix} {spinner} {pos} rows, {msg}")
@@ -153,11 +151,7 @@ fn rates(s: &Snapshot, elapsed: Option<Duration>) -> String {
     } else {
         s.input_tokens
     };
-    format!(
-        "{} cached, {:.0} tok/s",
-        s.cache_hits,
-        tokens as f64 / secs
-    )
+    format!("{} cached, {:.0} tok/s", s.cache_hits, tokens as f64 / secs)
 }
 
 /// A log record of a running call.
@@ -168,11 +162,18 @@ pub fn line(e: &CallStats) -> String {
         Some(n) if n > 0 => {
             let eta = if s.rows > 0 && s.rows < n {
                 let per_row = elapsed.as_secs_f64() / s.rows as f64;
-                format!(", ETA {}", clock(Duration::from_secs_f64(per_row * (n - s.rows) as f64)))
+                format!(
+                    ", ETA {}",
+                    clock(Duration::from_secs_f64(per_row * (n - s.rows) as f64))
+                )
             } else {
                 String::new()
             };
-            format!("{}/{n} rows ({:.0}%){eta}", s.rows, 100.0 * s.rows as f64 / n as f64)
+            format!(
+                "{}/{n} rows ({:.0}%){eta}",
+                s.rows,
+                100.0 * s.rows as f64 / n as f64
+            )
         }
         _ => format!("{} rows", s.rows),
     };
@@ -222,7 +223,10 @@ mod tests {
         e.rows.store(10, Ordering::Relaxed);
         e.cache_hits.store(4, Ordering::Relaxed);
         let l = line(&e);
-        assert!(l.starts_with("ai_generate(policy): 10/40 rows (25%), ETA "), "{l}");
+        assert!(
+            l.starts_with("ai_generate(policy): 10/40 rows (25%), ETA "),
+            "{l}"
+        );
         assert!(l.contains("4 cached"), "{l}");
         let s = summary(&e);
         assert!(s.contains("10 rows (6 computed, 4 from cache)"), "{s}");

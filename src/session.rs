@@ -69,9 +69,9 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     // that every later rule sees the order.
     let mut rules: Vec<
         Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
-    > = vec![Arc::new(crate::model_calls::ModelCallsRule::new(Arc::clone(
-        &models,
-    )))];
+    > = vec![Arc::new(crate::model_calls::ModelCallsRule::new(
+        Arc::clone(&models),
+    ))];
     rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
     let mut state = SessionStateBuilder::new()
         .with_config(config)

@@ -45,7 +45,8 @@ impl Shard {
         if spec.is_empty() {
             return Ok(None);
         }
-        let bad = || format!("shard must be i/N with 0 <= i < N (shards count from 0), got '{spec}'");
+        let bad =
+            || format!("shard must be i/N with 0 <= i < N (shards count from 0), got '{spec}'");
         let (i, n) = spec.split_once('/').ok_or_else(bad)?;
         let (index, count) = (
             i.trim().parse::<u64>().map_err(|_| bad())?,
@@ -83,7 +84,11 @@ pub fn shard_path(url: &str, shard: &Shard) -> String {
         Some((stem, ext)) if !trailing && !stem.is_empty() => {
             format!("{dir}{stem}.{}.{ext}", shard.tag())
         }
-        _ => format!("{trimmed}/{}{}", shard.tag(), if trailing { "/" } else { "" }),
+        _ => format!(
+            "{trimmed}/{}{}",
+            shard.tag(),
+            if trailing { "/" } else { "" }
+        ),
     }
 }
 
@@ -153,7 +158,12 @@ fn is_file_table(scan: &datafusion::logical_expr::TableScan) -> bool {
     scan.source
         .as_ref()
         .downcast_ref::<DefaultTableSource>()
-        .is_some_and(|s| s.table_provider.as_ref().downcast_ref::<ListingTable>().is_some())
+        .is_some_and(|s| {
+            s.table_provider
+                .as_ref()
+                .downcast_ref::<ListingTable>()
+                .is_some()
+        })
 }
 
 /// `shard_i_of_n(columns...)`: whether a row belongs to shard i.
@@ -197,7 +207,8 @@ impl ScalarUDFImpl for InShard {
             .map(|a| a.to_array(rows))
             .collect::<Result<Vec<_>>>()?;
         // The result cache's row hash: stable across machines, orders and Arrow text types.
-        let keys = KeyPrefix::new("shard", &[0; 32], &DataType::Boolean, &[])?.keys(&columns, rows)?;
+        let keys =
+            KeyPrefix::new("shard", &[0; 32], &DataType::Boolean, &[])?.keys(&columns, rows)?;
         let keep: BooleanArray = keys
             .iter()
             .map(|k| {
@@ -222,9 +233,15 @@ mod tests {
         for bad in ["4/4", "1", "a/4", "1/0", "-1/3"] {
             assert!(Shard::parse(bad, "").is_err(), "{bad}");
         }
-        assert_eq!(shard_path("out/pairs.parquet", &s), "out/pairs.shard-00001-of-00004.parquet");
+        assert_eq!(
+            shard_path("out/pairs.parquet", &s),
+            "out/pairs.shard-00001-of-00004.parquet"
+        );
         assert_eq!(shard_path("out/dpo", &s), "out/dpo/shard-00001-of-00004");
-        assert_eq!(shard_path("out/parts/", &s), "out/parts/shard-00001-of-00004/");
+        assert_eq!(
+            shard_path("out/parts/", &s),
+            "out/parts/shard-00001-of-00004/"
+        );
         assert_eq!(shard_path("x.jsonl", &s), "x.shard-00001-of-00004.jsonl");
     }
 }

@@ -7,8 +7,9 @@ use prefflow::{CacheMode, Engine, SessionOptions};
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/decoders/qwen2");
 
-fn engine(cache: &Path, settings: &[(&str, &str)]) -> Engine {
-    Engine::with_options(&SessionOptions {
+/// A session on `cache` with the tiny decoder declared as `tiny`.
+async fn engine(cache: &Path, settings: &[(&str, &str)]) -> Engine {
+    let engine = Engine::with_options(&SessionOptions {
         target_partitions: Some(2),
         cache_dir: Some(cache.to_path_buf()),
         cache: Some(CacheMode::ReadWrite),
@@ -18,7 +19,12 @@ fn engine(cache: &Path, settings: &[(&str, &str)]) -> Engine {
             .collect(),
         ..Default::default()
     })
-    .unwrap()
+    .unwrap();
+    engine
+        .sql(&format!("CREATE MODEL tiny FROM '{TINY}'"))
+        .await
+        .unwrap();
+    engine
 }
 
 async fn text(engine: &Engine, sql: &str) -> String {
@@ -29,7 +35,12 @@ async fn text(engine: &Engine, sql: &str) -> String {
 
 fn prompts(dir: &Path, n: usize) {
     let rows: String = (0..n)
-        .map(|i| format!("{{\"id\": {i}, \"topic\": \"t{}\", \"prompt\": \"Tell me about {i}.\"}}\n", i % 3))
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"topic\": \"t{}\", \"prompt\": \"Tell me about {i}.\"}}\n",
+                i % 3
+            )
+        })
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), rows).unwrap();
 }
@@ -41,26 +52,33 @@ async fn explain_analyze_shows_calls_cache_hits_tokens_batches_and_time() {
     let dir = tempfile::tempdir().unwrap();
     prompts(dir.path(), 6);
     let cache = dir.path().join("cache");
-    let e = engine(&cache, &[]);
-    e.sql(&format!("CREATE MODEL tiny FROM '{TINY}'")).await.unwrap();
+    let e = engine(&cache, &[]).await;
     let from = format!("FROM '{}'", dir.path().join("prompts.jsonl").display());
 
     // EXPLAIN names the call and its model's files, without running it.
     let plan = text(&e, &format!("EXPLAIN SELECT {GENERATE} {from}")).await;
-    assert!(plan.contains("ModelCallsExec: ai_generate(tiny) [model="), "{plan}");
+    assert!(
+        plan.contains("ModelCallsExec: ai_generate(tiny) [model="),
+        "{plan}"
+    );
     assert!(plan.contains("decoders/qwen2"), "{plan}");
     assert!(!plan.contains("calls="), "{plan}");
 
     let analyze = format!("EXPLAIN ANALYZE SELECT id, {GENERATE} {from}");
     let first = text(&e, &analyze).await;
-    assert!(first.contains("calls=6 cache_hits=0 input_tokens="), "{first}");
+    assert!(
+        first.contains("calls=6 cache_hits=0 input_tokens="),
+        "{first}"
+    );
     assert!(!first.contains("output_tokens=0 "), "{first}");
-    assert!(first.contains("batches=") && first.contains("time="), "{first}");
+    assert!(
+        first.contains("batches=") && first.contains("time="),
+        "{first}"
+    );
 
     // The same query again, in a new session on the same cache: every row is a hit and the
     // model reads and writes nothing.
-    let again = engine(&cache, &[]);
-    again.sql(&format!("CREATE MODEL tiny FROM '{TINY}'")).await.unwrap();
+    let again = engine(&cache, &[]).await;
     let second = text(&again, &analyze).await;
     assert!(
         second.contains("calls=6 cache_hits=6 input_tokens=0 output_tokens=0"),
@@ -73,10 +91,13 @@ async fn results_are_reused_across_queries_and_only_by_identical_calls() {
     let dir = tempfile::tempdir().unwrap();
     prompts(dir.path(), 6);
     let cache = dir.path().join("cache");
-    let e = engine(&cache, &[]);
-    e.sql(&format!("CREATE MODEL tiny FROM '{TINY}'")).await.unwrap();
+    let e = engine(&cache, &[]).await;
     let from = format!("FROM '{}'", dir.path().join("prompts.jsonl").display());
-    let fresh = text(&e, &format!("SELECT id, {GENERATE} AS a {from} ORDER BY id")).await;
+    let fresh = text(
+        &e,
+        &format!("SELECT id, {GENERATE} AS a {from} ORDER BY id"),
+    )
+    .await;
 
     // Another query over some of the same prompts reuses them; a different option does not.
     let sub = text(
@@ -95,7 +116,11 @@ async fn results_are_reused_across_queries_and_only_by_identical_calls() {
     assert!(other.contains("calls=6 cache_hits=0"), "{other}");
 
     // Cached results are the computed ones.
-    let cached = text(&e, &format!("SELECT id, {GENERATE} AS a {from} ORDER BY id")).await;
+    let cached = text(
+        &e,
+        &format!("SELECT id, {GENERATE} AS a {from} ORDER BY id"),
+    )
+    .await;
     assert_eq!(fresh, cached);
 
     // 'read' reuses but stores nothing new; 'off' neither reads nor writes.
@@ -104,7 +129,10 @@ async fn results_are_reused_across_queries_and_only_by_identical_calls() {
         "EXPLAIN ANALYZE SELECT ai_generate('tiny', prompt, named_struct('max_tokens', 7)) {from}"
     );
     assert!(text(&e, &q).await.contains("calls=6 cache_hits=0"));
-    assert!(text(&e, &q).await.contains("calls=6 cache_hits=0"), "read mode wrote");
+    assert!(
+        text(&e, &q).await.contains("calls=6 cache_hits=0"),
+        "read mode wrote"
+    );
     e.sql("SET prefflow.cache = 'off'").await.unwrap();
     let off = text(&e, &format!("EXPLAIN ANALYZE SELECT {GENERATE} {from}")).await;
     assert!(off.contains("calls=6 cache_hits=0"), "{off}");
@@ -116,7 +144,10 @@ async fn results_are_reused_across_queries_and_only_by_identical_calls() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("ai_generate: prefflow.cache must be 'off', 'read' or 'readwrite'"), "{err}");
+    assert!(
+        err.contains("ai_generate: prefflow.cache must be 'off', 'read' or 'readwrite'"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -133,8 +164,7 @@ async fn the_union_of_shards_is_the_unsharded_output() {
             out.display()
         )
     };
-    let whole = engine(&cache, &[]);
-    whole.sql(&format!("CREATE MODEL tiny FROM '{TINY}'")).await.unwrap();
+    let whole = engine(&cache, &[]).await;
     whole.sql(&copy("all.parquet")).await.unwrap();
     for (key, name) in [("", "rows"), ("topic", "topics")] {
         let mut counts = Vec::new();
@@ -143,14 +173,14 @@ async fn the_union_of_shards_is_the_unsharded_output() {
             let e = engine(
                 &cache,
                 &[("prefflow.shard", &shard), ("prefflow.shard_key", key)],
-            );
-            e.sql(&format!("CREATE MODEL tiny FROM '{TINY}'")).await.unwrap();
+            )
+            .await;
             let n = text(&e, &copy(&format!("{name}.parquet"))).await;
             counts.push(n);
         }
         let parts = format!("'{}/{name}.shard-*-of-00003.parquet'", out.display());
         let whole_file = format!("'{}/all.parquet'", out.display());
-        let check = engine(&cache, &[]);
+        let check = engine(&cache, &[]).await;
         let diff = text(
             &check,
             &format!(
@@ -182,7 +212,7 @@ async fn the_union_of_shards_is_the_unsharded_output() {
     }
 
     // Without a key, a statement reading two files cannot shard them alike.
-    let e = engine(&cache, &[("prefflow.shard", "0/2")]);
+    let e = engine(&cache, &[("prefflow.shard", "0/2")]).await;
     let err = e
         .query(&format!(
             "SELECT * FROM '{0}' a JOIN '{0}' b ON a.id = b.id",

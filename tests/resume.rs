@@ -77,7 +77,12 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
         .map(|r| {
             r.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".prefflow-tmp"))
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(".prefflow-tmp")
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -138,7 +143,10 @@ fn killed_run_resumes_exactly_and_second_run_is_all_cache_hits() {
          re-run took {hits} rows from the cache and computed {computed}, of which \
          {recomputed} had been started by the killed run"
     );
-    assert!(recomputed <= BATCH, "at most the batch in flight is recomputed");
+    assert!(
+        recomputed <= BATCH,
+        "at most the batch in flight is recomputed"
+    );
     assert_eq!(computed + hits, ROWS);
     assert!(hits >= done_at_kill, "{hits} cached < {done_at_kill} done");
     assert!(
@@ -146,8 +154,14 @@ fn killed_run_resumes_exactly_and_second_run_is_all_cache_hits() {
         "recomputed more than the batch in flight: {computed} computed, {done_at_kill} done"
     );
     let resumed = std::fs::read(job.path().join("out/answers.parquet")).unwrap();
-    assert!(resumed == expected, "resumed output differs from the uninterrupted run");
-    assert!(leftovers(&job.path().join("out")).is_empty(), "no staging files remain");
+    assert!(
+        resumed == expected,
+        "resumed output differs from the uninterrupted run"
+    );
+    assert!(
+        leftovers(&job.path().join("out")).is_empty(),
+        "no staging files remain"
+    );
 
     // A second identical run: every row from the cache, same bytes.
     let (computed, hits) = run_to_end(job.path(), &cache);
@@ -160,8 +174,14 @@ fn runs_sharing_a_cache_at_once_both_succeed() {
     let a = job();
     let b = job();
     let cache = a.path().join("shared-cache");
-    let first = command(a.path(), &cache).stderr(Stdio::piped()).spawn().unwrap();
-    let second = command(b.path(), &cache).stderr(Stdio::piped()).spawn().unwrap();
+    let first = command(a.path(), &cache)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second = command(b.path(), &cache)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     for (child, dir) in [(first, a.path()), (second, b.path())] {
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -186,7 +206,11 @@ fn quiet_runs_print_nothing_and_cache_off_recomputes() {
     let cache = job.path().join("cache");
     let out = command(job.path(), &cache).arg("--quiet").output().unwrap();
     assert!(out.status.success());
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = command(job.path(), &cache)
         .args(["--cache", "off"])
         .output()

@@ -116,10 +116,7 @@ impl AsyncScalarUDFImpl for AiEmbed {
             Ok((present, encoded))
         })
         .await?;
-        crate::common::calls::record_tokens(
-            encoded.iter().map(|e| e.ids.len() as u64).sum(),
-            0,
-        );
+        crate::common::calls::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
         let vectors = model
             .worker
             .run(Task::Embed, encoded, settings.max_batch_tokens)

@@ -177,10 +177,7 @@ impl AsyncScalarUDFImpl for AiReward {
             Ok((present, encoded))
         })
         .await?;
-        crate::common::calls::record_tokens(
-            encoded.iter().map(|e| e.ids.len() as u64).sum(),
-            0,
-        );
+        crate::common::calls::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
         let logits = model
             .worker
             .run(Task::Score, encoded, settings.max_batch_tokens)

@@ -180,8 +180,7 @@ pub fn model_identity(
     if spec.path.is_file() {
         files.push(spec.path.clone());
     } else {
-        collect_files(&spec.path, &mut files)
-            .map_err(|e| io_err(&spec.name, &spec.path, e))?;
+        collect_files(&spec.path, &mut files).map_err(|e| io_err(&spec.name, &spec.path, e))?;
     }
     files.sort();
     let mut h = blake3::Hasher::new();
@@ -228,7 +227,12 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn file_hash(model: &str, path: &Path, store: Option<&dyn ResultStore>, memo: &FileMemo) -> Result<Key> {
+fn file_hash(
+    model: &str,
+    path: &Path,
+    store: Option<&dyn ResultStore>,
+    memo: &FileMemo,
+) -> Result<Key> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(model, path, e))?;
     let modified = meta
         .modified()
@@ -285,7 +289,10 @@ mod tests {
     fn values_round_trip_and_foreign_bytes_are_refused() {
         let v: ArrayRef = Arc::new(StringArray::from(vec![Some("an answer")]));
         let bytes = encode_value(&v).unwrap();
-        assert_eq!(decode_value(&bytes, &DataType::Utf8).unwrap().as_ref(), v.as_ref());
+        assert_eq!(
+            decode_value(&bytes, &DataType::Utf8).unwrap().as_ref(),
+            v.as_ref()
+        );
         // A value of another type, or damaged bytes, is a miss.
         assert!(decode_value(&bytes, &DataType::Float32).is_none());
         assert!(decode_value(&bytes[..bytes.len() / 2], &DataType::Utf8).is_none());
@@ -297,18 +304,32 @@ mod tests {
         let model = [7u8; 32];
         let opts = ColumnarValue::Scalar(datafusion::common::ScalarValue::Int64(Some(4)));
         let other = ColumnarValue::Scalar(datafusion::common::ScalarValue::Int64(Some(5)));
-        let rows: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("a"), None]));
+        let rows: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            Some("b"),
+            Some("a"),
+            None,
+        ]));
         let p = KeyPrefix::new("ai_generate", &model, &DataType::Utf8, &[&opts]).unwrap();
-        let k = p.keys(&[rows.clone()], 4).unwrap();
+        let k = p.keys(std::slice::from_ref(&rows), 4).unwrap();
         assert_eq!(k[0], k[2]);
         assert_ne!(k[0], k[1]);
         assert_ne!(k[0], k[3]);
         let keys_of = |f: &str, m: [u8; 32], t: DataType, c: &ColumnarValue| {
-            KeyPrefix::new(f, &m, &t, &[c]).unwrap().keys(&[rows.clone()], 4).unwrap()[0]
+            KeyPrefix::new(f, &m, &t, &[c])
+                .unwrap()
+                .keys(std::slice::from_ref(&rows), 4)
+                .unwrap()[0]
         };
         assert_ne!(k[0], keys_of("ai_embed", model, DataType::Utf8, &opts));
-        assert_ne!(k[0], keys_of("ai_generate", [8u8; 32], DataType::Utf8, &opts));
-        assert_ne!(k[0], keys_of("ai_generate", model, DataType::LargeUtf8, &opts));
+        assert_ne!(
+            k[0],
+            keys_of("ai_generate", [8u8; 32], DataType::Utf8, &opts)
+        );
+        assert_ne!(
+            k[0],
+            keys_of("ai_generate", model, DataType::LargeUtf8, &opts)
+        );
         assert_ne!(k[0], keys_of("ai_generate", model, DataType::Utf8, &other));
         let floats: ArrayRef = Arc::new(Float32Array::from(vec![1.0]));
         assert!(encode_value(&floats).is_ok());

@@ -73,9 +73,7 @@ impl<F: ScalarUDFImpl + PartialEq + Eq + std::hash::Hash> ScalarUDFImpl for Mode
 }
 
 #[async_trait::async_trait]
-impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImpl
-    for ModelCall<F>
-{
+impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImpl for ModelCall<F> {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let stats = calls::current_entry(&call_label(self.name(), &args.args[0]));
         stats.start();
@@ -105,6 +103,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
             (_, Some(store)) if self.cache => Some(store),
             _ => None,
         };
+        let store = store.filter(|_| args.number_rows > 0);
         let Some(store) = store else {
             let _flight = InFlight::new(stats, args.number_rows);
             return self.inner.invoke_async_with_args(args).await;
@@ -126,7 +125,9 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
                 .map(|c| c.to_array(rows))
                 .collect::<Result<Vec<_>>>()?;
             let keys = prefix.keys(&columns, rows)?;
-            let found = s.get_many(&keys).map_err(|e| cache_err(&f, s.as_ref(), e))?;
+            let found = s
+                .get_many(&keys)
+                .map_err(|e| cache_err(&f, s.as_ref(), e))?;
             let values: Vec<Option<ArrayRef>> = found
                 .into_iter()
                 .map(|v| v.and_then(|v| decode_value(&v, &expected)))
@@ -146,7 +147,10 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         let _flight = InFlight::new(stats, misses.len());
         let return_type = args.return_field.data_type().clone();
         let computed = if misses.len() == rows {
-            self.inner.invoke_async_with_args(args).await?.to_array(rows)?
+            self.inner
+                .invoke_async_with_args(args)
+                .await?
+                .to_array(rows)?
         } else {
             let picks = UInt32Array::from_iter_values(misses.iter().map(|&i| i as u32));
             let sub_args = args
@@ -234,11 +238,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn cache_err(
-    function: &str,
-    store: &dyn super::cache::ResultStore,
-    e: String,
-) -> DataFusionError {
+fn cache_err(function: &str, store: &dyn super::cache::ResultStore, e: String) -> DataFusionError {
     DataFusionError::Execution(format!(
         "{function}: result cache {}: {e}",
         store.location()

@@ -9,8 +9,6 @@ use candle_core::Device;
 use tokenizers::Tokenizer;
 
 use super::bert::Bert;
-use crate::common::cache::{FileMemo, Key, ResultStore, model_identity};
-use crate::common::calls::Activity;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::error::{ModelError, ModelResult};
 use super::qwen2::Qwen2Classifier;
@@ -18,6 +16,8 @@ use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
 use super::transformer::Matrices;
 use super::worker::{Backend, Worker};
+use crate::common::cache::{FileMemo, Key, ResultStore, model_identity};
+use crate::common::calls::Activity;
 
 /// A declared model.
 #[derive(Debug, Clone, PartialEq, Eq)]
