@@ -9,6 +9,7 @@ pub mod ai_generate_n;
 pub mod ai_judge;
 pub mod ai_logprob;
 pub mod ai_reward;
+pub mod ai_translate;
 pub mod apply_chat_template;
 pub mod arg_max;
 pub mod arg_min;
@@ -22,5 +23,6 @@ pub mod registry;
 pub mod render;
 pub mod strip_think;
 pub mod token_count;
+pub mod translate_json;
 
 pub use registry::{aggregate_functions, scalar_functions, window_functions};

@@ -34,6 +34,8 @@ pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
         model(crate::ai_generate_n::AiGenerateN::new(m()), models, true),
         model(crate::ai_judge::AiJudge::new(m()), models, true),
         model(crate::ai_reward::AiReward::new(m()), models, true),
+        model(crate::ai_translate::AiTranslate::new(m()), models, true),
+        model(crate::translate_json::TranslateJson::new(m()), models, true),
         model(crate::token_count::TokenCount::new(m()), models, false),
     ]
 }

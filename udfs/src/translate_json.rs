@@ -1,0 +1,284 @@
+//! `translate_json(model, json_text, target_lang [, options])`: a JSON document with its string
+//! values translated and everything else kept: keys, key order, numbers, booleans, nulls and
+//! nesting.
+//!
+//! ```sql
+//! SELECT translate_json('policy', payload, 'English') FROM tool_calls;
+//! ```
+//!
+//! Every string value that contains a letter is translated with `ai_translate`'s prompt and
+//! options (the `prompt` option overrides it); identical strings are translated once per batch;
+//! strings without letters ("42", "---") are kept. Text that is not JSON is an error naming the
+//! row. NULL gives NULL.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, exec_err, internal_err};
+use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+
+use crate::ai_translate::{Request, executed_options, planned_options, translate};
+use crate::common::model_call::{SharedRegistry, planned_model, text_args};
+use crate::common::text::string_arg;
+use crate::models::ModelRegistry;
+
+/// A JSON value that keeps its objects' key order (serde_json's map sorts keys here).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    /// null, true / false, or a number, kept as parsed.
+    Scalar(serde_json::Value),
+    /// A string.
+    Str(String),
+    /// An array.
+    Array(Vec<Json>),
+    /// An object, in document order.
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// Parses JSON text.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The document as compact JSON text.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("JSON values serialize")
+    }
+
+    /// Visits every string value (not keys), in document order.
+    pub fn strings_mut(&mut self, f: &mut impl FnMut(&mut String)) {
+        match self {
+            Json::Str(s) => f(s),
+            Json::Array(items) => items.iter_mut().for_each(|v| v.strings_mut(f)),
+            Json::Object(fields) => fields.iter_mut().for_each(|(_, v)| v.strings_mut(f)),
+            Json::Scalar(_) => {}
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Json;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+                Ok(Json::Scalar(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+                Ok(Json::Scalar(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+                Ok(Json::Scalar(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+                Ok(Json::Scalar(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+                Ok(Json::Str(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Json, E> {
+                Ok(Json::Str(v))
+            }
+            fn visit_unit<E>(self) -> Result<Json, E> {
+                Ok(Json::Scalar(serde_json::Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Json::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Json>()? {
+                    fields.push((k, v));
+                }
+                Ok(Json::Object(fields))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Scalar(v) => v.serialize(s),
+            Json::Str(v) => s.serialize_str(v),
+            Json::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+            Json::Object(fields) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for (k, v) in fields {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// Whether a string is language (has a letter) rather than a code or a number.
+fn translatable(s: &str) -> bool {
+    s.chars().any(char::is_alphabetic)
+}
+
+/// The `translate_json` SQL function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TranslateJson {
+    registry: SharedRegistry,
+    signature: Signature,
+}
+
+impl TranslateJson {
+    /// `translate_json` over a session's models.
+    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+        Self {
+            registry: SharedRegistry(registry),
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(3), TypeSignature::Any(4)],
+                Volatility::Volatile,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for TranslateJson {
+    fn name(&self) -> &str {
+        "translate_json"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        planned_model(self.name(), &self.registry.0, &args)?;
+        text_args(
+            self.name(),
+            &args,
+            &[(1, "the JSON text"), (2, "target_lang")],
+        )?;
+        planned_options(self.name(), &args, 3)?;
+        Ok(Arc::new(Field::new(self.name(), DataType::Utf8, true)))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        internal_err!("translate_json runs asynchronously")
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncScalarUDFImpl for TranslateJson {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = self.name();
+        let rows = args.number_rows;
+        let options = executed_options(name, &args, 3)?;
+        let texts = string_arg(&args.args[1], rows)?;
+        let targets = string_arg(&args.args[2], rows)?;
+        let mut docs: Vec<Option<Json>> = Vec::with_capacity(rows);
+        for i in 0..rows {
+            if texts.is_null(i) || targets.is_null(i) {
+                docs.push(None);
+                continue;
+            }
+            match Json::parse(texts.value(i)) {
+                Ok(d) => docs.push(Some(d)),
+                Err(e) => return exec_err!("translate_json: row {i}: not valid JSON: {e}"),
+            }
+        }
+        // Each distinct (string, language) is translated once.
+        let mut requests: Vec<Option<Request>> = Vec::new();
+        for (i, doc) in docs.iter_mut().enumerate() {
+            if let Some(doc) = doc {
+                doc.strings_mut(&mut |s| {
+                    if !translatable(s) {
+                        return;
+                    }
+                    let r = Request {
+                        text: s.clone(),
+                        target: targets.value(i).to_string(),
+                        source: None,
+                    };
+                    if !requests.iter().any(|q| q.as_ref() == Some(&r)) {
+                        requests.push(Some(r));
+                    }
+                });
+            }
+        }
+        let translated = if requests.is_empty() {
+            Vec::new()
+        } else {
+            translate(name, &self.registry.0, &args, &requests, &options).await?
+        };
+        let out: StringArray = docs
+            .into_iter()
+            .enumerate()
+            .map(|(i, doc)| {
+                doc.map(|mut doc| {
+                    doc.strings_mut(&mut |s| {
+                        if !translatable(s) {
+                            return;
+                        }
+                        let target = targets.value(i);
+                        if let Some(k) = requests.iter().position(|q| {
+                            q.as_ref()
+                                .is_some_and(|q| q.text == *s && q.target == target)
+                        }) && let Some(Some(t)) = translated.get(k)
+                        {
+                            *s = t.clone();
+                        }
+                    });
+                    doc.to_text()
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_keep_key_order_numbers_and_nesting() {
+        let text =
+            r#"{"zeta": "你好", "alpha": [1, 2.5, true, null, {"b": "世界", "a": "42"}], "n": -3}"#;
+        let mut doc = Json::parse(text).unwrap();
+        let mut seen = Vec::new();
+        doc.strings_mut(&mut |s| {
+            seen.push(s.clone());
+            if translatable(s) {
+                *s = format!("<{s}>");
+            }
+        });
+        assert_eq!(seen, ["你好", "世界", "42"]);
+        assert_eq!(
+            doc.to_text(),
+            r#"{"zeta":"<你好>","alpha":[1,2.5,true,null,{"b":"<世界>","a":"42"}],"n":-3}"#
+        );
+        assert!(Json::parse("{not json").is_err());
+    }
+}
