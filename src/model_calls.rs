@@ -189,8 +189,13 @@ fn call_infos(exec: &Arc<dyn ExecutionPlan>, models: &ModelRegistry) -> Vec<Call
 
 /// One call's counters as EXPLAIN ANALYZE shows them.
 pub fn describe(s: &Snapshot) -> String {
+    let retries = if s.retries > 0 {
+        format!(" retries={}", s.retries)
+    } else {
+        String::new()
+    };
     format!(
-        "calls={} cache_hits={} input_tokens={} output_tokens={} batches={} time={:.3}s",
+        "calls={} cache_hits={} input_tokens={} output_tokens={} batches={}{retries} time={:.3}s",
         s.rows,
         s.cache_hits,
         s.input_tokens,

@@ -71,14 +71,25 @@ impl ScalarUDFImpl for AiEmbed {
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let spec = planned_model(self.name(), &self.registry.0, &args)?;
         crate::common::model_call::text_args(self.name(), &args, &[(1, "the text")])?;
-        let info = self
-            .registry
-            .0
-            .info(&spec)
-            .map_err(|e| model_err(self.name(), e))?;
+        let width = match self.registry.0.remote(&spec).map_err(|e| model_err(self.name(), e))? {
+            // A server's embedding width is not known before asking it.
+            Some(remote) => remote.settings.dimensions.ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "ai_embed: remote model '{}' needs OPTIONS (dimensions 'N'), its embedding width",
+                    spec.name
+                ))
+            })?,
+            None => {
+                self.registry
+                    .0
+                    .info(&spec)
+                    .map_err(|e| model_err(self.name(), e))?
+                    .hidden_size
+            }
+        };
         Ok(Arc::new(Field::new(
             self.name(),
-            embedding_type(info.hidden_size),
+            embedding_type(width),
             true,
         )))
     }
@@ -93,6 +104,16 @@ impl AsyncScalarUDFImpl for AiEmbed {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
+        let spec =
+            crate::common::model_call::executed_model(name, &self.registry.0, &args.args[0])?;
+        if let Some(remote) = self
+            .registry
+            .0
+            .remote(&spec)
+            .map_err(|e| model_err(name, e))?
+        {
+            return embed_remote(&remote, string_arg(&args.args[1], rows)?).await;
+        }
         let (model, settings) = loaded_model(name, &self.registry.0, &args).await?;
         let texts = string_arg(&args.args[1], rows)?;
         let tokenizer = Arc::clone(&model.tokenizer);
@@ -148,4 +169,60 @@ impl AsyncScalarUDFImpl for AiEmbed {
         )?;
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
+}
+
+/// Embeddings from a remote model: texts in requests of 64, all under its concurrency limit.
+async fn embed_remote(
+    remote: &crate::models::remote::RemoteModel,
+    texts: datafusion::arrow::array::StringArray,
+) -> Result<ColumnarValue> {
+    use crate::models::remote::OnError;
+    let dim = remote.settings.dimensions.unwrap_or(0);
+    let present: Vec<usize> = (0..texts.len()).filter(|&i| !texts.is_null(i)).collect();
+    let chunks: Vec<Vec<usize>> = present.chunks(64).map(|c| c.to_vec()).collect();
+    let requests = chunks.iter().map(|rows| {
+        let batch: Vec<String> = rows.iter().map(|&i| texts.value(i).to_string()).collect();
+        async move { remote.embed(&batch).await }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+    for (rows, answer) in chunks.iter().zip(answers) {
+        match answer {
+            Ok(vs) => {
+                for (&i, v) in rows.iter().zip(vs) {
+                    if v.len() != dim {
+                        return Err(DataFusionError::Execution(format!(
+                            "ai_embed: model '{}' at {}: row {i}: {} values, but OPTIONS (dimensions '{dim}')",
+                            remote.name,
+                            remote.address(),
+                            v.len()
+                        )));
+                    }
+                    vectors[i] = Some(v);
+                }
+            }
+            Err(_) if remote.settings.on_error == OnError::Null => {}
+            Err(e) => {
+                return Err(DataFusionError::Execution(format!(
+                    "ai_embed: model '{}' at {}: rows {}..={}: {e}",
+                    remote.name,
+                    remote.address(),
+                    rows[0],
+                    rows[rows.len() - 1]
+                )));
+            }
+        }
+    }
+    let valid: Vec<bool> = vectors.iter().map(Option::is_some).collect();
+    let values: Vec<f32> = vectors
+        .into_iter()
+        .flat_map(|v| v.unwrap_or_else(|| vec![0.0; dim]))
+        .collect();
+    let array = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float32, true)),
+        dim as i32,
+        Arc::new(Float32Array::from(values)) as ArrayRef,
+        Some(NullBuffer::from(valid)),
+    )?;
+    Ok(ColumnarValue::Array(Arc::new(array)))
 }

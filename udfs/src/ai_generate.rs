@@ -286,7 +286,6 @@ impl AsyncScalarUDFImpl for AiGenerate {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
         let options = match args.args.get(2) {
             Some(ColumnarValue::Scalar(s)) => {
                 parse_options(name, Some(s)).map_err(DataFusionError::Execution)?
@@ -295,7 +294,8 @@ impl AsyncScalarUDFImpl for AiGenerate {
             None => GenerateOptions::default(),
         };
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
-        let samples = generate_rows(name, &decoder, &spec, prompts.as_ref(), &options, 1).await?;
+        let samples =
+            generate_for_call(name, &self.registry.0, &args, prompts.as_ref(), &options, 1).await?;
         let mut out = StringBuilder::with_capacity(rows, rows * 64);
         for row in samples {
             match row {
@@ -416,6 +416,91 @@ pub(crate) async fn generate_rows(
             texts.push(answer);
         }
         out.push(Some(texts));
+    }
+    Ok(out)
+}
+
+/// Generates for a call's rows with its model, local (weights on this machine) or remote
+/// (an OpenAI-compatible server); see [`generate_rows`] for what a row gets.
+pub(crate) async fn generate_for_call(
+    name: &str,
+    registry: &ModelRegistry,
+    args: &ScalarFunctionArgs,
+    prompts: &dyn Array,
+    options: &GenerateOptions,
+    n: usize,
+) -> Result<Vec<Option<Vec<String>>>> {
+    let spec = crate::common::model_call::executed_model(name, registry, &args.args[0])?;
+    if let Some(remote) = registry.remote(&spec).map_err(|e| model_err(name, e))? {
+        return generate_remote(name, &remote, prompts, options, n).await;
+    }
+    let (decoder, spec) = loaded_decoder(name, registry, args).await?;
+    generate_rows(name, &decoder, &spec, prompts, options, n).await
+}
+
+/// Every row's samples from a remote model, all requests under its concurrency limit at once.
+async fn generate_remote(
+    name: &str,
+    remote: &crate::models::remote::RemoteModel,
+    prompts: &dyn Array,
+    options: &GenerateOptions,
+    n: usize,
+) -> Result<Vec<Option<Vec<String>>>> {
+    use crate::models::remote::{OnError, Prompt, SamplingParams};
+    let nulls = prompts.logical_nulls();
+    let mut requests = Vec::new();
+    for row in 0..prompts.len() {
+        if nulls.as_ref().is_some_and(|m| m.is_null(row)) {
+            continue;
+        }
+        let value = crate::common::values::to_template_value(prompts, row)?;
+        let json = serde_json::to_value(&value)
+            .map_err(|e| DataFusionError::Execution(format!("{name}: row {row}: {e}")))?;
+        let (prompt, seed_text) = match (&json, options.chat) {
+            (serde_json::Value::String(t), true) => (
+                Prompt::Messages(serde_json::json!([{"role": "user", "content": t}])),
+                t.clone(),
+            ),
+            (serde_json::Value::String(t), false) => (Prompt::Text(t.clone()), t.clone()),
+            (_, true) => (Prompt::Messages(json.clone()), json.to_string()),
+            (_, false) => {
+                return exec_err!(
+                    "{name}: with chat false the prompt must be text, not a list of messages"
+                );
+            }
+        };
+        for k in 0..n {
+            let params = SamplingParams {
+                temperature: options.temperature,
+                top_p: options.top_p,
+                top_k: options.top_k,
+                max_tokens: options.max_tokens,
+                stop: options.stop.clone(),
+                seed: row_seed(&seed_text, k as u64, options.seed),
+            };
+            let prompt = prompt.clone();
+            requests.push(async move { (row, remote.generate(prompt, &params).await) });
+        }
+    }
+    let answers = futures::future::join_all(requests).await;
+    let mut out: Vec<Option<Vec<String>>> = (0..prompts.len()).map(|_| None).collect();
+    let mut failed = vec![false; prompts.len()];
+    for (row, answer) in answers {
+        match answer {
+            Ok(text) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(text),
+            Ok(_) => {}
+            Err(_) if remote.settings.on_error == OnError::Null => {
+                failed[row] = true;
+                out[row] = None;
+            }
+            Err(e) => {
+                return exec_err!(
+                    "{name}: model '{}' at {}: row {row}: {e}",
+                    remote.name,
+                    remote.address()
+                );
+            }
+        }
     }
     Ok(out)
 }

@@ -22,8 +22,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::ai_generate::{GenerateOptions, generate_rows, parse_options};
-use crate::common::model_call::{SharedRegistry, loaded_decoder, planned_model};
+use crate::ai_generate::{GenerateOptions, generate_for_call, parse_options};
+use crate::common::model_call::{SharedRegistry, planned_model};
 use crate::models::ModelRegistry;
 
 /// Most samples per prompt; a larger n is almost certainly a typo.
@@ -112,9 +112,9 @@ impl AsyncScalarUDFImpl for AiGenerateN {
             Some(_) => return exec_err!("ai_generate_n: options must be a literal"),
             None => GenerateOptions::default(),
         };
-        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
         let prompts: ArrayRef = args.args[1].to_array(args.number_rows)?;
-        let rows = generate_rows(name, &decoder, &spec, prompts.as_ref(), &options, n).await?;
+        let rows =
+            generate_for_call(name, &self.registry.0, &args, prompts.as_ref(), &options, n).await?;
         let mut out = ListBuilder::new(StringBuilder::new());
         for row in rows {
             match row {

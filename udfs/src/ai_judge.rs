@@ -40,8 +40,8 @@ use datafusion::logical_expr::{
 };
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::{GenerateOptions, generate_rows, parse_options_with};
-use crate::common::model_call::{SharedRegistry, loaded_decoder, planned_model, text_args};
+use crate::ai_generate::{GenerateOptions, generate_for_call, parse_options_with};
+use crate::common::model_call::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 
@@ -282,7 +282,6 @@ impl AsyncScalarUDFImpl for AiJudge {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
         let (gen_options, templates) = match args.args.get(4) {
             Some(ColumnarValue::Scalar(s)) => options(Some(s)),
             Some(_) => return exec_err!("ai_judge: options must be a literal"),
@@ -309,7 +308,8 @@ impl AsyncScalarUDFImpl for AiJudge {
             }
         }
         let prompts = StringArray::from(prompts);
-        let replies = generate_rows(name, &decoder, &spec, &prompts, &gen_options, 1).await?;
+        let replies =
+            generate_for_call(name, &self.registry.0, &args, &prompts, &gen_options, 1).await?;
         let reply = |i: usize| replies[i].as_ref().map(|r| r[0].clone());
 
         let mut winner = StringBuilder::new();

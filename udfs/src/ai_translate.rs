@@ -25,8 +25,8 @@ use datafusion::logical_expr::{
 };
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::{GenerateOptions, generate_rows, parse_options_with};
-use crate::common::model_call::{SharedRegistry, loaded_decoder, planned_model, text_args};
+use crate::ai_generate::{GenerateOptions, generate_for_call, parse_options_with};
+use crate::common::model_call::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 
@@ -127,7 +127,6 @@ pub async fn translate(
     requests: &[Option<Request>],
     options: &TranslateOptions,
 ) -> Result<Vec<Option<String>>> {
-    let (decoder, spec) = loaded_decoder(function, registry, args).await?;
     let prompts = requests
         .iter()
         .map(|r| {
@@ -146,7 +145,8 @@ pub async fn translate(
         })
         .collect::<Result<Vec<_>>>()?;
     let prompts = StringArray::from(prompts);
-    let replies = generate_rows(function, &decoder, &spec, &prompts, &options.generate, 1).await?;
+    let replies =
+        generate_for_call(function, registry, args, &prompts, &options.generate, 1).await?;
     Ok(replies
         .into_iter()
         .map(|r| r.map(|mut t| t.remove(0).trim().to_string()))

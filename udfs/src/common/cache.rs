@@ -177,6 +177,23 @@ pub fn model_identity(
     memo: &FileMemo,
 ) -> Result<Key> {
     let mut files = Vec::new();
+    if crate::models::remote::is_remote(&spec.uri) {
+        // The server's weights cannot be hashed: the address and options (a `revision`
+        // option the user bumps when the server's model changes) stand for them.
+        let mut h = blake3::Hasher::new();
+        field(&mut h, FORMAT.as_bytes());
+        field(&mut h, spec.uri.as_bytes());
+        // How requests are sent (key variable, limits, retries) does not change answers.
+        for (k, v) in spec
+            .options
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "revision" | "dimensions"))
+        {
+            field(&mut h, k.as_bytes());
+            field(&mut h, v.as_bytes());
+        }
+        return Ok(*h.finalize().as_bytes());
+    }
     if spec.path.is_file() {
         files.push(spec.path.clone());
     } else {

@@ -34,6 +34,8 @@ pub struct CallStats {
     pub batches: AtomicU64,
     /// Rows handed to the model whose results are not yet complete (and cached).
     pub in_flight: AtomicU64,
+    /// Requests to remote models sent again after a transient failure.
+    pub retries: AtomicU64,
     /// Time inside the function, summed over partitions (nanoseconds).
     pub nanos: AtomicU64,
     started: Mutex<Option<Instant>>,
@@ -53,6 +55,7 @@ impl CallStats {
             output_tokens: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             nanos: AtomicU64::new(0),
             started: Mutex::new(None),
             last_done: Mutex::new(None),
@@ -113,6 +116,7 @@ impl CallStats {
             output_tokens: get(&self.output_tokens),
             batches: get(&self.batches),
             in_flight: get(&self.in_flight),
+            retries: get(&self.retries),
             time: Duration::from_nanos(get(&self.nanos)),
         }
     }
@@ -133,6 +137,8 @@ pub struct Snapshot {
     pub batches: u64,
     /// Rows being computed.
     pub in_flight: u64,
+    /// Remote requests retried.
+    pub retries: u64,
     /// Time inside the function, summed over partitions.
     pub time: Duration,
 }
@@ -203,6 +209,13 @@ pub fn record_tokens(input: u64, output: u64) {
     let _ = CALL.try_with(|s| {
         s.input_tokens.fetch_add(input, Ordering::Relaxed);
         s.output_tokens.fetch_add(output, Ordering::Relaxed);
+    });
+}
+
+/// Counts one retried remote request in the current call.
+pub fn record_retry() {
+    let _ = CALL.try_with(|s| {
+        s.retries.fetch_add(1, Ordering::Relaxed);
     });
 }
 

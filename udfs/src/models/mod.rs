@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod hub;
 pub mod qwen2;
 pub mod registry;
+pub mod remote;
 pub mod settings;
 pub mod source;
 pub mod transformer;

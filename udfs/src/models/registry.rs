@@ -12,6 +12,7 @@ use super::bert::Bert;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::error::{ModelError, ModelResult};
 use super::qwen2::Qwen2Classifier;
+use super::remote::{REMOTE_OPTIONS, RemoteModel, is_remote};
 use super::settings::PrefflowOptions;
 use super::source::{read_json, resolve, validate};
 use super::transformer::Matrices;
@@ -185,6 +186,7 @@ pub struct ModelRegistry {
     infos: Mutex<HashMap<PathBuf, ModelInfo>>,
     decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
     decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
+    remotes: Mutex<HashMap<String, Arc<RemoteModel>>>,
     result_store: RwLock<Option<Arc<dyn ResultStore>>>,
     file_hashes: FileMemo,
     activity: Arc<Activity>,
@@ -222,23 +224,44 @@ impl ModelRegistry {
                 "model '{name}' already exists: use CREATE OR REPLACE MODEL"
             )));
         }
-        if let Some(bad) = options
-            .keys()
-            .find(|k| !MODEL_OPTIONS.contains(&k.as_str()))
-        {
+        let remote = is_remote(uri);
+        let known: Vec<&str> = if remote {
+            // Remote models: the server has the weights; revision busts the result cache.
+            let mut k = vec!["revision"];
+            k.extend(REMOTE_OPTIONS);
+            k
+        } else {
+            MODEL_OPTIONS.to_vec()
+        };
+        if let Some(bad) = options.keys().find(|k| !known.contains(&k.as_str())) {
+            let hint = if REMOTE_OPTIONS.contains(&bad.as_str()) {
+                " (it applies to remote openai:// models)"
+            } else {
+                ""
+            };
             return Err(ModelError::Declaration(format!(
-                "CREATE MODEL {name}: unknown option '{bad}' (known: {})",
-                MODEL_OPTIONS.join(", ")
+                "CREATE MODEL {name}: unknown option '{bad}'{hint} (known: {})",
+                known.join(", ")
             )));
         }
-        let path = resolve(name, uri).await?;
-        validate(name, &path)?;
+        let path = if remote {
+            PathBuf::new()
+        } else {
+            let path = resolve(name, uri).await?;
+            validate(name, &path)?;
+            path
+        };
         let spec = ModelSpec {
             name: name.to_string(),
             uri: uri.to_string(),
             path,
             options,
         };
+        if remote {
+            // Address and options are checked now; the server is first contacted by a query.
+            RemoteModel::new(&spec)?;
+            self.remotes.lock().expect("registry lock").remove(name);
+        }
         self.declared
             .write()
             .expect("registry lock")
@@ -253,6 +276,20 @@ impl ModelRegistry {
             None if !if_exists => Err(ModelError::Unknown(name.to_string())),
             _ => Ok(()),
         }
+    }
+
+    /// The client of a remote (openai://) model, None for a local one.
+    pub fn remote(&self, spec: &ModelSpec) -> ModelResult<Option<Arc<RemoteModel>>> {
+        if !is_remote(&spec.uri) {
+            return Ok(None);
+        }
+        let mut remotes = self.remotes.lock().expect("registry lock");
+        if let Some(r) = remotes.get(&spec.name) {
+            return Ok(Some(Arc::clone(r)));
+        }
+        let r = Arc::new(RemoteModel::new(spec)?);
+        remotes.insert(spec.name.clone(), Arc::clone(&r));
+        Ok(Some(r))
     }
 
     /// Keeps model results in `store` (the engine's result cache).
@@ -318,6 +355,7 @@ impl ModelRegistry {
 
     /// What a model is, from its JSON files (cached; no weights are read).
     pub fn info(&self, spec: &ModelSpec) -> ModelResult<ModelInfo> {
+        local_only(spec)?;
         if let Some(i) = self.infos.lock().expect("registry lock").get(&spec.path) {
             return Ok(i.clone());
         }
@@ -338,6 +376,7 @@ impl ModelRegistry {
 
     /// The tokenizer without truncation, for counting a text's tokens.
     pub fn counting_tokenizer(&self, spec: &ModelSpec) -> ModelResult<Arc<Tokenizer>> {
+        local_only(spec)?;
         self.cached_tokenizer(spec, None)
     }
 
@@ -394,6 +433,7 @@ impl ModelRegistry {
         spec: &ModelSpec,
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<LoadedModel>> {
+        local_only(spec)?;
         let slot = load_slot(&self.loaded, spec, settings);
         let model = slot
             .get_or_try_init(|| async {
@@ -427,6 +467,7 @@ impl ModelRegistry {
     /// What a decoder's files say about its text (chat template, special tokens), without
     /// loading weights; cached per model path.
     pub fn decoder_info(&self, spec: &ModelSpec) -> ModelResult<DecoderInfo> {
+        local_only(spec)?;
         if let Some(i) = self
             .decoder_infos
             .lock()
@@ -453,6 +494,7 @@ impl ModelRegistry {
         spec: &ModelSpec,
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<Decoder>> {
+        local_only(spec)?;
         let slot = load_slot(&self.decoders, spec, settings);
         let decoder = slot
             .get_or_try_init(|| async {
@@ -548,4 +590,15 @@ fn load_backend(
             ),
         }),
     }
+}
+
+/// Functions that need the weights refuse remote models with a clear message.
+fn local_only(spec: &ModelSpec) -> ModelResult<()> {
+    if is_remote(&spec.uri) {
+        return Err(ModelError::Unsupported {
+            model: spec.name.clone(),
+            problem: "it is a remote (OpenAI-compatible) model; this needs local weights (remote models serve ai_generate, ai_generate_n, ai_judge, ai_translate, translate_json and ai_embed)".to_string(),
+        });
+    }
+    Ok(())
 }

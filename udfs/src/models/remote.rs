@@ -1,0 +1,464 @@
+//! Models behind an OpenAI-compatible server (vLLM, TGI, llama.cpp, a hosted API):
+//! `CREATE MODEL x FROM 'openai://HOST:PORT/v1/MODEL'` (plain HTTP, the usual local server)
+//! or `'openai+https://HOST/v1/MODEL'`.
+//!
+//! Requests go to `/chat/completions`, `/completions` and `/embeddings` under the address's
+//! `/v1`. At most `concurrency` requests are open at once (a semaphore per model); a request
+//! that times out, loses its connection, gets 429 or 5xx, or an answer that is not JSON, is
+//! retried up to `max_retries` times with exponential backoff and full jitter, waiting at least
+//! what a Retry-After header asks. The API key is read from the environment variable named by
+//! `api_key_env` when a request is sent and goes only into the Authorization header: it is never
+//! stored in the model's declaration, and no error or plan shows it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::error::{ModelError, ModelResult};
+use super::registry::ModelSpec;
+
+/// CREATE MODEL options that only remote models take.
+pub const REMOTE_OPTIONS: [&str; 7] = [
+    "api_key_env",
+    "concurrency",
+    "max_retries",
+    "timeout",
+    "backoff",
+    "on_error",
+    "dimensions",
+];
+
+/// Whether an address names a remote model.
+pub fn is_remote(uri: &str) -> bool {
+    uri.starts_with("openai://")
+        || uri.starts_with("openai+http://")
+        || uri.starts_with("openai+https://")
+}
+
+/// (base URL ending in /v1, model name) of a remote address.
+pub fn parse_address(model: &str, uri: &str) -> ModelResult<(String, String)> {
+    let (scheme, rest) = if let Some(r) = uri.strip_prefix("openai+https://") {
+        ("https", r)
+    } else if let Some(r) = uri
+        .strip_prefix("openai+http://")
+        .or_else(|| uri.strip_prefix("openai://"))
+    {
+        ("http", r)
+    } else {
+        return Err(bad_address(model, uri));
+    };
+    // The model name may itself contain '/' (org/name): it is everything after "/v1/".
+    let Some(at) = rest.find("/v1/") else {
+        return Err(bad_address(model, uri));
+    };
+    let (host, name) = (&rest[..at], &rest[at + 4..]);
+    if host.is_empty() || name.is_empty() {
+        return Err(bad_address(model, uri));
+    }
+    Ok((format!("{scheme}://{host}/v1"), name.to_string()))
+}
+
+fn bad_address(model: &str, uri: &str) -> ModelError {
+    ModelError::Declaration(format!(
+        "CREATE MODEL {model}: '{uri}' is not a remote model address: use openai://HOST:PORT/v1/MODEL or openai+https://HOST/v1/MODEL"
+    ))
+}
+
+/// What to do with a row whose request finally fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Fail the query (default).
+    Error,
+    /// Give NULL for that row.
+    Null,
+}
+
+/// A remote model's settings, from its address and OPTIONS.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    /// `http://HOST:PORT/v1`.
+    pub base: String,
+    /// The server's model name.
+    pub model: String,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Requests open at once.
+    pub concurrency: usize,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// First backoff; doubles per retry (capped at 30 s), jittered.
+    pub backoff: Duration,
+    /// Rows whose request finally fails.
+    pub on_error: OnError,
+    /// Embedding width, for ai_embed.
+    pub dimensions: Option<usize>,
+}
+
+impl RemoteSettings {
+    /// Reads a declared remote model's address and options; errors name the model.
+    pub fn from_spec(spec: &ModelSpec) -> ModelResult<Self> {
+        let (base, model) = parse_address(&spec.name, &spec.uri)?;
+        let bad = |k: &str, v: &str, want: &str| {
+            ModelError::Declaration(format!(
+                "CREATE MODEL {}: option {k} must be {want}, got '{v}'",
+                spec.name
+            ))
+        };
+        let number = |k: &str, default: f64| -> ModelResult<f64> {
+            match spec.options.get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or_else(|| bad(k, v, "a non-negative number")),
+            }
+        };
+        let concurrency = number("concurrency", 8.0)?;
+        if concurrency < 1.0 || concurrency.fract() != 0.0 {
+            return Err(bad(
+                "concurrency",
+                &concurrency.to_string(),
+                "a whole number of at least 1",
+            ));
+        }
+        let max_retries = number("max_retries", 6.0)?;
+        if max_retries.fract() != 0.0 {
+            return Err(bad(
+                "max_retries",
+                &max_retries.to_string(),
+                "a whole number",
+            ));
+        }
+        let on_error = match spec.options.get("on_error").map(|s| s.as_str()) {
+            None | Some("error") => OnError::Error,
+            Some("null") => OnError::Null,
+            Some(other) => return Err(bad("on_error", other, "'error' or 'null'")),
+        };
+        let dimensions = match spec.options.get("dimensions") {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|d| *d > 0)
+                    .ok_or_else(|| bad("dimensions", v, "a whole number of at least 1"))?,
+            ),
+        };
+        Ok(Self {
+            base,
+            model,
+            api_key_env: spec.options.get("api_key_env").cloned(),
+            concurrency: concurrency as usize,
+            max_retries: max_retries as u32,
+            timeout: Duration::from_secs_f64(number("timeout", 120.0)?.max(0.001)),
+            backoff: Duration::from_secs_f64(number("backoff", 0.5)?),
+            on_error,
+            dimensions,
+        })
+    }
+}
+
+/// Why a request failed for good.
+#[derive(Debug)]
+pub enum RemoteError {
+    /// Retries exhausted on transient failures; the last one.
+    Exhausted { attempts: u32, last: String },
+    /// The server refused the request (4xx other than 429).
+    Refused { status: u16, body: String },
+    /// The answer was JSON but not the expected shape.
+    Shape(String),
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            RemoteError::Exhausted { attempts, last } => {
+                write!(f, "no answer after {attempts} attempts (last: {last})")
+            }
+            RemoteError::Refused { status, body } => {
+                write!(f, "the server refused the request: HTTP {status}: {body}")
+            }
+            RemoteError::Shape(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+/// A remote model: its settings, an HTTP client and the concurrency limit.
+#[derive(Debug)]
+pub struct RemoteModel {
+    /// The name SQL uses.
+    pub name: String,
+    /// Address and options.
+    pub settings: RemoteSettings,
+    client: reqwest::Client,
+    slots: tokio::sync::Semaphore,
+    jitter: AtomicU64,
+}
+
+impl RemoteModel {
+    /// A client for a declared remote model.
+    pub fn new(spec: &ModelSpec) -> ModelResult<Self> {
+        let settings = RemoteSettings::from_spec(spec)?;
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| {
+                ModelError::Declaration(format!("model '{}': HTTP client: {e}", spec.name))
+            })?;
+        Ok(Self {
+            name: spec.name.clone(),
+            slots: tokio::sync::Semaphore::new(settings.concurrency),
+            settings,
+            client,
+            jitter: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        })
+    }
+
+    /// `base` without any credentials, for messages.
+    pub fn address(&self) -> String {
+        format!("{}/{}", self.settings.base, self.settings.model)
+    }
+
+    /// One chat completion (or a plain completion when `messages` is a string prompt).
+    pub async fn generate(
+        &self,
+        prompt: Prompt,
+        params: &SamplingParams,
+    ) -> Result<String, RemoteError> {
+        let mut body = match &prompt {
+            Prompt::Messages(messages) => {
+                json!({"model": self.settings.model, "messages": messages})
+            }
+            Prompt::Text(text) => json!({"model": self.settings.model, "prompt": text}),
+        };
+        params.fill(&mut body);
+        let path = match prompt {
+            Prompt::Messages(_) => "chat/completions",
+            Prompt::Text(_) => "completions",
+        };
+        let answer = self.post(path, &body).await?;
+        if let Some(usage) = answer.get("usage") {
+            let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+            crate::common::calls::record_tokens(n("prompt_tokens"), n("completion_tokens"));
+        }
+        let choice = answer
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .ok_or_else(|| RemoteError::Shape("the answer has no choices".to_string()))?;
+        let text = match path {
+            "chat/completions" => choice.pointer("/message/content"),
+            _ => choice.get("text"),
+        };
+        text.and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| RemoteError::Shape("the answer's first choice has no text".to_string()))
+    }
+
+    /// Embeddings of `texts`, in order.
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, RemoteError> {
+        let body = json!({"model": self.settings.model, "input": texts});
+        let answer = self.post("embeddings", &body).await?;
+        if let Some(n) = answer
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+        {
+            crate::common::calls::record_tokens(n, 0);
+        }
+        let data = answer
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| RemoteError::Shape("the answer has no data".to_string()))?;
+        if data.len() != texts.len() {
+            return Err(RemoteError::Shape(format!(
+                "{} embeddings for {} texts",
+                data.len(),
+                texts.len()
+            )));
+        }
+        let mut out = vec![Vec::new(); texts.len()];
+        for (k, item) in data.iter().enumerate() {
+            let index = item
+                .get("index")
+                .and_then(Value::as_u64)
+                .map_or(k, |i| i as usize);
+            let vector = item
+                .get("embedding")
+                .and_then(Value::as_array)
+                .ok_or_else(|| RemoteError::Shape("an embedding is missing".to_string()))?;
+            let slot = out.get_mut(index).ok_or_else(|| {
+                RemoteError::Shape(format!("embedding index {index} out of range"))
+            })?;
+            *slot = vector
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// POSTs JSON with the concurrency limit and retries; the answer's JSON.
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, RemoteError> {
+        let url = format!("{}/{path}", self.settings.base);
+        let attempts = self.settings.max_retries + 1;
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            let mut wait = None;
+            {
+                let _slot = self.slots.acquire().await.expect("semaphore never closed");
+                let mut request = self.client.post(&url).json(body);
+                if let Some(var) = &self.settings.api_key_env
+                    && let Ok(key) = std::env::var(var)
+                {
+                    request = request.bearer_auth(key);
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_after = response
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<f64>().ok())
+                            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)));
+                        let text = response.text().await;
+                        match (status, text) {
+                            (200..=299, Ok(text)) => match serde_json::from_str::<Value>(&text) {
+                                Ok(v) => return Ok(v),
+                                Err(e) => last = format!("an answer that is not JSON ({e})"),
+                            },
+                            (200..=299, Err(e)) => {
+                                last = format!("the answer broke off ({})", plain(&e))
+                            }
+                            (429 | 500..=599, _) => {
+                                last = format!("HTTP {status}");
+                                wait = retry_after;
+                            }
+                            (_, text) => {
+                                let body: String =
+                                    text.unwrap_or_default().chars().take(200).collect();
+                                return Err(RemoteError::Refused { status, body });
+                            }
+                        }
+                    }
+                    Err(e) => last = plain(&e),
+                }
+            }
+            if attempt + 1 < attempts {
+                crate::common::calls::record_retry();
+                let backoff = self.backoff(attempt);
+                tokio::time::sleep(wait.map_or(backoff, |w| w.max(backoff))).await;
+            }
+        }
+        Err(RemoteError::Exhausted { attempts, last })
+    }
+
+    /// Full jitter: uniform in [0, min(30 s, base x 2^attempt)].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .settings
+            .backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(Duration::from_secs(30));
+        // xorshift: enough randomness to spread retries, no dependency.
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.store(x, Ordering::Relaxed);
+        cap.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// A reqwest error without its URL's query (no key is ever in a URL, but keep messages short).
+fn plain(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        let mut s = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(inner) = source {
+            s = format!("{s}: {inner}");
+            source = inner.source();
+        }
+        s
+    }
+}
+
+/// What to send: chat messages or a raw completion prompt.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// `[{role, content}, ...]`.
+    Messages(Value),
+    /// A raw prompt.
+    Text(String),
+}
+
+/// Sampling parameters as the OpenAI API names them.
+#[derive(Debug, Clone, Default)]
+pub struct SamplingParams {
+    /// temperature.
+    pub temperature: f64,
+    /// top_p.
+    pub top_p: Option<f64>,
+    /// top_k (vLLM and llama.cpp take it).
+    pub top_k: Option<usize>,
+    /// max_tokens.
+    pub max_tokens: usize,
+    /// stop.
+    pub stop: Vec<String>,
+    /// seed (servers that support it sample reproducibly).
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    fn fill(&self, body: &mut Value) {
+        body["temperature"] = json!(self.temperature);
+        body["max_tokens"] = json!(self.max_tokens);
+        // Servers take a signed 64-bit seed.
+        body["seed"] = json!(self.seed & (i64::MAX as u64));
+        if let Some(p) = self.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(k) = self.top_k {
+            body["top_k"] = json!(k);
+        }
+        if !self.stop.is_empty() {
+            body["stop"] = json!(self.stop);
+        }
+    }
+}
+
+/// Shared handle.
+pub type SharedRemote = Arc<RemoteModel>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_address("m", "openai://127.0.0.1:8000/v1/Qwen/Qwen2.5-7B").unwrap(),
+            (
+                "http://127.0.0.1:8000/v1".to_string(),
+                "Qwen/Qwen2.5-7B".to_string()
+            )
+        );
+        assert_eq!(
+            parse_address("m", "openai+https://api.example.org/v1/gpt-x")
+                .unwrap()
+                .0,
+            "https://api.example.org/v1"
+        );
+        assert!(parse_address("m", "openai://host/gpt").is_err());
+        assert!(parse_address("m", "openai://host/v1/").is_err());
+    }
+}
