@@ -127,6 +127,32 @@ pub async fn translate(
     requests: &[Option<Request>],
     options: &TranslateOptions,
 ) -> Result<Vec<Option<String>>> {
+    let spec = crate::common::model_call::executed_model(function, registry, &args.args[0])?;
+    let settings = crate::models::PrefflowOptions::from_config(&args.config_options);
+    if let Some(marian) = registry
+        .marian(&spec, &settings)
+        .map_err(|e| crate::common::model_call::model_err(function, e))?
+    {
+        // An encoder-decoder translates the text itself; the prompt does not apply.
+        let requests = requests.to_vec();
+        let max_new = options.generate.max_tokens;
+        let f = function.to_string();
+        return crate::common::model_call::blocking(function, move || {
+            requests
+                .iter()
+                .map(|r| {
+                    r.as_ref()
+                        .map(|r| {
+                            marian
+                                .translate(&r.text, &r.target, max_new)
+                                .map_err(|e| crate::common::model_call::model_err(&f, e))
+                        })
+                        .transpose()
+                })
+                .collect()
+        })
+        .await;
+    }
     let prompts = requests
         .iter()
         .map(|r| {

@@ -6,6 +6,7 @@ pub mod decode;
 pub mod error;
 pub mod gguf;
 pub mod hub;
+pub mod marian;
 pub mod qwen2;
 pub mod registry;
 pub mod remote;

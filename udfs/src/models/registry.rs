@@ -187,6 +187,7 @@ pub struct ModelRegistry {
     decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
     decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
     remotes: Mutex<HashMap<String, Arc<RemoteModel>>>,
+    marians: Mutex<HashMap<(PathBuf, String), Arc<super::marian::Marian>>>,
     result_store: RwLock<Option<Arc<dyn ResultStore>>>,
     file_hashes: FileMemo,
     activity: Arc<Activity>,
@@ -290,6 +291,31 @@ impl ModelRegistry {
         let r = Arc::new(RemoteModel::new(spec)?);
         remotes.insert(spec.name.clone(), Arc::clone(&r));
         Ok(Some(r))
+    }
+
+    /// The Marian translation model of a spec whose folder holds one (loaded once per device).
+    pub fn marian(
+        &self,
+        spec: &ModelSpec,
+        settings: &PrefflowOptions,
+    ) -> ModelResult<Option<Arc<super::marian::Marian>>> {
+        if is_remote(&spec.uri) || !super::marian::is_marian(&spec.path) {
+            return Ok(None);
+        }
+        let key = (spec.path.clone(), settings.device.clone());
+        if let Some(m) = self.marians.lock().expect("registry lock").get(&key) {
+            return Ok(Some(Arc::clone(m)));
+        }
+        let m = Arc::new(super::marian::Marian::load(
+            &spec.name,
+            &spec.path,
+            device(&spec.name, &settings.device)?,
+        )?);
+        self.marians
+            .lock()
+            .expect("registry lock")
+            .insert(key, Arc::clone(&m));
+        Ok(Some(m))
     }
 
     /// Keeps model results in `store` (the engine's result cache).

@@ -1,0 +1,147 @@
+//! Marian encoder-decoder translation models (Helsinki-NLP/opus-mt-*) from safetensors
+//! folders, with candle-transformers' Marian code: greedy decoding with a KV cache, `<pad>`
+//! banned as the models' generation configs do, stopping at `</s>` or the token budget.
+//!
+//! The folder needs config.json (model_type "marian"), *.safetensors and a tokenizer.json
+//! (candle's convert_slow_tokenizer.py makes one from source.spm / target.spm and vocab.json).
+//! Multilingual models pick their target with a `>>lang<<` token: when the vocabulary has
+//! `>>{target_lang}<<`, it is put before the text.
+//!
+//! The model is shared by every partition behind a mutex: one sequence at a time (its KV cache
+//! lives in the model), run on tokio's blocking pool by the caller.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::marian::{Config, MTModel};
+use tokenizers::Tokenizer;
+
+use super::error::{ModelError, ModelResult};
+use super::source::{read_json, safetensors_files};
+
+/// Whether a model folder holds a Marian model.
+pub fn is_marian(dir: &Path) -> bool {
+    dir.is_dir()
+        && read_json("", &dir.join("config.json"))
+            .is_ok_and(|c| c["model_type"].as_str() == Some("marian"))
+}
+
+/// A loaded Marian model.
+pub struct Marian {
+    name: String,
+    model: Mutex<MTModel>,
+    config: Config,
+    tokenizer: Tokenizer,
+    device: Device,
+}
+
+impl std::fmt::Debug for Marian {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Marian({})", self.name)
+    }
+}
+
+impl Marian {
+    /// Loads a Marian folder.
+    pub fn load(name: &str, dir: &Path, device: Device) -> ModelResult<Self> {
+        let json = read_json(name, &dir.join("config.json"))?;
+        let config: Config = serde_json::from_value(json).map_err(|e| ModelError::File {
+            model: name.to_string(),
+            path: dir.join("config.json").display().to_string(),
+            problem: format!("not a Marian config: {e}"),
+        })?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::File {
+            model: name.to_string(),
+            path: tokenizer_path.display().to_string(),
+            problem: format!(
+                "{e} (Marian folders need a tokenizer.json; convert source.spm / target.spm with candle's convert_slow_tokenizer.py)"
+            ),
+        })?;
+        let files = safetensors_files(name, dir)?;
+        // SAFETY: the weight files are not modified while mapped (as for every safetensors model).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
+            .map_err(|e| ModelError::candle(name, &e))?;
+        let model = MTModel::new(&config, vb).map_err(|e| ModelError::candle(name, &e))?;
+        Ok(Self {
+            name: name.to_string(),
+            model: Mutex::new(model),
+            config,
+            tokenizer,
+            device,
+        })
+    }
+
+    /// Greedy output ids (without `</s>`) and each chosen token's logit, for input ids.
+    pub fn generate_ids(&self, input: &[u32], max_new: usize) -> ModelResult<(Vec<u32>, Vec<f32>)> {
+        let err = |e: candle_core::Error| ModelError::candle(&self.name, &e);
+        let mut model = self.model.lock().expect("marian lock");
+        model.reset_kv_cache();
+        // Positions beyond the table do not exist: keep the output inside it.
+        let max_new = max_new.min(self.config.max_position_embeddings.saturating_sub(1));
+        let ids = Tensor::new(input, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(err)?;
+        let encoded = model.encoder().forward(&ids, 0).map_err(err)?;
+        let pad = self.config.pad_token_id as usize;
+        let eos = self.config.eos_token_id;
+        let mut tokens = vec![self.config.decoder_start_token_id];
+        let (mut out, mut logits) = (Vec::new(), Vec::new());
+        for step in 0..max_new {
+            let context = if step == 0 {
+                &tokens[..]
+            } else {
+                &tokens[tokens.len() - 1..]
+            };
+            let start = tokens.len() - context.len();
+            let x = Tensor::new(context, &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(err)?;
+            let step_logits = model.decode(&x, &encoded, start).map_err(err)?;
+            let last = step_logits
+                .squeeze(0)
+                .and_then(|l| l.get(context.len() - 1))
+                .and_then(|l| l.to_dtype(DType::F32))
+                .and_then(|l| l.to_vec1::<f32>())
+                .map_err(err)?;
+            // Marian never emits <pad> (bad_words_ids [[pad]] in its generation configs).
+            let next = last.iter().enumerate().filter(|(i, _)| *i != pad).fold(
+                (0usize, f32::NEG_INFINITY),
+                |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                },
+            );
+            if next.0 as u32 == eos {
+                break;
+            }
+            tokens.push(next.0 as u32);
+            out.push(next.0 as u32);
+            logits.push(next.1);
+        }
+        Ok((out, logits))
+    }
+
+    /// Translates one text; `target` picks the language of a multilingual model.
+    pub fn translate(&self, text: &str, target: &str, max_new: usize) -> ModelResult<String> {
+        let tok_err = |e: tokenizers::Error| ModelError::Unsupported {
+            model: self.name.clone(),
+            problem: format!("tokenizer: {e}"),
+        };
+        let prefix = format!(">>{target}<<");
+        let text = if self.tokenizer.token_to_id(&prefix).is_some() && !text.starts_with(">>") {
+            format!("{prefix} {text}")
+        } else {
+            text.to_string()
+        };
+        let ids = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec();
+        let (out, _) = self.generate_ids(&ids, max_new)?;
+        self.tokenizer.decode(&out, true).map_err(tok_err)
+    }
+}
