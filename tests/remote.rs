@@ -279,7 +279,7 @@ async fn generate_n_judge_translate_and_embed_run_remotely() {
         "SELECT ai_generate_n('remote', 'hi there', 2) AS n,
                 ai_generate('remote', 'raw text', named_struct('chat', false)) AS raw,
                 ai_translate('remote', 'bonjour', 'English') IS NOT NULL AS translated,
-                translate_json('remote', '{\"q\": \"salut\", \"n\": 1}', 'English') LIKE '{\"q\":\"echo: %\",\"n\":1}' AS json_kept,
+                translate_json('remote', '{\"q\": \"salut monde\", \"n\": 1}', 'English') LIKE '{\"q\":\"echo: %\",\"n\":1}' AS json_kept,
                 ai_judge('remote', 'q', 'a', 'b')['judgement_ab'] LIKE 'echo: %' AS judged,
                 ai_embed('remote', 'abcd') AS e",
     )

@@ -446,7 +446,7 @@ async fn generate_remote(
     options: &GenerateOptions,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
-    use crate::models::remote::{OnError, Prompt, SamplingParams};
+    use crate::models::remote::{OnError, Prompt};
     let nulls = prompts.logical_nulls();
     let mut requests = Vec::new();
     for row in 0..prompts.len() {
@@ -470,16 +470,9 @@ async fn generate_remote(
             }
         };
         for k in 0..n {
-            let params = SamplingParams {
-                temperature: options.temperature,
-                top_p: options.top_p,
-                top_k: options.top_k,
-                max_tokens: options.max_tokens,
-                stop: options.stop.clone(),
-                seed: row_seed(&seed_text, k as u64, options.seed),
-            };
+            let seed = row_seed(&seed_text, k as u64, options.seed);
             let prompt = prompt.clone();
-            requests.push(async move { (row, remote.generate(prompt, &params).await) });
+            requests.push(async move { (row, remote.generate(prompt, options, seed).await) });
         }
     }
     let answers = futures::future::join_all(requests).await;

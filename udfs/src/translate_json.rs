@@ -6,9 +6,10 @@
 //! SELECT translate_json('policy', payload, 'English') FROM tool_calls;
 //! ```
 //!
-//! Every string value that contains a letter is translated with `ai_translate`'s prompt and
-//! options (the `prompt` option overrides it); identical strings are translated once per batch;
-//! strings without letters ("42", "---") are kept. Text that is not JSON is an error naming the
+//! Every string value that reads as language (a letter, and a space or a non-ASCII letter) is
+//! translated with `ai_translate`'s prompt and options (the `prompt` option overrides it);
+//! identical strings are translated once per batch. Codes and identifiers ("42", "zh-forum",
+//! "celsius") are kept. Text that is not JSON is an error naming the
 //! row. NULL gives NULL.
 
 use std::sync::Arc;
@@ -135,9 +136,14 @@ impl Serialize for Json {
     }
 }
 
-/// Whether a string is language (has a letter) rather than a code or a number.
+/// Whether a string is language rather than a code, an identifier or a number: it has a
+/// letter, and either a space or a non-ASCII letter. "zh-forum", "celsius" or "AI" (enum
+/// values, ids, units: what JSON consumers match on) stay; "今天天气很好" and "good morning"
+/// are translated.
 fn translatable(s: &str) -> bool {
     s.chars().any(char::is_alphabetic)
+        && s.chars()
+            .any(|c| c.is_whitespace() || (c.is_alphabetic() && !c.is_ascii()))
 }
 
 /// The `translate_json` SQL function.
@@ -264,8 +270,7 @@ mod tests {
 
     #[test]
     fn documents_keep_key_order_numbers_and_nesting() {
-        let text =
-            r#"{"zeta": "你好", "alpha": [1, 2.5, true, null, {"b": "世界", "a": "42"}], "n": -3}"#;
+        let text = r#"{"zeta": "你好", "alpha": [1, 2.5, true, null, {"b": "世界", "a": "42"}], "n": -3, "unit": "celsius", "q": "how are you"}"#;
         let mut doc = Json::parse(text).unwrap();
         let mut seen = Vec::new();
         doc.strings_mut(&mut |s| {
@@ -274,10 +279,10 @@ mod tests {
                 *s = format!("<{s}>");
             }
         });
-        assert_eq!(seen, ["你好", "世界", "42"]);
+        assert_eq!(seen, ["你好", "世界", "42", "celsius", "how are you"]);
         assert_eq!(
             doc.to_text(),
-            r#"{"zeta":"<你好>","alpha":[1,2.5,true,null,{"b":"<世界>","a":"42"}],"n":-3}"#
+            r#"{"zeta":"<你好>","alpha":[1,2.5,true,null,{"b":"<世界>","a":"42"}],"n":-3,"unit":"celsius","q":"<how are you>"}"#
         );
         assert!(Json::parse("{not json").is_err());
     }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::error::{ModelError, ModelResult};
 use super::registry::ModelSpec;
+use crate::ai_generate::GenerateOptions;
 
 /// CREATE MODEL options that only remote models take.
 pub const REMOTE_OPTIONS: [&str; 7] = [
@@ -229,7 +230,8 @@ impl RemoteModel {
     pub async fn generate(
         &self,
         prompt: Prompt,
-        params: &SamplingParams,
+        options: &GenerateOptions,
+        seed: u64,
     ) -> Result<String, RemoteError> {
         let mut body = match &prompt {
             Prompt::Messages(messages) => {
@@ -237,7 +239,7 @@ impl RemoteModel {
             }
             Prompt::Text(text) => json!({"model": self.settings.model, "prompt": text}),
         };
-        params.fill(&mut body);
+        fill(&mut body, options, seed);
         let path = match prompt {
             Prompt::Messages(_) => "chat/completions",
             Prompt::Text(_) => "completions",
@@ -401,38 +403,21 @@ pub enum Prompt {
     Text(String),
 }
 
-/// Sampling parameters as the OpenAI API names them.
-#[derive(Debug, Clone, Default)]
-pub struct SamplingParams {
-    /// temperature.
-    pub temperature: f64,
-    /// top_p.
-    pub top_p: Option<f64>,
-    /// top_k (vLLM and llama.cpp take it).
-    pub top_k: Option<usize>,
-    /// max_tokens.
-    pub max_tokens: usize,
-    /// stop.
-    pub stop: Vec<String>,
-    /// seed (servers that support it sample reproducibly).
-    pub seed: u64,
-}
-
-impl SamplingParams {
-    fn fill(&self, body: &mut Value) {
-        body["temperature"] = json!(self.temperature);
-        body["max_tokens"] = json!(self.max_tokens);
-        // Servers take a signed 64-bit seed.
-        body["seed"] = json!(self.seed & (i64::MAX as u64));
-        if let Some(p) = self.top_p {
-            body["top_p"] = json!(p);
-        }
-        if let Some(k) = self.top_k {
-            body["top_k"] = json!(k);
-        }
-        if !self.stop.is_empty() {
-            body["stop"] = json!(self.stop);
-        }
+/// The OpenAI API's names for generation options; `seed` is the sample's own seed.
+fn fill(body: &mut Value, options: &GenerateOptions, seed: u64) {
+    body["temperature"] = json!(options.temperature);
+    body["max_tokens"] = json!(options.max_tokens);
+    // Servers take a signed 64-bit seed.
+    body["seed"] = json!(seed & (i64::MAX as u64));
+    if let Some(p) = options.top_p {
+        body["top_p"] = json!(p);
+    }
+    // vLLM and llama.cpp take top_k.
+    if let Some(k) = options.top_k {
+        body["top_k"] = json!(k);
+    }
+    if !options.stop.is_empty() {
+        body["stop"] = json!(options.stop);
     }
 }
 
