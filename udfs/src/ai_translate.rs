@@ -40,6 +40,9 @@ pub struct TranslateOptions {
     pub generate: GenerateOptions,
     /// The prompt template.
     pub prompt: String,
+    /// translate_json: only strings under these keys (at any depth); None: every string that
+    /// reads as language.
+    pub keys: Option<Vec<String>>,
 }
 
 /// Parses the options struct of `function` (generation options and `prompt`).
@@ -47,17 +50,46 @@ pub fn translate_options(
     function: &str,
     options: Option<&ScalarValue>,
 ) -> Result<TranslateOptions, String> {
-    let (generate, own) = parse_options_with(function, options, &["prompt"])?;
+    let own_keys: &[&str] = if function == "translate_json" {
+        &["prompt", "keys"]
+    } else {
+        &["prompt"]
+    };
+    let (generate, own) = parse_options_with(function, options, own_keys)?;
     let mut prompt = DEFAULT_PROMPT.to_string();
+    let mut keys = None;
     for (key, value) in own {
+        if key == "keys" {
+            keys = Some(string_list(&value).ok_or_else(|| {
+                format!("{function}: keys must be a string or a list of strings, got {value}")
+            })?);
+            continue;
+        }
         match value.try_as_str().flatten() {
-            Some(p) if key == "prompt" => prompt = p.to_string(),
-            _ => return Err(format!("{function}: {key} must be text, got {value}")),
+            Some(p) => prompt = p.to_string(),
+            None => return Err(format!("{function}: {key} must be text, got {value}")),
         }
     }
     // A template that does not parse, or names an unknown variable, fails now.
     render(function, &prompt, "text", "English", Some("French"))?;
-    Ok(TranslateOptions { generate, prompt })
+    Ok(TranslateOptions {
+        generate,
+        prompt,
+        keys,
+    })
+}
+
+/// 'a' or ['a', 'b'] as strings.
+fn string_list(value: &ScalarValue) -> Option<Vec<String>> {
+    if let Some(s) = value.try_as_str().flatten() {
+        return Some(vec![s.to_string()]);
+    }
+    let ScalarValue::List(list) = value else {
+        return None;
+    };
+    let values = datafusion::arrow::compute::cast(&list.value(0), &DataType::Utf8).ok()?;
+    let values = values.as_any().downcast_ref::<StringArray>()?;
+    Some(values.iter().flatten().map(str::to_string).collect())
 }
 
 /// Checks the options argument at `position` while planning (a literal is parsed now).

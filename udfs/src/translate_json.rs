@@ -9,7 +9,8 @@
 //! Every string value that reads as language (a letter, and a space or a non-ASCII letter) is
 //! translated with `ai_translate`'s prompt and options (the `prompt` option overrides it);
 //! identical strings are translated once per batch. Codes and identifiers ("42", "zh-forum",
-//! "celsius") are kept. Text that is not JSON is an error naming the
+//! "celsius") are kept. `named_struct('keys', ['instruction', 'input'])` translates only the
+//! strings under those keys (at any depth), each that has a letter. Text that is not JSON is an error naming the
 //! row. NULL gives NULL.
 
 use std::sync::Arc;
@@ -52,6 +53,31 @@ impl Json {
     /// The document as compact JSON text.
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("JSON values serialize")
+    }
+
+    /// Visits the string values under any of `keys` (at any depth below them), or every
+    /// string value when `keys` is None, in document order.
+    pub fn selected_strings_mut(
+        &mut self,
+        keys: Option<&[String]>,
+        f: &mut impl FnMut(&mut String),
+    ) {
+        match keys {
+            None => self.strings_mut(f),
+            Some(keys) => match self {
+                Json::Array(items) => items
+                    .iter_mut()
+                    .for_each(|v| v.selected_strings_mut(Some(keys), f)),
+                Json::Object(fields) => fields.iter_mut().for_each(|(k, v)| {
+                    if keys.contains(k) {
+                        v.strings_mut(f)
+                    } else {
+                        v.selected_strings_mut(Some(keys), f)
+                    }
+                }),
+                Json::Str(_) | Json::Scalar(_) => {}
+            },
+        }
     }
 
     /// Visits every string value (not keys), in document order.
@@ -214,12 +240,19 @@ impl AsyncScalarUDFImpl for TranslateJson {
                 Err(e) => return exec_err!("translate_json: row {i}: not valid JSON: {e}"),
             }
         }
+        // With keys named, every string under them with a letter is wanted; otherwise those
+        // that read as language.
+        let keys = options.keys.clone();
+        let wanted = |s: &str| match &keys {
+            Some(_) => s.chars().any(char::is_alphabetic),
+            None => translatable(s),
+        };
         // Each distinct (string, language) is translated once.
         let mut requests: Vec<Option<Request>> = Vec::new();
         for (i, doc) in docs.iter_mut().enumerate() {
             if let Some(doc) = doc {
-                doc.strings_mut(&mut |s| {
-                    if !translatable(s) {
+                doc.selected_strings_mut(keys.as_deref(), &mut |s| {
+                    if !wanted(s) {
                         return;
                     }
                     let r = Request {
@@ -243,8 +276,8 @@ impl AsyncScalarUDFImpl for TranslateJson {
             .enumerate()
             .map(|(i, doc)| {
                 doc.map(|mut doc| {
-                    doc.strings_mut(&mut |s| {
-                        if !translatable(s) {
+                    doc.selected_strings_mut(keys.as_deref(), &mut |s| {
+                        if !wanted(s) {
                             return;
                         }
                         let target = targets.value(i);
@@ -285,5 +318,10 @@ mod tests {
             r#"{"zeta":"<你好>","alpha":[1,2.5,true,null,{"b":"<世界>","a":"42"}],"n":-3,"unit":"celsius","q":"<how are you>"}"#
         );
         assert!(Json::parse("{not json").is_err());
+        let mut doc =
+            Json::parse(r#"{"a": "x y", "b": {"c": ["p", {"d": "q"}]}, "c": "r"}"#).unwrap();
+        let mut seen = Vec::new();
+        doc.selected_strings_mut(Some(&["c".to_string()]), &mut |s| seen.push(s.clone()));
+        assert_eq!(seen, ["p", "q", "r"], "under key c at any depth");
     }
 }
