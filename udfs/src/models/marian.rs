@@ -7,11 +7,11 @@
 //! Multilingual models pick their target with a `>>lang<<` token: when the vocabulary has
 //! `>>{target_lang}<<`, it is put before the text.
 //!
-//! The model is shared by every partition behind a mutex: one sequence at a time (its KV cache
-//! lives in the model), run on tokio's blocking pool by the caller.
+//! The model lives on its own worker thread (never on the async runtime); callers send it one
+//! sequence at a time, since its KV cache lives in the model, and wait for the answer.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -31,9 +31,22 @@ pub fn is_marian(dir: &Path) -> bool {
 /// A loaded Marian model.
 pub struct Marian {
     name: String,
-    model: Mutex<MTModel>,
-    config: Config,
+    jobs: mpsc::Sender<Job>,
     tokenizer: Tokenizer,
+}
+
+/// Input ids, token budget, and where to send (ids, logits).
+type Job = (
+    Vec<u32>,
+    usize,
+    mpsc::Sender<ModelResult<(Vec<u32>, Vec<f32>)>>,
+);
+
+/// What the worker thread owns.
+struct Worker {
+    name: String,
+    model: MTModel,
+    config: Config,
     device: Device,
 }
 
@@ -65,19 +78,70 @@ impl Marian {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
             .map_err(|e| ModelError::candle(name, &e))?;
         let model = MTModel::new(&config, vb).map_err(|e| ModelError::candle(name, &e))?;
+        let mut worker = Worker {
+            name: name.to_string(),
+            model,
+            config,
+            device,
+        };
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("prefflow-marian-{name}"))
+            .spawn(move || {
+                for (ids, max_new, reply) in inbox {
+                    let _ = reply.send(worker.generate(&ids, max_new));
+                }
+            })
+            .map_err(|e| ModelError::Unsupported {
+                model: name.to_string(),
+                problem: format!("cannot start its worker thread: {e}"),
+            })?;
         Ok(Self {
             name: name.to_string(),
-            model: Mutex::new(model),
-            config,
+            jobs,
             tokenizer,
-            device,
         })
     }
 
-    /// Greedy output ids (without `</s>`) and each chosen token's logit, for input ids.
+    /// Greedy output ids (without `</s>`) and each chosen token's logit, for input ids; blocks
+    /// until the model's thread has run them.
     pub fn generate_ids(&self, input: &[u32], max_new: usize) -> ModelResult<(Vec<u32>, Vec<f32>)> {
+        let (reply, answer) = mpsc::channel();
+        self.jobs
+            .send((input.to_vec(), max_new, reply))
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?;
+        answer
+            .recv()
+            .map_err(|_| ModelError::WorkerGone(self.name.clone()))?
+    }
+
+    /// Translates one text; `target` picks the language of a multilingual model.
+    pub fn translate(&self, text: &str, target: &str, max_new: usize) -> ModelResult<String> {
+        let tok_err = |e: tokenizers::Error| ModelError::Unsupported {
+            model: self.name.clone(),
+            problem: format!("tokenizer: {e}"),
+        };
+        let prefix = format!(">>{target}<<");
+        let text = if self.tokenizer.token_to_id(&prefix).is_some() && !text.starts_with(">>") {
+            format!("{prefix} {text}")
+        } else {
+            text.to_string()
+        };
+        let ids = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec();
+        let (out, _) = self.generate_ids(&ids, max_new)?;
+        self.tokenizer.decode(&out, true).map_err(tok_err)
+    }
+}
+
+impl Worker {
+    fn generate(&mut self, input: &[u32], max_new: usize) -> ModelResult<(Vec<u32>, Vec<f32>)> {
         let err = |e: candle_core::Error| ModelError::candle(&self.name, &e);
-        let mut model = self.model.lock().expect("marian lock");
+        let model = &mut self.model;
         model.reset_kv_cache();
         // Positions beyond the table do not exist: keep the output inside it.
         let max_new = max_new.min(self.config.max_position_embeddings.saturating_sub(1));
@@ -121,27 +185,5 @@ impl Marian {
             logits.push(next.1);
         }
         Ok((out, logits))
-    }
-
-    /// Translates one text; `target` picks the language of a multilingual model.
-    pub fn translate(&self, text: &str, target: &str, max_new: usize) -> ModelResult<String> {
-        let tok_err = |e: tokenizers::Error| ModelError::Unsupported {
-            model: self.name.clone(),
-            problem: format!("tokenizer: {e}"),
-        };
-        let prefix = format!(">>{target}<<");
-        let text = if self.tokenizer.token_to_id(&prefix).is_some() && !text.starts_with(">>") {
-            format!("{prefix} {text}")
-        } else {
-            text.to_string()
-        };
-        let ids = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec();
-        let (out, _) = self.generate_ids(&ids, max_new)?;
-        self.tokenizer.decode(&out, true).map_err(tok_err)
     }
 }
