@@ -57,8 +57,9 @@ impl RedbStore {
             .map_err(Clone::clone)
     }
 
-    /// Number of stored entries (tests and diagnostics).
-    pub fn len(&self) -> Result<u64, String> {
+    /// Number of stored entries.
+    #[cfg(test)]
+    fn len(&self) -> Result<u64, String> {
         let db = self.db()?;
         let tx = db.begin_read().map_err(|e| e.to_string())?;
         match tx.open_table(RESULTS) {
@@ -66,11 +67,6 @@ impl RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
             Err(e) => Err(e.to_string()),
         }
-    }
-
-    /// Whether the cache holds nothing.
-    pub fn is_empty(&self) -> Result<bool, String> {
-        self.len().map(|n| n == 0)
     }
 }
 

@@ -277,7 +277,6 @@ fn remove_orphans(dir: &Path, name: &str) {
         else {
             continue;
         };
-        let rest_name = rest_name.strip_prefix("old-").unwrap_or(rest_name);
         if rest_name != name || pid.parse::<u32>().is_err() {
             continue;
         }

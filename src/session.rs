@@ -49,12 +49,7 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         config = config.with_batch_size(n);
     }
     if let Some(mode) = options.cache {
-        let value = match mode {
-            CacheMode::Off => "off",
-            CacheMode::Read => "read",
-            CacheMode::ReadWrite => "readwrite",
-        };
-        config = config.set_str("prefflow.cache", value);
+        config = config.set_str("prefflow.cache", mode.as_str());
     }
     for (key, value) in &options.settings {
         config.options_mut().set(key, value)?;

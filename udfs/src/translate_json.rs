@@ -13,6 +13,7 @@
 //! strings under those keys (at any depth), each that has a letter. Text that is not JSON is an error naming the
 //! row. NULL gives NULL.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, StringArray};
@@ -247,7 +248,8 @@ impl AsyncScalarUDFImpl for TranslateJson {
             Some(_) => s.chars().any(char::is_alphabetic),
             None => translatable(s),
         };
-        // Each distinct (string, language) is translated once.
+        // Each distinct (string, language) is translated once: its index in `requests`.
+        let mut index: HashMap<(String, String), usize> = HashMap::new();
         let mut requests: Vec<Option<Request>> = Vec::new();
         for (i, doc) in docs.iter_mut().enumerate() {
             if let Some(doc) = doc {
@@ -255,14 +257,15 @@ impl AsyncScalarUDFImpl for TranslateJson {
                     if !wanted(s) {
                         return;
                     }
-                    let r = Request {
-                        text: s.clone(),
-                        target: targets.value(i).to_string(),
-                        source: None,
-                    };
-                    if !requests.iter().any(|q| q.as_ref() == Some(&r)) {
-                        requests.push(Some(r));
-                    }
+                    let key = (s.clone(), targets.value(i).to_string());
+                    index.entry(key).or_insert_with_key(|(text, target)| {
+                        requests.push(Some(Request {
+                            text: text.clone(),
+                            target: target.clone(),
+                            source: None,
+                        }));
+                        requests.len() - 1
+                    });
                 });
             }
         }
@@ -280,14 +283,11 @@ impl AsyncScalarUDFImpl for TranslateJson {
                         if !wanted(s) {
                             return;
                         }
-                        let target = targets.value(i);
-                        if let Some(k) = requests.iter().position(|q| {
-                            q.as_ref()
-                                .is_some_and(|q| q.text == *s && q.target == target)
-                        }) && let Some(Some(t)) = translated.get(k)
-                        {
-                            *s = t.clone();
-                        }
+                        let key = (std::mem::take(s), targets.value(i).to_string());
+                        *s = match index.get(&key).and_then(|&k| translated[k].clone()) {
+                            Some(t) => t,
+                            None => key.0,
+                        };
                     });
                     doc.to_text()
                 })

@@ -53,6 +53,15 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
+    /// The setting's value for this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Read => "read",
+            Self::ReadWrite => "readwrite",
+        }
+    }
+
     /// Parses the setting; the error names it and its values.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
@@ -176,7 +185,6 @@ pub fn model_identity(
     store: Option<&dyn ResultStore>,
     memo: &FileMemo,
 ) -> Result<Key> {
-    let mut files = Vec::new();
     if crate::models::remote::is_remote(&spec.uri) {
         // The server's weights cannot be hashed: the address and options (a `revision`
         // option the user bumps when the server's model changes) stand for them.
@@ -194,6 +202,7 @@ pub fn model_identity(
         }
         return Ok(*h.finalize().as_bytes());
     }
+    let mut files = Vec::new();
     if spec.path.is_file() {
         files.push(spec.path.clone());
     } else {

@@ -98,12 +98,11 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         let settings = PrefflowOptions::from_config(&args.config_options);
         let mode = CacheMode::parse(&settings.cache)
             .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
-        let store = match (mode, self.registry.0.result_store()) {
-            (CacheMode::Off, _) | (_, None) => None,
-            (_, Some(store)) if self.cache => Some(store),
-            _ => None,
-        };
-        let store = store.filter(|_| args.number_rows > 0);
+        let store = self
+            .registry
+            .0
+            .result_store()
+            .filter(|_| self.cache && mode != CacheMode::Off && args.number_rows > 0);
         let Some(store) = store else {
             let _flight = InFlight::new(stats, args.number_rows);
             return self.inner.invoke_async_with_args(args).await;

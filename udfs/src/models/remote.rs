@@ -10,7 +10,6 @@
 //! `api_key_env` when a request is sent and goes only into the Authorization header: it is never
 //! stored in the model's declaration, and no error or plan shows it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -377,7 +376,7 @@ impl RemoteModel {
     }
 }
 
-/// A reqwest error without its URL's query (no key is ever in a URL, but keep messages short).
+/// A reqwest error as a short message: its kind, or the chain of causes.
 fn plain(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".to_string()
@@ -420,9 +419,6 @@ fn fill(body: &mut Value, options: &GenerateOptions, seed: u64) {
         body["stop"] = json!(options.stop);
     }
 }
-
-/// Shared handle.
-pub type SharedRemote = Arc<RemoteModel>;
 
 #[cfg(test)]
 mod tests {
