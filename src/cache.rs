@@ -50,17 +50,34 @@ impl RedbStore {
         }
     }
 
-    fn db(&self) -> Result<&Database, String> {
+    /// The open database; None when only reading and there is no cache file yet (a read
+    /// never creates, renames or repairs the file: a shared cache stays as its writers left it).
+    fn db(&self, writable: bool) -> Result<Option<&Database>, String> {
+        if self.db.get().is_none() && !writable {
+            if !self.path.exists() {
+                return Ok(None);
+            }
+            // Opened for reading only; a later write reuses it (the file exists by then).
+            return self
+                .db
+                .get_or_init(|| open_existing(&self.path))
+                .as_ref()
+                .map(Some)
+                .map_err(Clone::clone);
+        }
         self.db
             .get_or_init(|| open(&self.path))
             .as_ref()
+            .map(Some)
             .map_err(Clone::clone)
     }
 
     /// Number of stored entries.
     #[cfg(test)]
     fn len(&self) -> Result<u64, String> {
-        let db = self.db()?;
+        let Some(db) = self.db(false)? else {
+            return Ok(0);
+        };
         let tx = db.begin_read().map_err(|e| e.to_string())?;
         match tx.open_table(RESULTS) {
             Ok(t) => redb::ReadableTableMetadata::len(&t).map_err(|e| e.to_string()),
@@ -71,13 +88,15 @@ impl RedbStore {
 }
 
 impl ResultStore for RedbStore {
-    fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, String> {
-        let db = self.db()?;
+    fn get_many(&self, keys: &[Key], writable: bool) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let Some(db) = self.db(writable)? else {
+            return Ok(vec![None; keys.len()]);
+        };
         let tx = db.begin_read().map_err(|e| e.to_string())?;
         let table = match tx.open_table(RESULTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.to_string().into()),
         };
         keys.iter()
             .map(|k| {
@@ -93,7 +112,7 @@ impl ResultStore for RedbStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let db = self.db()?;
+        let db = self.db(true)?.ok_or("the cache could not be created")?;
         let tx = db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut table = tx.open_table(RESULTS).map_err(|e| e.to_string())?;
@@ -117,9 +136,9 @@ fn open(path: &Path) -> Result<Database, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    match try_open(path) {
+    match try_open(path, true) {
         Ok(db) => Ok(db),
-        Err(Unusable::Busy(e)) => Err(e),
+        Err(Unusable::Busy(e) | Unusable::OtherVersion(e)) => Err(e),
         Err(Unusable::Foreign(why)) => {
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -136,11 +155,21 @@ fn open(path: &Path) -> Result<Database, String> {
                 path.display(),
                 aside.display()
             );
-            try_open(path).map_err(|e| match e {
-                Unusable::Busy(e) | Unusable::Foreign(e) => e,
-            })
+            try_open(path, true).map_err(Unusable::message)
         }
     }
+}
+
+/// Opens an existing cache to read it, changing nothing: a file that is not a usable cache is
+/// an error, never moved aside.
+fn open_existing(path: &Path) -> Result<Database, String> {
+    try_open(path, false).map_err(|e| match e {
+        Unusable::Foreign(why) => format!(
+            "{} is not a usable result cache ({why}); with --cache read it is left as it is: use --cache off, or another --cache-dir",
+            path.display()
+        ),
+        other => other.message(),
+    })
 }
 
 enum Unusable {
@@ -148,9 +177,20 @@ enum Unusable {
     Busy(String),
     /// Not a prefflow cache: set aside.
     Foreign(String),
+    /// A prefflow cache of another format (another prefflow version) or one redb must upgrade:
+    /// refused, never moved, so an older binary cannot knock out a cache other jobs share.
+    OtherVersion(String),
 }
 
-fn try_open(path: &Path) -> Result<Database, Unusable> {
+impl Unusable {
+    fn message(self) -> String {
+        match self {
+            Unusable::Busy(e) | Unusable::Foreign(e) | Unusable::OtherVersion(e) => e,
+        }
+    }
+}
+
+fn try_open(path: &Path, writable: bool) -> Result<Database, Unusable> {
     // redb reports some damage with debug assertions (a panic) rather than an error: a file
     // that is not redb at all is recognised here first.
     if let Ok(mut f) = std::fs::File::open(path) {
@@ -162,9 +202,13 @@ fn try_open(path: &Path) -> Result<Database, Unusable> {
         }
     }
     let opened = std::panic::catch_unwind(|| {
-        Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(path)
+        let mut builder = Database::builder();
+        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        if writable {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
     });
     let db = match opened {
         Err(_) => return Err(Unusable::Foreign("damaged database".to_string())),
@@ -172,6 +216,12 @@ fn try_open(path: &Path) -> Result<Database, Unusable> {
         Ok(Err(e @ (DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch))) => {
             return Err(Unusable::Busy(format!(
                 "{} is in use by another program: {e}",
+                path.display()
+            )));
+        }
+        Ok(Err(DatabaseError::UpgradeRequired(v))) => {
+            return Err(Unusable::OtherVersion(format!(
+                "{} was written by a different redb file format (version {v}), from another prefflow version: it is left as it is; use another --cache-dir (or --cache off) with this binary",
                 path.display()
             )));
         }
@@ -185,12 +235,30 @@ fn try_open(path: &Path) -> Result<Database, Unusable> {
         }
         Ok(Err(e)) => return Err(Unusable::Foreign(e.to_string())),
     };
-    check_format(&db).map_err(Unusable::Foreign)?;
+    check_format(&db, writable).map_err(|e| match e {
+        FormatProblem::Foreign(e) => Unusable::Foreign(e),
+        FormatProblem::OtherVersion(f) => Unusable::OtherVersion(format!(
+            "{} is a prefflow result cache of another format ('{f}', this prefflow writes '{FORMAT}'), from another prefflow version: it is left as it is; use another --cache-dir (or --cache off) with this binary",
+            path.display()
+        )),
+    })?;
     Ok(db)
 }
 
-/// A new file gets prefflow's format mark; an existing one must carry it.
-fn check_format(db: &Database) -> Result<(), String> {
+enum FormatProblem {
+    Foreign(String),
+    /// The format mark found.
+    OtherVersion(String),
+}
+
+impl From<String> for FormatProblem {
+    fn from(e: String) -> Self {
+        FormatProblem::Foreign(e)
+    }
+}
+
+/// A new file gets prefflow's format mark (when writable); an existing one must carry it.
+fn check_format(db: &Database, writable: bool) -> Result<(), FormatProblem> {
     let tx = db.begin_read().map_err(|e| e.to_string())?;
     let format = match tx.open_table(META) {
         Ok(t) => t
@@ -198,7 +266,7 @@ fn check_format(db: &Database) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map(|v| v.value().to_string()),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.to_string().into()),
     };
     let has_results = !matches!(
         tx.open_table(RESULTS),
@@ -207,15 +275,19 @@ fn check_format(db: &Database) -> Result<(), String> {
     drop(tx);
     match format {
         Some(f) if f == FORMAT => Ok(()),
-        Some(f) => Err(format!("format '{f}', expected '{FORMAT}'")),
-        None if has_results => Err("no prefflow format mark".to_string()),
+        Some(f) if f.starts_with("prefflow-result-cache-") => Err(FormatProblem::OtherVersion(f)),
+        Some(f) => Err(FormatProblem::Foreign(format!(
+            "format '{f}', expected '{FORMAT}'"
+        ))),
+        None if has_results => Err("no prefflow format mark".to_string().into()),
+        None if !writable => Ok(()),
         None => {
             let tx = db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut t = tx.open_table(META).map_err(|e| e.to_string())?;
                 t.insert("format", FORMAT).map_err(|e| e.to_string())?;
             }
-            tx.commit().map_err(|e| e.to_string())
+            Ok(tx.commit().map_err(|e| e.to_string())?)
         }
     }
 }
@@ -233,7 +305,7 @@ mod tests {
         }
         let s = RedbStore::new(dir.path());
         assert_eq!(
-            s.get_many(&[[1; 32], [2; 32]]).unwrap(),
+            s.get_many(&[[1; 32], [2; 32]], true).unwrap(),
             vec![Some(b"one".to_vec()), None]
         );
         assert_eq!(s.len().unwrap(), 1);
@@ -248,7 +320,7 @@ mod tests {
         )
         .unwrap();
         let s = RedbStore::new(dir.path());
-        assert_eq!(s.get_many(&[[1; 32]]).unwrap(), vec![None]);
+        assert_eq!(s.get_many(&[[1; 32]], true).unwrap(), vec![None]);
         s.put_many(&[([1; 32], b"x".to_vec())]).unwrap();
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -276,6 +348,10 @@ mod tests {
             tx.commit().unwrap();
         }
         let s = RedbStore::new(dir.path());
-        assert_eq!(s.get_many(&[[1; 32]]).unwrap(), vec![None], "never trusted");
+        assert_eq!(
+            s.get_many(&[[1; 32]], true).unwrap(),
+            vec![None],
+            "never trusted"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -127,6 +128,15 @@ async fn run(cli: Cli) -> Result<()> {
         settings.push(("prefflow.shard".to_string(), spec.clone()));
         settings.push(("prefflow.shard_key".to_string(), key));
         output = output.map(|o| PathBuf::from(shard_path(&o.display().to_string(), &shard)));
+    }
+    // Refused before any statement runs, not after a long pipeline.
+    if output.is_none() && format == Format::Parquet && std::io::stdout().is_terminal() {
+        return Err(PrefflowError::Usage(
+            "Parquet is binary: pass --output FILE or pipe standard output".to_string(),
+        ));
+    }
+    if let Some(path) = &output {
+        crate::target::check(path, &crate::target::Output::File, &[])?;
     }
     let engine = Engine::with_options(&SessionOptions {
         target_partitions: common.partitions,

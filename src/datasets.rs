@@ -134,6 +134,9 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
         }
         r
     };
+    if recognised.format == "parquet" {
+        check_parquet_files(location)?;
+    }
     let mut options = recognised.options.clone();
     if recognised.extension == ".json"
         && !is_glob(location)
@@ -157,6 +160,40 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
         .await
         .map_err(|e| with_json_diagnostics(e, &[location.to_string()]))?;
     Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Every local Parquet file of `location` (a file, folder or glob) must start and end with
+/// Parquet's magic bytes: an empty or truncated file (an interrupted copy) is an error naming
+/// it, never an empty table or a file silently skipped.
+fn check_parquet_files(location: &str) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    for file in local_files(location) {
+        if recognise(&file.display().to_string()).is_none_or(|r| r.format != "parquet") {
+            continue;
+        }
+        let bad = |why: &str| {
+            plan_datafusion_err!("{}: not a readable Parquet file ({why})", file.display())
+        };
+        let mut f = std::fs::File::open(&file).map_err(|e| bad(&e.to_string()))?;
+        let len = f.metadata().map_err(|e| bad(&e.to_string()))?.len();
+        if len == 0 {
+            return Err(bad("0 bytes"));
+        }
+        let (mut head, mut tail) = ([0u8; 4], [0u8; 4]);
+        let read = len >= 12
+            && f.read_exact(&mut head).is_ok()
+            && f.seek(SeekFrom::End(-4)).is_ok()
+            && f.read_exact(&mut tail).is_ok();
+        if !read || &head != b"PAR1" {
+            return Err(bad("it does not start like a Parquet file"));
+        }
+        if &tail != b"PAR1" {
+            return Err(bad(
+                "truncated: its footer is missing, as after an interrupted copy",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Does this `.json` file hold one JSON array (rather than JSON lines)?
@@ -263,6 +300,11 @@ impl TableProviderFactory for ExternalTables {
             }
         }
         cmd.locations = locations;
+        if cmd.file_type.eq_ignore_ascii_case("parquet") {
+            for l in &cmd.locations {
+                check_parquet_files(l)?;
+            }
+        }
         if matches!(
             cmd.file_type.to_ascii_uppercase().as_str(),
             "JSONL" | "NDJSON"
@@ -358,6 +400,7 @@ fn first_bad_line(files: &[PathBuf]) -> Option<String> {
         let Ok(f) = std::fs::File::open(file) else {
             continue;
         };
+        let mut kinds = FieldKinds::default();
         for (n, line) in BufReader::new(f).lines().enumerate() {
             let Ok(line) = line else {
                 return Some(format!("{name}:{}: not valid UTF-8", n + 1));
@@ -365,12 +408,62 @@ fn first_bad_line(files: &[PathBuf]) -> Option<String> {
             if line.trim().is_empty() {
                 continue;
             }
-            if let Err(err) = serde_json::from_str::<serde_json::Value>(&line) {
-                return Some(format!("{name}:{}: {err}", n + 1));
+            let line = if n == 0 {
+                line.trim_start_matches('\u{feff}')
+            } else {
+                &line
+            };
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Err(err) => return Some(format!("{name}:{}: {err}", n + 1)),
+                Ok(record) => {
+                    if let Some(conflict) = kinds.conflict(&record, n + 1) {
+                        return Some(format!("{name}:{}: {conflict}", n + 1));
+                    }
+                }
             }
         }
     }
     None
+}
+
+/// The kind of value each top-level field held where it was first seen, to name the record
+/// where a field changes kind (Arrow's reader names neither file nor line).
+#[derive(Default)]
+struct FieldKinds(HashMap<String, (&'static str, usize)>);
+
+impl FieldKinds {
+    fn kind(v: &serde_json::Value) -> Option<&'static str> {
+        match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::Bool(_) => Some("a boolean"),
+            serde_json::Value::Number(_) => Some("a number"),
+            serde_json::Value::String(_) => Some("text"),
+            serde_json::Value::Array(_) => Some("a list"),
+            serde_json::Value::Object(_) => Some("an object"),
+        }
+    }
+
+    /// Records `record`'s field kinds; describes the first field whose kind changed.
+    fn conflict(&mut self, record: &serde_json::Value, line: usize) -> Option<String> {
+        let object = record.as_object()?;
+        for (field, value) in object {
+            let Some(kind) = Self::kind(value) else {
+                continue;
+            };
+            match self.0.get(field) {
+                None => {
+                    self.0.insert(field.clone(), (kind, line));
+                }
+                Some((first, at)) if *first != kind => {
+                    return Some(format!(
+                        "field '{field}' is {kind} here but {first} on line {at}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::dml::CopyTo;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
+use prefflow_udfs::models::remote::redact_uri;
 use prefflow_udfs::models::{ModelError, ModelSpec};
 
 use crate::async_args::hoist_async_calls;
@@ -23,6 +24,7 @@ use crate::error::{PrefflowError, Result};
 use crate::model_statements::{self, ModelStatement};
 use crate::script::{Script, substitute};
 use crate::session::{SessionOptions, build_session};
+use crate::target::{Output, commit, plan_inputs, remove_path};
 
 /// A prefflow session: every prefflow function, format and dataset address registered.
 #[derive(Clone)]
@@ -83,7 +85,11 @@ impl Engine {
             } else if let Some(target) = local_path(&copy.output_url) {
                 Some(self.atomic_copy(copy, &target).await?)
             } else {
-                None
+                let scheme = copy.output_url.split("://").next().unwrap_or_default();
+                return Err(PrefflowError::Target(format!(
+                    "COPY TO '{}': writing to {scheme}:// is not supported yet; write to a local path (prefflow reads hf:// datasets, and writes local files and folders)",
+                    redact_uri(&copy.output_url)
+                )));
             };
             if let Some(batches) = batches {
                 return Ok(self.ctx.read_batches(batches)?);
@@ -118,8 +124,17 @@ impl Engine {
             statements.push((sql, script.location(st)));
         }
         let n = statements.len();
-        for (i, (sql, location)) in statements.into_iter().enumerate() {
-            let df = self.sql(&sql).await.map_err(|e| e.at(location.clone()))?;
+        for (i, ((sql, location), st)) in statements.into_iter().zip(&script.statements).enumerate()
+        {
+            let df = self.sql(&sql).await.map_err(|e| {
+                match crate::script::syntax_error(&e, st.line) {
+                    // The line the parser stopped on, not the statement's first line.
+                    Some((line, message)) => {
+                        PrefflowError::Script(message).at(format!("{}:{line}", script.name))
+                    }
+                    None => e.at(location.clone()),
+                }
+            })?;
             if i + 1 == n {
                 return Ok(Some(FinalQuery {
                     dataframe: df,
@@ -159,7 +174,7 @@ impl Engine {
                 };
                 let batch = RecordBatch::try_from_iter(vec![
                     ("name", column(&|s| s.name.clone())),
-                    ("uri", column(&|s| s.uri.clone())),
+                    ("uri", column(&|s| redact_uri(&s.uri))),
                     ("path", column(&|s| s.path.display().to_string())),
                     (
                         "options",
@@ -179,10 +194,18 @@ impl Engine {
     }
 
     async fn atomic_copy(&self, copy: &CopyTo, target: &Path) -> Result<Vec<RecordBatch>> {
+        // DataFusion writes one file for a name with an ending, else a folder of part files.
+        let parts = copy.output_url.ends_with('/')
+            || target.extension().is_none()
+            || !copy.partition_by.is_empty();
+        let kind = if parts {
+            Output::Parts(copy.file_type.get_ext())
+        } else {
+            Output::File
+        };
+        crate::target::check(target, &kind, &plan_inputs(&copy.input))?;
         let tmp = temp_sibling(target);
-        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| PrefflowError::io(parent, e))?;
-        }
+        crate::target::stage(&tmp, target, parts)?;
         let mut staged = copy.clone();
         staged.input = std::sync::Arc::new(hoist_async_calls(copy.input.as_ref().clone())?);
         staged.output_url = tmp.display().to_string();
@@ -199,7 +222,7 @@ impl Engine {
         .await;
         match result {
             Ok(batches) => {
-                commit(&tmp, target)?;
+                commit(&tmp, target, &kind)?;
                 Ok(batches)
             }
             Err(e) => {
@@ -281,33 +304,7 @@ fn remove_orphans(dir: &Path, name: &str) {
             continue;
         }
         if !Path::new("/proc").join(pid).exists() {
-            remove_path(&entry.path());
+            crate::target::remove_path(&entry.path());
         }
-    }
-}
-
-/// Moves a finished output into place. A file is replaced by one rename (atomic); a folder
-/// is swapped with two renames, the old one removed only after the new one is in place.
-pub(crate) fn commit(tmp: &Path, target: &Path) -> Result<()> {
-    if !tmp.exists() {
-        return Ok(());
-    }
-    if target.is_dir() {
-        let old = temp_sibling(target);
-        std::fs::rename(target, &old).map_err(|e| PrefflowError::io(target, e))?;
-        std::fs::rename(tmp, target).map_err(|e| PrefflowError::io(target, e))?;
-        remove_path(&old);
-    } else {
-        std::fs::rename(tmp, target).map_err(|e| PrefflowError::io(target, e))?;
-    }
-    Ok(())
-}
-
-/// Best-effort removal of a staged output.
-pub(crate) fn remove_path(p: &Path) {
-    if p.is_dir() {
-        let _ = std::fs::remove_dir_all(p);
-    } else {
-        let _ = std::fs::remove_file(p);
     }
 }

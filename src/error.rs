@@ -43,6 +43,9 @@ pub enum PrefflowError {
     /// A model could not be declared or found.
     #[error("{0}")]
     Model(String),
+    /// An output target that would destroy what prefflow did not write, or cannot be written.
+    #[error("{0}")]
+    Target(String),
     /// A bad command-line or API argument.
     #[error("{0}")]
     Usage(String),

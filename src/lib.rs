@@ -30,6 +30,7 @@
 //! [`Engine::run_script`] runs a whole query file.
 
 pub mod async_args;
+pub mod bom;
 pub mod cache;
 pub mod cli;
 pub mod datasets;
@@ -44,6 +45,7 @@ pub mod script;
 pub mod session;
 pub mod shard;
 pub mod sinks;
+pub mod target;
 
 pub use engine::{Engine, FinalQuery};
 pub use error::{PrefflowError, Result};

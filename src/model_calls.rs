@@ -173,10 +173,11 @@ fn call_infos(exec: &Arc<dyn ExecutionPlan>, models: &ModelRegistry) -> Vec<Call
                 .and_then(|a| a.downcast_ref::<Literal>())
                 .and_then(|l| l.value().try_as_str().flatten().map(str::to_string));
             let model = name.as_deref().and_then(|n| models.spec(n).ok()).map(|s| {
-                if s.uri == s.path.display().to_string() {
-                    s.uri
+                let uri = prefflow_udfs::models::remote::redact_uri(&s.uri);
+                if s.uri == s.path.display().to_string() || s.path.as_os_str().is_empty() {
+                    uri
                 } else {
-                    format!("{} -> {}", s.uri, s.path.display())
+                    format!("{uri} -> {}", s.path.display())
                 }
             });
             Some(CallInfo {

@@ -14,8 +14,9 @@ use datafusion::parquet::arrow::ArrowWriter;
 use futures::StreamExt;
 
 use crate::datasets::with_plan_json_diagnostics;
-use crate::engine::{commit, remove_path, temp_sibling};
+use crate::engine::temp_sibling;
 use crate::error::{PrefflowError, Result};
+use crate::target::{Output, commit, remove_path};
 
 /// How a result is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,14 +78,14 @@ pub async fn write_result(df: DataFrame, format: Format, output: Option<&Path>) 
             write_to(df, format, std::io::BufWriter::new(std::io::stdout())).await
         }
         Some(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| PrefflowError::io(parent, e))?;
-            }
+            let inputs = crate::target::plan_inputs(df.logical_plan());
+            crate::target::check(path, &Output::File, &inputs)?;
             let tmp = temp_sibling(path);
+            crate::target::stage(&tmp, path, false)?;
             let file = std::fs::File::create(&tmp).map_err(|e| PrefflowError::io(path, e))?;
             match write_to(df, format, std::io::BufWriter::new(file)).await {
                 Ok(rows) => {
-                    commit(&tmp, path)?;
+                    commit(&tmp, path, &Output::File)?;
                     Ok(rows)
                 }
                 Err(e) => {

@@ -259,3 +259,34 @@ mod tests {
         );
     }
 }
+
+/// A SQL syntax error of a statement starting on `first_line`: the file line it is on and the
+/// parser's message without its position (`Expected: …, found: … at Line: 3, Column: 5`) and
+/// without Rust's Debug wrapping.
+pub fn syntax_error(e: &crate::error::PrefflowError, first_line: usize) -> Option<(usize, String)> {
+    use datafusion::error::DataFusionError;
+    use datafusion::sql::sqlparser::parser::ParserError;
+    let crate::error::PrefflowError::DataFusion(e) = e else {
+        return None;
+    };
+    let DataFusionError::SQL(pe, _) = e.find_root() else {
+        return None;
+    };
+    let message = match pe.as_ref() {
+        ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+        ParserError::RecursionLimitExceeded => "the statement is nested too deeply".to_string(),
+    };
+    let (text, line) = match message.rfind(" at Line: ") {
+        Some(at) => {
+            let rest = &message[at + " at Line: ".len()..];
+            let l = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(1);
+            (message[..at].to_string(), first_line + l.max(1) - 1)
+        }
+        None => (message, first_line),
+    };
+    Some((line, format!("syntax error: {text}")))
+}

@@ -76,6 +76,11 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
         .build();
 
+    // Schemas are inferred from every record of JSON lines and CSV files, not the first
+    // 1,000: a field that first appears later (a `system` prompt only some records have) is
+    // a column, not silently dropped.
+    state.table_options_mut().json.schema_infer_max_rec = Some(usize::MAX);
+    state.table_options_mut().csv.schema_infer_max_rec = Some(usize::MAX);
     for udf in prefflow_udfs::scalar_functions(&models) {
         state.register_udf(udf)?;
     }
@@ -109,6 +114,13 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_catalog_list(catalogs)
         .build();
     let ctx = SessionContext::new_with_state(state);
+    let local = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
+    ctx.register_object_store(
+        local.as_ref(),
+        Arc::new(crate::bom::BomAsSpaces::new(Arc::new(
+            datafusion::object_store::local::LocalFileSystem::new(),
+        ))),
+    );
     paths.session_store().with_state(ctx.state_weak_ref());
     Ok(ctx)
 }

@@ -101,6 +101,28 @@ impl AnalyzerRule for ShardRule {
         let Some(shard) = Shard::from_config(config)? else {
             return Ok(plan);
         };
+        if let Some(key) = &shard.key {
+            // A key no file the statement reads has would filter nothing: every shard would
+            // process every row.
+            let (mut files, mut keyed) = (Vec::new(), 0);
+            plan.apply_with_subqueries(|node| {
+                if let LogicalPlan::TableScan(scan) = node
+                    && is_file_table(scan)
+                {
+                    files.push(scan.table_name.to_string());
+                    if scan.source.schema().field_with_name(key).is_ok() {
+                        keyed += 1;
+                    }
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })?;
+            if !files.is_empty() && keyed == 0 {
+                return plan_err!(
+                    "--shard-key {key}: no table this statement reads has a column '{key}' (it reads {}); every shard would process every row",
+                    files.join(", ")
+                );
+            }
+        }
         if shard.key.is_none() {
             let mut files = 0;
             plan.apply_with_subqueries(|node| {

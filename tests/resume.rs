@@ -224,3 +224,70 @@ fn quiet_runs_print_nothing_and_cache_off_recomputes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prefflow.cache must be"));
 }
+
+/// With default settings one record batch holds every row of a typical job: a kill late in
+/// the run must still lose only what was at the model, not the whole batch.
+#[test]
+fn a_kill_with_default_batches_loses_only_rows_in_flight() {
+    const N: usize = 160;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts: String = (0..N)
+        .map(|i| format!("{{\"id\": {i}, \"prompt\": \"Tell me about the number {i}.\"}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("prompts.jsonl"), prompts).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoders/qwen2");
+    std::fs::write(
+        dir.path().join("job.sql"),
+        format!(
+            "CREATE MODEL tiny FROM '{}';
+COPY (SELECT id, ai_generate('tiny', prompt, named_struct('max_tokens', 64, 'temperature', 0.7)) AS answer
+      FROM 'prompts.jsonl' ORDER BY id)
+TO 'out/answers.parquet';",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    // Default batch size and partitions: only the progress interval is short.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prefflow"));
+    c.args(["run", "job.sql", "--cache-dir"])
+        .arg(&cache)
+        .current_dir(dir.path())
+        .env("PREFFLOW_PROGRESS_SECONDS", "0.05")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut done_at_kill = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let numbers: Vec<usize> = line
+            .strip_prefix("prefflow: ai_generate(tiny): ")
+            .unwrap_or("")
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if line.contains("in flight") && numbers.first().is_some_and(|&d| d >= N * 6 / 10) {
+            child.kill().unwrap();
+            done_at_kill = Some(numbers[0]);
+            break;
+        }
+    }
+    let _ = child.wait();
+    let done = done_at_kill.expect("progress never showed 60% of the rows done before the end");
+    assert!(done < N, "killed mid-run");
+    let out = Command::new(env!("CARGO_BIN_EXE_prefflow"))
+        .args(["run", "job.sql", "--cache-dir"])
+        .arg(&cache)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let (computed, hits) = summary(&stderr);
+    eprintln!("killed at {done}/{N} rows done; re-run: {hits} from cache, {computed} computed");
+    assert_eq!(computed + hits, N);
+    assert!(
+        hits >= done,
+        "rows reported done were lost: {hits} cached < {done}"
+    );
+}

@@ -126,6 +126,15 @@ fn main() -> ExitCode {
         }
     }
     println!("{passed} passed, {failed} failed");
+    // A `__TEST_DIR__` written without `$` (or outside `control substitution on`) is a literal
+    // folder in the checkout: tests must write only to their temp dir.
+    if root.join("__TEST_DIR__").exists() {
+        println!(
+            "FAILED: a test wrote {}/__TEST_DIR__ into the checkout",
+            root.display()
+        );
+        failed += 1;
+    }
     if failed == 0 && passed > 0 {
         ExitCode::SUCCESS
     } else {

@@ -38,8 +38,9 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use crate::async_args::hoist_async_calls;
-use crate::engine::{commit, local_path, remove_path, temp_sibling};
+use crate::engine::{local_path, temp_sibling};
 use crate::error::{PrefflowError, Result};
+use crate::target::{Output, commit, plan_inputs, remove_path};
 
 pub use card::Stats;
 pub use rows::Row;
@@ -260,9 +261,11 @@ pub async fn write(
     let fmt = plan_format(ctx, format, &input_schema, &mut options)?;
     options.finish(&format!("{COMMON_OPTIONS}, {}", known_options(format)))?;
 
+    let output = Output::Dataset(format);
+    crate::target::check(&target, &output, &plan_inputs(&copy.input))?;
     let input = hoist_async_calls(copy.input.as_ref().clone())?;
     let tmp = temp_sibling(&target);
-    std::fs::create_dir_all(&tmp).map_err(|e| PrefflowError::io(&tmp, e))?;
+    crate::target::stage(&tmp, &target, true)?;
     let result = async {
         let stream = ctx
             .execute_logical_plan(input)
@@ -276,10 +279,7 @@ pub async fn write(
     .await;
     match result {
         Ok(stats) => {
-            if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| PrefflowError::io(parent, e))?;
-            }
-            commit(&tmp, &target)?;
+            commit(&tmp, &target, &output)?;
             let count = datafusion::arrow::array::UInt64Array::from(vec![stats.written()]);
             Ok(vec![
                 RecordBatch::try_from_iter(vec![(

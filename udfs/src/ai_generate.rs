@@ -34,7 +34,7 @@ use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{
     SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
 };
-use crate::models::decode::{Decoder, Sampler};
+use crate::models::decode::{Decoder, Sampler, Watch};
 use crate::models::{ModelRegistry, ModelSpec};
 
 /// Generation options from the optional struct argument.
@@ -161,6 +161,10 @@ pub fn parse_options_with(
                             "{f}: stop must be a string or a list of strings, got {other}"
                         ));
                     }
+                };
+                // An empty stop string would match at once: every answer would be empty.
+                if o.stop.iter().any(|s| s.is_empty()) {
+                    return Err(format!("{f}: a stop string is empty"));
                 }
             }
             "chat" | "truncate" => {
@@ -349,6 +353,19 @@ pub(crate) async fn generate_rows(
     })
     .await?;
     let context = decoder.info.context;
+    if options.max_tokens >= context {
+        // Truncating the prompt to fit would keep one token and decode thousands.
+        return exec_err!(
+            "{name}: max_tokens {} is at or above model '{}''s context of {context} tokens: lower max_tokens to leave room for the prompt",
+            options.max_tokens,
+            spec.name
+        );
+    }
+    let watch = Watch {
+        stop: options.stop.clone(),
+        tokenizer: Some(Arc::clone(&decoder.tokenizer)),
+        counter: crate::common::calls::current_call(),
+    };
     let mut pending = Vec::with_capacity(ids.len());
     for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
         let (Some(mut ids), Some(text)) = (ids, text) else {
@@ -373,7 +390,8 @@ pub(crate) async fn generate_rows(
         }
         if ids.len() >= context {
             return exec_err!(
-                "{name}: row {row}: the prompt has {} tokens but model '{}' has a context of {context} (named_struct('truncate', true) keeps the prompt's end)",
+                "{name}: {}: the prompt has {} tokens but model '{}' has a context of {context} (named_struct('truncate', true) keeps the prompt's end)",
+                prompt_label(prompts, row),
                 ids.len(),
                 spec.name
             );
@@ -385,6 +403,7 @@ pub(crate) async fn generate_rows(
                 top_k: options.top_k,
                 max_tokens: options.max_tokens,
                 seed: row_seed(text, k, options.seed),
+                watch: watch.clone(),
             })
             .collect();
         crate::common::calls::record_tokens(ids.len() as u64, 0);
@@ -396,9 +415,8 @@ pub(crate) async fn generate_rows(
             out.push(None);
             continue;
         };
+        // Output tokens were counted by the worker as they were produced.
         let samples = p.await.map_err(|e| model_err(name, e))?;
-        let written: usize = samples.iter().map(Vec::len).sum();
-        crate::common::calls::record_tokens(0, written as u64);
         let mut texts = Vec::with_capacity(n);
         for new in samples {
             let mut answer = decoder
@@ -455,7 +473,7 @@ async fn generate_remote(
         }
         let value = crate::common::values::to_template_value(prompts, row)?;
         let json = serde_json::to_value(&value)
-            .map_err(|e| DataFusionError::Execution(format!("{name}: row {row}: {e}")))?;
+            .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
         let (prompt, seed_text) = match (&json, options.chat) {
             (serde_json::Value::String(t), true) => (
                 Prompt::Messages(serde_json::json!([{"role": "user", "content": t}])),
@@ -476,6 +494,7 @@ async fn generate_remote(
         }
     }
     let answers = futures::future::join_all(requests).await;
+    let label = |row: usize| prompt_label(prompts, row);
     let mut out: Vec<Option<Vec<String>>> = (0..prompts.len()).map(|_| None).collect();
     let mut failed = vec![false; prompts.len()];
     for (row, answer) in answers {
@@ -488,12 +507,26 @@ async fn generate_remote(
             }
             Err(e) => {
                 return exec_err!(
-                    "{name}: model '{}' at {}: row {row}: {e}",
+                    "{name}: model '{}' at {}: {}: {e}",
                     remote.name,
-                    remote.address()
+                    remote.address(),
+                    label(row)
                 );
             }
         }
     }
     Ok(out)
+}
+
+/// Names a row by the start of its prompt as the user wrote it (text, or a conversation as
+/// JSON), which can be searched for in the input.
+fn prompt_label(prompts: &dyn Array, row: usize) -> String {
+    crate::common::values::to_template_value(prompts, row)
+        .ok()
+        .and_then(|v| serde_json::to_value(&v).ok())
+        .map(|j| match j {
+            serde_json::Value::String(t) => crate::common::text::row_label(&t),
+            other => crate::common::text::row_label(&other.to_string()),
+        })
+        .unwrap_or_else(|| format!("row {row}"))
 }

@@ -164,6 +164,7 @@ impl Templates {
         let mut env = Environment::new();
         // A misspelt variable is an error, not an empty string in the judge's prompt.
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        crate::common::template::bound(&mut env);
         env.add_template_owned("guide", forward)
             .map_err(|e| format!("ai_judge: template: {e}"))?;
         let reverse_own = reverse.is_some();
@@ -185,12 +186,15 @@ impl Templates {
             (true, true) => ("guide_reverse", a, b),
             (true, false) => ("guide", b, a),
         };
-        self.env
+        let t = self
+            .env
             .get_template(name)
-            .and_then(|t| {
-                t.render(context! { question => question, answer_a => first, answer_b => second })
-            })
-            .map_err(|e| format!("ai_judge: {name} template: {e}"))
+            .map_err(|e| format!("ai_judge: {name} template: {e}"))?;
+        crate::common::template::render(
+            &t,
+            context! { question => question, answer_a => first, answer_b => second },
+        )
+        .map_err(|e| format!("ai_judge: {name} template: {e}"))
     }
 }
 

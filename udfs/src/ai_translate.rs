@@ -133,7 +133,9 @@ fn render(
 ) -> Result<String, String> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.render_str(
+    crate::common::template::bound(&mut env);
+    crate::common::template::render_str(
+        &env,
         template,
         context! { text => text, target_lang => target, source_lang => source },
     )

@@ -152,15 +152,18 @@ impl ScalarUDFImpl for ApplyChatTemplate {
             Some(a) => Some(a.to_array(rows)?),
         };
         let nulls = messages.logical_nulls();
+        // Logical nulls: a Null-typed argument has no validity buffer but is NULL everywhere.
+        let generation_nulls = generation.as_ref().and_then(|g| g.logical_nulls());
         let mut out = StringBuilder::new();
         for i in 0..rows {
-            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+            let null_flag = generation_nulls.as_ref().is_some_and(|n| n.is_null(i));
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) || null_flag {
                 out.append_null();
                 continue;
             }
             let add = match &generation {
-                Some(g) if g.is_valid(i) => g.as_boolean().value(i),
-                _ => false,
+                Some(g) => g.as_boolean_opt().is_some_and(|b| b.value(i)),
+                None => false,
             };
             let value = to_template_value(messages.as_ref(), i)?;
             out.append_value(prompts.render(NAME, value, add)?);

@@ -48,6 +48,7 @@ impl Default for Render {
 pub fn template_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    crate::common::template::bound(&mut env);
     env
 }
 
@@ -111,10 +112,11 @@ impl ScalarUDFImpl for Render {
                 }
             };
             let ctx = to_template_value(values.as_ref(), i)?;
-            let text = env
+            let t = env
                 .get_template(&name)
-                .and_then(|t| t.render(ctx))
                 .or_else(|e| exec_err!("render: {e}"))?;
+            let text =
+                crate::common::template::render(&t, ctx).or_else(|e| exec_err!("render: {e}"))?;
             out.append_value(text);
         }
         let array: ArrayRef = Arc::new(out.finish());

@@ -238,7 +238,12 @@ impl AsyncScalarUDFImpl for TranslateJson {
             }
             match Json::parse(texts.value(i)) {
                 Ok(d) => docs.push(Some(d)),
-                Err(e) => return exec_err!("translate_json: row {i}: not valid JSON: {e}"),
+                Err(e) => {
+                    return exec_err!(
+                        "translate_json: {}: not valid JSON: {e}",
+                        crate::common::text::row_label(texts.value(i))
+                    );
+                }
             }
         }
         // With keys named, every string under them with a letter is wanted; otherwise those

@@ -33,8 +33,9 @@ const FORMAT: &str = "prefflow-result-cache-v1";
 /// Where results are kept: get and put many at once, each in one transaction. Implementations
 /// must be safe for several processes sharing one store.
 pub trait ResultStore: Send + Sync + std::fmt::Debug {
-    /// The values of `keys`, None where absent.
-    fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, String>;
+    /// The values of `keys`, None where absent. Unless `writable`, nothing is created or
+    /// changed on disk (`prefflow.cache = 'read'`).
+    fn get_many(&self, keys: &[Key], writable: bool) -> Result<Vec<Option<Vec<u8>>>, String>;
     /// Stores `entries` durably (committed before returning).
     fn put_many(&self, entries: &[(Key, Vec<u8>)]) -> Result<(), String>;
     /// Where the store lives, for messages.
@@ -183,6 +184,7 @@ pub fn model_identity(
     spec: &ModelSpec,
     device: &str,
     store: Option<&dyn ResultStore>,
+    writable: bool,
     memo: &FileMemo,
 ) -> Result<Key> {
     if crate::models::remote::is_remote(&spec.uri) {
@@ -214,7 +216,7 @@ pub fn model_identity(
     for file in &files {
         let rel = file.strip_prefix(&spec.path).unwrap_or(file.as_path());
         field(&mut h, rel.to_string_lossy().as_bytes());
-        field(&mut h, &file_hash(&spec.name, file, store, memo)?);
+        field(&mut h, &file_hash(&spec.name, file, store, writable, memo)?);
     }
     for (k, v) in &spec.options {
         // The revision is already in the file hashes; it stays in the key all the same.
@@ -257,6 +259,7 @@ fn file_hash(
     model: &str,
     path: &Path,
     store: Option<&dyn ResultStore>,
+    writable: bool,
     memo: &FileMemo,
 ) -> Result<Key> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(model, path, e))?;
@@ -277,7 +280,7 @@ fn file_hash(
     field(&mut mk, &id.2.to_le_bytes());
     let memo_key = *mk.finalize().as_bytes();
     let remembered = store
-        .and_then(|s| s.get_many(&[memo_key]).ok())
+        .and_then(|s| s.get_many(&[memo_key], writable).ok())
         .and_then(|mut v| v.pop().flatten())
         .and_then(|v| <Key>::try_from(v.as_slice()).ok());
     let key = match remembered {
@@ -294,7 +297,7 @@ fn file_hash(
                 h.update(&buf[..n]);
             }
             let k = *h.finalize().as_bytes();
-            if let Some(s) = store {
+            if let Some(s) = store.filter(|_| writable) {
                 // Only a shortcut: a failure to remember it costs a rehash next run.
                 let _ = s.put_many(&[(memo_key, k.to_vec())]);
             }

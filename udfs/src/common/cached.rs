@@ -79,21 +79,31 @@ impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImp
         stats.start();
         let started = Instant::now();
         let rows = args.number_rows as u64;
-        let out = calls::with_call(Arc::clone(&stats), self.cached(args, &stats)).await;
+        // Rows already counted done (committed chunks of this call).
+        let counted = std::sync::atomic::AtomicU64::new(0);
+        let out = calls::with_call(Arc::clone(&stats), self.cached(args, &stats, &counted)).await;
         stats
             .nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.done();
         if out.is_ok() {
-            stats.rows.fetch_add(rows, Ordering::Relaxed);
+            let counted = counted.load(Ordering::Relaxed);
+            stats
+                .rows
+                .fetch_add(rows - counted.min(rows), Ordering::Relaxed);
         }
         out
     }
 }
 
 impl<F: AsyncScalarUDFImpl> ModelCall<F> {
-    async fn cached(&self, args: ScalarFunctionArgs, stats: &CallStats) -> Result<ColumnarValue> {
+    async fn cached(
+        &self,
+        args: ScalarFunctionArgs,
+        stats: &CallStats,
+        counted: &std::sync::atomic::AtomicU64,
+    ) -> Result<ColumnarValue> {
         let name = self.inner.name().to_string();
         let settings = PrefflowOptions::from_config(&args.config_options);
         let mode = CacheMode::parse(&settings.cache)
@@ -114,7 +124,8 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         let call_args = args.args.clone();
         let (f, s) = (name.clone(), Arc::clone(&store));
         let (keys, found) = blocking(&name, move || {
-            let identity = registry.identity(&spec, &settings.device)?;
+            let writable = mode == CacheMode::ReadWrite;
+            let identity = registry.identity(&spec, &settings.device, writable)?;
             let (columns, constants): (Vec<_>, Vec<_>) = call_args[1..]
                 .iter()
                 .partition(|a| matches!(a, ColumnarValue::Array(_)));
@@ -125,7 +136,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
                 .collect::<Result<Vec<_>>>()?;
             let keys = prefix.keys(&columns, rows)?;
             let found = s
-                .get_many(&keys)
+                .get_many(&keys, writable)
                 .map_err(|e| cache_err(&f, s.as_ref(), e))?;
             let values: Vec<Option<ArrayRef>> = found
                 .into_iter()
@@ -143,57 +154,19 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
             return Ok(ColumnarValue::Array(concat(&parts)?));
         }
         // Only the missing rows go to the model; they are in flight until committed.
-        let _flight = InFlight::new(stats, misses.len());
-        let return_type = args.return_field.data_type().clone();
-        let computed = if misses.len() == rows {
-            self.inner
-                .invoke_async_with_args(args)
-                .await?
-                .to_array(rows)?
-        } else {
-            let picks = UInt32Array::from_iter_values(misses.iter().map(|&i| i as u32));
-            let sub_args = args
-                .args
-                .iter()
-                .map(|a| match a {
-                    ColumnarValue::Array(a) => Ok(ColumnarValue::Array(take(a, &picks, None)?)),
-                    s => Ok(s.clone()),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let sub = ScalarFunctionArgs {
-                args: sub_args,
-                arg_fields: args.arg_fields.clone(),
-                number_rows: misses.len(),
-                return_field: Arc::clone(&args.return_field),
-                config_options: Arc::clone(&args.config_options),
+        let computed = if mode == CacheMode::ReadWrite {
+            let flight = InFlight::new(stats, misses.len());
+            let done = Done {
+                stats,
+                flight: &flight,
+                counted,
             };
-            self.inner
-                .invoke_async_with_args(sub)
+            self.compute_committing(&name, &args, &misses, &keys, store, done)
                 .await?
-                .to_array(misses.len())?
+        } else {
+            let _flight = InFlight::new(stats, misses.len());
+            self.compute(&args, &misses).await?
         };
-        if mode == CacheMode::ReadWrite && computed.data_type() == &return_type {
-            let entries: Vec<(Key, ArrayRef)> = misses
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| (keys[i], computed.slice(j, 1)))
-                .collect();
-            let f = name.clone();
-            blocking(&name, move || {
-                let encoded = entries
-                    .into_iter()
-                    .map(|(k, v)| {
-                        // A compact copy, so a slice does not carry its whole batch's buffers.
-                        let v = take(&v, &UInt32Array::from(vec![0u32]), None)?;
-                        Ok((k, encode_value(&v)?))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                store
-                    .put_many(&encoded)
-                    .map_err(|e| cache_err(&f, store.as_ref(), e))
-            })
-            .await?;
-        }
         if misses.len() == rows {
             return Ok(ColumnarValue::Array(computed));
         }
@@ -221,19 +194,151 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
     }
 }
 
+impl<F: AsyncScalarUDFImpl> ModelCall<F> {
+    /// The function on the rows `picks` of `args` (all of them when every row is picked).
+    async fn compute(&self, args: &ScalarFunctionArgs, picks: &[usize]) -> Result<ArrayRef> {
+        let rows = args.number_rows;
+        if picks.len() == rows && picks.iter().enumerate().all(|(j, &i)| i == j) {
+            return self
+                .inner
+                .invoke_async_with_args(args.clone())
+                .await?
+                .to_array(rows);
+        }
+        let indices = UInt32Array::from_iter_values(picks.iter().map(|&i| i as u32));
+        let sub_args = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Array(a) => Ok(ColumnarValue::Array(take(a, &indices, None)?)),
+                s => Ok(s.clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sub = ScalarFunctionArgs {
+            args: sub_args,
+            arg_fields: args.arg_fields.clone(),
+            number_rows: picks.len(),
+            return_field: Arc::clone(&args.return_field),
+            config_options: Arc::clone(&args.config_options),
+        };
+        self.inner
+            .invoke_async_with_args(sub)
+            .await?
+            .to_array(picks.len())
+    }
+
+    /// Computes the rows `misses` in chunks that all go to the model at once (its worker
+    /// batches them together as before) and commits each chunk's results as soon as it is
+    /// done, at most every [`COMMIT_EVERY`]: a run killed at 99% of a large record batch loses
+    /// about one model batch, not the whole record batch.
+    async fn compute_committing(
+        &self,
+        name: &str,
+        args: &ScalarFunctionArgs,
+        misses: &[usize],
+        keys: &[Key],
+        store: Arc<dyn super::cache::ResultStore>,
+        done_rows: Done<'_>,
+    ) -> Result<ArrayRef> {
+        use futures::StreamExt;
+        let return_type = args.return_field.data_type().clone();
+        let chunks: Vec<&[usize]> = misses.chunks(COMMIT_CHUNK_ROWS).collect();
+        let mut running: futures::stream::FuturesUnordered<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(c, picks)| async move { (c, self.compute(args, picks).await) })
+            .collect();
+        let mut done: Vec<Option<ArrayRef>> = vec![None; chunks.len()];
+        let mut pending: Vec<(Key, ArrayRef)> = Vec::new();
+        // Rows computed, of them committed: progress shows only what a kill would not lose.
+        let mut finished_rows = 0u64;
+        let mut last_commit = Instant::now();
+        while let Some((c, result)) = running.next().await {
+            let array = result?;
+            if array.data_type() == &return_type {
+                pending.extend(
+                    chunks[c]
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &i)| (keys[i], array.slice(j, 1))),
+                );
+            }
+            done[c] = Some(array);
+            finished_rows += chunks[c].len() as u64;
+            if !running.is_empty() && last_commit.elapsed() < COMMIT_EVERY {
+                continue;
+            }
+            let entries = std::mem::take(&mut pending);
+            let (f, s) = (name.to_string(), Arc::clone(&store));
+            blocking(name, move || commit_entries(&f, s.as_ref(), entries)).await?;
+            last_commit = Instant::now();
+            done_rows.add(std::mem::take(&mut finished_rows));
+        }
+        let parts: Vec<&dyn Array> = done.iter().flatten().map(|a| a.as_ref()).collect();
+        Ok(concat(&parts)?)
+    }
+}
+
+/// Rows per chunk of a record batch sent to the model while caching: the decode worker's
+/// default batch, so each chunk finishes about when one model batch does.
+const COMMIT_CHUNK_ROWS: usize = 16;
+/// The longest finished results wait before they are committed (one durable transaction).
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn commit_entries(
+    function: &str,
+    store: &dyn super::cache::ResultStore,
+    entries: Vec<(Key, ArrayRef)>,
+) -> Result<()> {
+    let encoded = entries
+        .into_iter()
+        .map(|(k, v)| {
+            // A compact copy, so a slice does not carry its whole batch's buffers.
+            let v = take(&v, &UInt32Array::from(vec![0u32]), None)?;
+            Ok((k, encode_value(&v)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    store
+        .put_many(&encoded)
+        .map_err(|e| cache_err(function, store, e))
+}
+
 /// Counts rows in flight for as long as it lives (also when the call fails).
-struct InFlight<'a>(&'a CallStats, u64);
+struct InFlight<'a>(&'a CallStats, std::sync::atomic::AtomicU64);
 
 impl<'a> InFlight<'a> {
     fn new(stats: &'a CallStats, rows: usize) -> Self {
         stats.in_flight.fetch_add(rows as u64, Ordering::Relaxed);
-        Self(stats, rows as u64)
+        Self(stats, std::sync::atomic::AtomicU64::new(rows as u64))
+    }
+
+    /// `rows` of them are no longer in flight.
+    fn landed(&self, rows: u64) {
+        self.1.fetch_sub(rows, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(rows, Ordering::Relaxed);
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(self.1, Ordering::Relaxed);
+        self.0
+            .in_flight
+            .fetch_sub(self.1.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// Where committed rows are counted done as soon as they are in the cache.
+struct Done<'a> {
+    stats: &'a CallStats,
+    flight: &'a InFlight<'a>,
+    counted: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Done<'_> {
+    fn add(&self, rows: u64) {
+        self.flight.landed(rows);
+        self.stats.rows.fetch_add(rows, Ordering::Relaxed);
+        self.counted.fetch_add(rows, Ordering::Relaxed);
     }
 }
 

@@ -204,6 +204,11 @@ pub async fn with_call<F: Future>(stats: Arc<CallStats>, f: F) -> F::Output {
     CALL.scope(stats, f).await
 }
 
+/// The counters of the call being run, if any (for work that counts on another thread).
+pub fn current_call() -> Option<Arc<CallStats>> {
+    CALL.try_with(Arc::clone).ok()
+}
+
 /// Adds tokens read and written by the model to the current call's counters.
 pub fn record_tokens(input: u64, output: u64) {
     let _ = CALL.try_with(|s| {

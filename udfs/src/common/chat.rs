@@ -24,6 +24,7 @@ pub struct ChatPrompts {
 /// (`.strip()`, `.startswith()`, `.items()`, ...).
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    super::template::bound(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -136,22 +137,48 @@ impl ChatPrompts {
             Some(text) => Value::from(vec![context! { role => "user", content => text }]),
             None => conversation,
         };
+        check_messages(function, &messages)?;
         if !self.has_template {
             return exec_err!(
                 "{function}: model '{}' has no chat template: pass OPTIONS (chat_template '...') to CREATE MODEL, or chat false",
                 self.model
             );
         }
-        self.env
+        let t = self
+            .env
             .get_template("chat")
-            .and_then(|t| {
-                t.render(context! {
-                    messages => messages,
-                    add_generation_prompt => add_generation_prompt,
-                    bos_token => self.bos.clone(),
-                    eos_token => self.eos.clone(),
-                })
-            })
-            .map_err(|e| DataFusionError::Execution(format!("{function}: chat template: {e}")))
+            .map_err(|e| DataFusionError::Execution(format!("{function}: chat template: {e}")))?;
+        super::template::render(
+            &t,
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.clone(),
+                eos_token => self.eos.clone(),
+            },
+        )
+        .map_err(|e| DataFusionError::Execution(format!("{function}: chat template: {e}")))
     }
+}
+
+/// Every message of a conversation needs a role and a content field (templates would render a
+/// missing one as nothing, or fail with a message about the template).
+fn check_messages(function: &str, messages: &Value) -> Result<()> {
+    let Ok(iter) = messages.try_iter() else {
+        return exec_err!(
+            "{function}: a conversation must be a list of {{role, content}} messages"
+        );
+    };
+    for (n, m) in iter.enumerate() {
+        for field in ["role", "content"] {
+            let has = m.get_attr(field).is_ok_and(|v| !v.is_undefined());
+            if !has {
+                return exec_err!(
+                    "{function}: message {} of the conversation has no '{field}' field (messages are {{role, content}} structs)",
+                    n + 1
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod cached;
 pub mod calls;
 pub mod chat;
 pub mod model_call;
+pub mod template;
 pub mod text;
 pub mod values;
 pub mod vectors;

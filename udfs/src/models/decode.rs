@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -53,6 +53,48 @@ pub struct Sampler {
     pub max_tokens: usize,
     /// The row's seed (from prompt, sample index and run seed).
     pub seed: u64,
+    /// Stop strings and the call's token counter, watched while decoding.
+    pub watch: Watch,
+}
+
+/// What a sample watches while it decodes: its stop strings (decoding stops as soon as one
+/// appears, not at max_tokens) and the call's counters (tokens counted as they are produced,
+/// so progress moves during a long decode).
+#[derive(Clone, Default)]
+pub struct Watch {
+    /// Stop strings (none empty).
+    pub stop: Vec<String>,
+    /// Decodes the tail of a sample to look for a stop string.
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    /// The call whose output_tokens grow with each new token.
+    pub counter: Option<Arc<crate::common::calls::CallStats>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("stop", &self.stop).finish()
+    }
+}
+
+impl PartialEq for Watch {
+    fn eq(&self, other: &Self) -> bool {
+        self.stop == other.stop
+    }
+}
+
+impl Watch {
+    /// Whether `out`'s text now holds a stop string; only its last tokens are decoded (enough
+    /// for the longest stop string), so a check costs the same at any length.
+    fn stopped(&self, out: &[u32]) -> bool {
+        let (Some(tokenizer), false) = (&self.tokenizer, self.stop.is_empty()) else {
+            return false;
+        };
+        let longest = self.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let tail = &out[out.len().saturating_sub(longest + 8)..];
+        tokenizer
+            .decode(tail, true)
+            .is_ok_and(|text| self.stop.iter().any(|s| text.contains(s.as_str())))
+    }
 }
 
 enum Job {
@@ -79,7 +121,7 @@ pub struct Decoder {
     /// Metadata.
     pub info: DecoderInfo,
     /// The tokenizer.
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     tx: mpsc::Sender<Job>,
 }
 
@@ -226,7 +268,7 @@ impl Decoder {
             Ok(Ok(())) => Ok(Self {
                 name: model.to_string(),
                 info,
-                tokenizer,
+                tokenizer: Arc::new(tokenizer),
                 tx,
             }),
             Ok(Err(e)) => Err(e),
@@ -330,6 +372,7 @@ struct Sequence {
     logits: candle_core::Tensor,
     out: Vec<u32>,
     max_tokens: usize,
+    watch: Watch,
 }
 
 struct Worker {
@@ -507,6 +550,7 @@ impl Worker {
                         logits: logits.clone(),
                         out: Vec::new(),
                         max_tokens: s.max_tokens.min(room),
+                        watch: s.watch.clone(),
                     });
                 }
                 self.finish_empty(group);
@@ -600,7 +644,12 @@ impl Worker {
                 Ok(t) if self.stop_ids.contains(&t) => decisions.push(None),
                 Ok(t) => {
                     s.out.push(t);
-                    decisions.push((s.out.len() < s.max_tokens).then_some(t));
+                    if let Some(c) = &s.watch.counter {
+                        c.output_tokens
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let more = s.out.len() < s.max_tokens && !s.watch.stopped(&s.out);
+                    decisions.push(more.then_some(t));
                 }
                 Err(e) => {
                     decisions.push(None);

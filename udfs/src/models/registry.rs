@@ -14,7 +14,7 @@ use super::error::{ModelError, ModelResult};
 use super::qwen2::Qwen2Classifier;
 use super::remote::{REMOTE_OPTIONS, RemoteModel, is_remote};
 use super::settings::PrefflowOptions;
-use super::source::{read_json, resolve, validate};
+use super::source::{check_weights, read_json, resolve, validate};
 use super::transformer::Matrices;
 use super::worker::{Backend, Worker};
 use crate::common::cache::{FileMemo, Key, ResultStore, model_identity};
@@ -250,6 +250,11 @@ impl ModelRegistry {
         } else {
             let path = resolve(name, uri).await?;
             validate(name, &path)?;
+            let (model, p) = (name.to_string(), path.clone());
+            tokio::task::spawn_blocking(move || check_weights(&model, &p))
+                .await
+                .map_err(|_| ModelError::WorkerGone(name.to_string()))??;
+            check_options(name, &path, &options)?;
             path
         };
         let spec = ModelSpec {
@@ -330,9 +335,15 @@ impl ModelRegistry {
 
     /// The identity of a model's outputs for the result cache: its files' hashes, options and
     /// the device. Reads the files the first time (blocking: call it off the runtime).
-    pub fn identity(&self, spec: &ModelSpec, device: &str) -> datafusion::common::Result<Key> {
+    /// Unless `writable`, the cache is only read (`prefflow.cache = 'read'`).
+    pub fn identity(
+        &self,
+        spec: &ModelSpec,
+        device: &str,
+        writable: bool,
+    ) -> datafusion::common::Result<Key> {
         let store = self.result_store();
-        model_identity(spec, device, store.as_deref(), &self.file_hashes)
+        model_identity(spec, device, store.as_deref(), writable, &self.file_hashes)
     }
 
     /// What the session's model functions are doing, for progress display.
@@ -616,6 +627,35 @@ fn load_backend(
             ),
         }),
     }
+}
+
+/// The options CREATE MODEL can check without loading weights: dtype, and a chat template's
+/// syntax.
+fn check_options(name: &str, path: &Path, options: &BTreeMap<String, String>) -> ModelResult<()> {
+    if let Some(dtype) = options.get("dtype") {
+        let gguf = super::gguf::gguf_file(name, path).is_ok();
+        let allowed: &[&str] = if gguf {
+            &["f32", "q8_0", "q", "quantized"]
+        } else {
+            &["f32", "bf16", "f16"]
+        };
+        if !allowed.contains(&dtype.as_str()) {
+            return Err(ModelError::Declaration(format!(
+                "CREATE MODEL {name}: dtype '{dtype}' is not supported for this {} model (use {})",
+                if gguf { "GGUF" } else { "safetensors" },
+                allowed.join(", ")
+            )));
+        }
+    }
+    if let Some(template) = options.get("chat_template") {
+        let env = minijinja::Environment::new();
+        env.template_from_str(template).map_err(|e| {
+            ModelError::Declaration(format!(
+                "CREATE MODEL {name}: option chat_template is not a valid Jinja template: {e}"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Functions that need the weights refuse remote models with a clear message.

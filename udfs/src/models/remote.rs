@@ -20,12 +20,13 @@ use super::registry::ModelSpec;
 use crate::ai_generate::GenerateOptions;
 
 /// CREATE MODEL options that only remote models take.
-pub const REMOTE_OPTIONS: [&str; 7] = [
+pub const REMOTE_OPTIONS: [&str; 8] = [
     "api_key_env",
     "concurrency",
     "max_retries",
     "timeout",
     "backoff",
+    "max_wait",
     "on_error",
     "dimensions",
 ];
@@ -62,8 +63,31 @@ pub fn parse_address(model: &str, uri: &str) -> ModelResult<(String, String)> {
 
 fn bad_address(model: &str, uri: &str) -> ModelError {
     ModelError::Declaration(format!(
-        "CREATE MODEL {model}: '{uri}' is not a remote model address: use openai://HOST:PORT/v1/MODEL or openai+https://HOST/v1/MODEL"
+        "CREATE MODEL {model}: '{}' is not a remote model address: use openai://HOST:PORT/v1/MODEL or openai+https://HOST/v1/MODEL",
+        redact_uri(uri)
     ))
+}
+
+/// An address with any credentials (`scheme://user:secret@host`) replaced by `***`, for
+/// everything that is shown (SHOW MODELS, EXPLAIN, errors).
+pub fn redact_uri(uri: &str) -> String {
+    let Some(start) = uri.find("://").map(|i| i + 3) else {
+        return uri.to_string();
+    };
+    let authority_end = uri[start..].find('/').map_or(uri.len(), |i| start + i);
+    match uri[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &uri[..start], &uri[start + at + 1..]),
+        None => uri.to_string(),
+    }
+}
+
+/// The password (or user) of an address's credentials, to mask in server text.
+fn uri_secret(uri: &str) -> Option<String> {
+    let start = uri.find("://")? + 3;
+    let authority_end = uri[start..].find('/').map_or(uri.len(), |i| start + i);
+    let userinfo = &uri[start..start + uri[start..authority_end].rfind('@')?];
+    let secret = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+    (!secret.is_empty()).then(|| secret.to_string())
 }
 
 /// What to do with a row whose request finally fails.
@@ -92,6 +116,10 @@ pub struct RemoteSettings {
     pub timeout: Duration,
     /// First backoff; doubles per retry (capped at 30 s), jittered.
     pub backoff: Duration,
+    /// The longest one wait between attempts, whatever a Retry-After header asks.
+    pub max_wait: Duration,
+    /// Credentials in the address, masked in everything a server sends back.
+    uri_secret: Option<String>,
     /// Rows whose request finally fails.
     pub on_error: OnError,
     /// Embedding width, for ai_embed.
@@ -135,6 +163,14 @@ impl RemoteSettings {
                 "a whole number",
             ));
         }
+        if let Some(var) = spec.options.get("api_key_env")
+            && std::env::var_os(var).is_none_or(|v| v.is_empty())
+        {
+            return Err(ModelError::Declaration(format!(
+                "CREATE MODEL {}: api_key_env names the environment variable {var}, which is not set",
+                spec.name
+            )));
+        }
         let on_error = match spec.options.get("on_error").map(|s| s.as_str()) {
             None | Some("error") => OnError::Error,
             Some("null") => OnError::Null,
@@ -158,6 +194,8 @@ impl RemoteSettings {
             max_retries: max_retries as u32,
             timeout: Duration::from_secs_f64(number("timeout", 120.0)?.max(0.001)),
             backoff: Duration::from_secs_f64(number("backoff", 0.5)?),
+            max_wait: Duration::from_secs_f64(number("max_wait", 30.0)?),
+            uri_secret: uri_secret(&spec.uri),
             on_error,
             dimensions,
         })
@@ -222,7 +260,24 @@ impl RemoteModel {
 
     /// `base` without any credentials, for messages.
     pub fn address(&self) -> String {
-        format!("{}/{}", self.settings.base, self.settings.model)
+        redact_uri(&format!("{}/{}", self.settings.base, self.settings.model))
+    }
+
+    /// Server text (an error body, an echoed header) with the API key, `Bearer <key>` and any
+    /// credentials of the address replaced by `***`.
+    fn mask(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        if let Some(var) = &self.settings.api_key_env
+            && let Ok(key) = std::env::var(var)
+        {
+            secrets.push(key);
+        }
+        secrets.extend(self.settings.uri_secret.clone());
+        let mut out = text.to_string();
+        for s in secrets.iter().filter(|s| !s.trim().is_empty()) {
+            out = out.replace(s.as_str(), "***");
+        }
+        redact_uri(&out)
     }
 
     /// One chat completion (or a plain completion when `messages` is a string prompt).
@@ -313,10 +368,15 @@ impl RemoteModel {
             {
                 let _slot = self.slots.acquire().await.expect("semaphore never closed");
                 let mut request = self.client.post(&url).json(body);
-                if let Some(var) = &self.settings.api_key_env
-                    && let Ok(key) = std::env::var(var)
-                {
-                    request = request.bearer_auth(key);
+                if let Some(var) = &self.settings.api_key_env {
+                    match std::env::var(var) {
+                        Ok(key) if !key.is_empty() => request = request.bearer_auth(key),
+                        _ => {
+                            return Err(RemoteError::Shape(format!(
+                                "api_key_env names the environment variable {var}, which is not set"
+                            )));
+                        }
+                    }
                 }
                 match request.send().await {
                     Ok(response) => {
@@ -326,7 +386,7 @@ impl RemoteModel {
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.trim().parse::<f64>().ok())
-                            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)));
+                            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9)));
                         let text = response.text().await;
                         match (status, text) {
                             (200..=299, Ok(text)) => match serde_json::from_str::<Value>(&text) {
@@ -341,19 +401,41 @@ impl RemoteModel {
                                 wait = retry_after;
                             }
                             (_, text) => {
-                                let body: String =
-                                    text.unwrap_or_default().chars().take(200).collect();
+                                let body: String = self
+                                    .mask(&text.unwrap_or_default())
+                                    .chars()
+                                    .take(200)
+                                    .collect();
                                 return Err(RemoteError::Refused { status, body });
                             }
                         }
                     }
-                    Err(e) => last = plain(&e),
+                    Err(e) => last = self.mask(&plain(&e)),
                 }
             }
             if attempt + 1 < attempts {
                 crate::common::calls::record_retry();
                 let backoff = self.backoff(attempt);
-                tokio::time::sleep(wait.map_or(backoff, |w| w.max(backoff))).await;
+                let asked = wait.map_or(backoff, |w| w.max(backoff));
+                // A Retry-After of a day must not hang the run: waits are capped.
+                let sleep = asked.min(self.settings.max_wait);
+                if sleep >= Duration::from_secs(5) || asked > sleep {
+                    let capped = if asked > sleep {
+                        format!(
+                            " (the server asked for {:.0} s; capped by max_wait)",
+                            asked.as_secs_f64()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "prefflow: model {}: {last}; waiting {:.1} s on the server before attempt {} of {attempts}{capped}",
+                        self.name,
+                        sleep.as_secs_f64(),
+                        attempt + 2,
+                    );
+                }
+                tokio::time::sleep(sleep).await;
             }
         }
         Err(RemoteError::Exhausted { attempts, last })

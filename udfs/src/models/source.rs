@@ -125,13 +125,15 @@ pub fn validate(model: &str, path: &Path) -> ModelResult<()> {
         }
         return Ok(());
     }
-    let has_gguf = std::fs::read_dir(path)
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
         .map(|d| {
             d.flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+                .collect()
         })
-        .unwrap_or(false);
-    if has_gguf {
+        .unwrap_or_default();
+    if !ggufs.is_empty() {
         return Ok(()); // a GGUF file carries its own config and tokenizer
     }
     read_json(model, &path.join("config.json"))?;
@@ -152,6 +154,124 @@ pub fn validate(model: &str, path: &Path) -> ModelResult<()> {
         return Err(missing(
             path.to_path_buf(),
             "no *.safetensors or *.gguf weights in this folder",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the weight files' headers (GGUF, safetensors) and checks their data is all there, so
+/// an empty or truncated download fails at CREATE MODEL. Done once per declaration.
+pub fn check_weights(model: &str, path: &Path) -> ModelResult<()> {
+    let files: Vec<PathBuf> = if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for file in files {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("gguf") => check_gguf(model, &file)?,
+            Some("safetensors") => check_safetensors(model, &file)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn damaged(model: &str, path: &Path, problem: String) -> ModelError {
+    ModelError::File {
+        model: model.to_string(),
+        path: path.display().to_string(),
+        problem,
+    }
+}
+
+/// A GGUF file's header and tensor table must read, and every tensor's data must lie inside
+/// the file: a 0-byte or truncated download fails at CREATE MODEL, not mid-pipeline.
+fn check_gguf(model: &str, path: &Path) -> ModelResult<()> {
+    let mut file = std::fs::File::open(path).map_err(|e| damaged(model, path, e.to_string()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| damaged(model, path, e.to_string()))?
+        .len();
+    if len == 0 {
+        return Err(damaged(
+            model,
+            path,
+            "the file is empty (0 bytes)".to_string(),
+        ));
+    }
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
+        damaged(
+            model,
+            path,
+            format!("not a readable GGUF file (truncated or damaged?): {e}"),
+        )
+    })?;
+    for (name, t) in &content.tensor_infos {
+        let block = t.ggml_dtype.block_size() as u64;
+        let bytes = (t.shape.elem_count() as u64).div_ceil(block) * t.ggml_dtype.type_size() as u64;
+        let end = content.tensor_data_offset + t.offset + bytes;
+        if end > len {
+            return Err(damaged(
+                model,
+                path,
+                format!(
+                    "truncated: tensor {name} ends at byte {end} but the file has {len} bytes (an interrupted download?)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A safetensors file's header must parse and its tensors must fill the file exactly.
+fn check_safetensors(model: &str, path: &Path) -> ModelResult<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| damaged(model, path, e.to_string()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| damaged(model, path, e.to_string()))?
+        .len();
+    let mut head = [0u8; 8];
+    if len < 8 || file.read_exact(&mut head).is_err() {
+        return Err(damaged(
+            model,
+            path,
+            format!("not a safetensors file: {len} bytes (empty or truncated)"),
+        ));
+    }
+    let n = u64::from_le_bytes(head);
+    if n > len - 8 || n > 100 << 20 {
+        return Err(damaged(
+            model,
+            path,
+            format!(
+                "truncated or not a safetensors file: a header of {n} bytes in a file of {len}"
+            ),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| damaged(model, path, e.to_string()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| damaged(model, path, format!("damaged safetensors header: {e}")))?;
+    let end = header
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    if 8 + n + end > len {
+        return Err(damaged(
+            model,
+            path,
+            format!(
+                "truncated: its tensors need {} bytes but the file has {len} (an interrupted download?)",
+                8 + n + end
+            ),
         ));
     }
     Ok(())

@@ -1,0 +1,413 @@
+//! Where an output may go. Every write (`COPY … TO`, the training sinks, `--output`) is checked
+//! here before a row is read, and moved into place by [`commit`]: an output never deletes or
+//! replaces what prefflow did not write.
+//!
+//! - A file never replaces a folder and a folder never replaces a file.
+//! - An existing folder is replaced only when it is recognisably an earlier prefflow output of
+//!   the same kind: a training dataset (its card says prefflow wrote it as this format, and it
+//!   holds only its split files and card), or a folder of DataFusion part files of the same
+//!   ending and nothing else. An empty folder holds nothing to lose.
+//! - A target that is one of the query's own input files, contains one, lies inside an input
+//!   folder, or contains the current directory is refused.
+//! - Pseudo filesystems (/proc, /sys, /dev) are refused, and the staging entry is created here
+//!   first, so an unwritable target fails at once with the OS's reason instead of inside a
+//!   writer's retry loop.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::DefaultTableSource;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::view::ViewTable;
+use datafusion::logical_expr::LogicalPlan;
+
+use crate::error::{PrefflowError, Result};
+
+/// What a write puts at its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// One file (`x.parquet`, `--output x.csv`).
+    File,
+    /// A folder of DataFusion part files with this ending (`COPY … TO 'dir/'`).
+    Parts(String),
+    /// A training dataset folder of this format (`STORED AS dpo`).
+    Dataset(&'static str),
+}
+
+fn refuse(message: String) -> PrefflowError {
+    PrefflowError::Target(message)
+}
+
+/// Checks that writing `kind` at `target` destroys nothing prefflow did not write; `inputs` are
+/// the local files and folders the query reads.
+pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
+    let shown = target.display();
+    let absolute = absolute(target);
+    for pseudo in ["/proc", "/sys", "/dev"] {
+        if absolute.starts_with(pseudo) {
+            return Err(refuse(format!(
+                "cannot write {shown}: {pseudo} is not a filesystem for data files"
+            )));
+        }
+    }
+    let meta = std::fs::symlink_metadata(target).ok();
+    match (kind, &meta) {
+        (Output::File, Some(m)) if m.is_dir() => {
+            return Err(refuse(format!(
+                "{shown} is a folder: a file output never replaces a folder (name a file inside it, or move the folder away yourself)"
+            )));
+        }
+        (Output::Parts(_) | Output::Dataset(_), Some(m)) if !m.is_dir() => {
+            return Err(refuse(format!(
+                "{shown} is a file: a folder output never replaces a file (choose another name, or move the file away yourself)"
+            )));
+        }
+        _ => {}
+    }
+    // Paths compared as the filesystem resolves them (symlinks, `..`).
+    let resolved = resolve(&absolute);
+    if let Ok(cwd) = std::env::current_dir().and_then(|d| d.canonicalize())
+        && cwd.starts_with(&resolved)
+    {
+        return Err(refuse(format!(
+            "{shown} contains the current directory: an output there would replace it"
+        )));
+    }
+    for input in inputs {
+        let input = resolve(&absolute_of(input));
+        if input == resolved {
+            return Err(refuse(format!(
+                "{shown} is one of the query's own inputs: write the output somewhere else"
+            )));
+        }
+        if input.starts_with(&resolved) {
+            return Err(refuse(format!(
+                "{shown} contains {}, which the query reads: write the output somewhere else",
+                input.display()
+            )));
+        }
+        if input.is_dir() && resolved.starts_with(&input) {
+            return Err(refuse(format!(
+                "{shown} is inside {}, a folder the query reads: the output would become part of its input",
+                input.display()
+            )));
+        }
+    }
+    if let (Some(m), Output::Parts(_) | Output::Dataset(_)) = (&meta, kind)
+        && m.is_dir()
+    {
+        let foreign = foreign_entries(target, kind);
+        if !foreign.is_empty() {
+            let what = match kind {
+                Output::Dataset(f) => format!("a prefflow {f} dataset"),
+                _ => "a folder of part files written by an earlier COPY".to_string(),
+            };
+            let mut names = foreign.clone();
+            names.truncate(5);
+            let more = if foreign.len() > 5 {
+                format!(" and {} more", foreign.len() - 5)
+            } else {
+                String::new()
+            };
+            return Err(refuse(format!(
+                "{shown} already exists and is not {what}: it holds {}{more}; prefflow replaces only its own outputs (choose a new folder, or empty this one yourself)",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The entries of an existing folder that the output of `kind` did not write (empty: it may be
+/// replaced).
+fn foreign_entries(dir: &Path, kind: &Output) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec!["(an unreadable listing)".to_string()];
+    };
+    let mut names: Vec<(String, bool)> = entries
+        .flatten()
+        .map(|e| {
+            let is_file = e.file_type().is_ok_and(|t| t.is_file());
+            (e.file_name().to_string_lossy().into_owned(), is_file)
+        })
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let ok = |name: &str, is_file: bool| -> bool {
+        if !is_file {
+            return false;
+        }
+        match kind {
+            Output::Dataset(_) => {
+                name == "README.md"
+                    || ["train", "validation"].iter().any(|split| {
+                        ["parquet", "jsonl"]
+                            .iter()
+                            .any(|ext| name == format!("{split}.{ext}"))
+                    })
+            }
+            Output::Parts(ext) => is_part_file(name, ext),
+            Output::File => false,
+        }
+    };
+    let mut foreign: Vec<String> = names
+        .iter()
+        .filter(|(n, f)| !ok(n, *f))
+        .map(|(n, f)| if *f { n.clone() } else { format!("{n}/") })
+        .collect();
+    if let Output::Dataset(format) = kind
+        && foreign.is_empty()
+        && !is_card_of(&dir.join("README.md"), format)
+    {
+        foreign.push("README.md (not a prefflow dataset card for this format)".to_string());
+    }
+    foreign
+}
+
+/// DataFusion names part files `<16 letters or digits>_<n>.<ext>`.
+fn is_part_file(name: &str, ext: &str) -> bool {
+    let Some(stem) = name.strip_suffix(&format!(".{ext}")) else {
+        return false;
+    };
+    let Some((id, n)) = stem.split_once('_') else {
+        return false;
+    };
+    id.len() == 16
+        && id.chars().all(|c| c.is_ascii_alphanumeric())
+        && !n.is_empty()
+        && n.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Does `card` say prefflow wrote its folder as `format`?
+fn is_card_of(card: &Path, format: &str) -> bool {
+    std::fs::read_to_string(card).is_ok_and(|text| {
+        text.contains(&format!("tags:\n- prefflow\n- {format}\n"))
+            && text.contains("Written by prefflow (`COPY")
+    })
+}
+
+fn absolute_of(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    absolute_of(p)
+}
+
+/// The path with its longest existing prefix canonicalised (the rest may not exist yet).
+fn resolve(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
+/// The local files and folders a plan reads (through views too).
+pub fn plan_inputs(plan: &LogicalPlan) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    collect_inputs(plan, &mut out);
+    out
+}
+
+fn collect_inputs(plan: &LogicalPlan, out: &mut Vec<PathBuf>) {
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(source) = scan.source.as_ref().downcast_ref::<DefaultTableSource>()
+        {
+            let provider = source.table_provider.as_ref();
+            if let Some(table) = provider.downcast_ref::<ListingTable>() {
+                for url in table.table_paths() {
+                    let Ok(path) = url.get_url().to_file_path() else {
+                        continue;
+                    };
+                    match url.get_glob() {
+                        // A glob reads the files it matches, not its whole folder.
+                        Some(glob) => {
+                            let pattern = path.join(glob.as_str()).display().to_string();
+                            out.extend(glob::glob(&pattern).into_iter().flatten().flatten());
+                        }
+                        None => out.push(path),
+                    }
+                }
+            } else if let Some(view) = provider.downcast_ref::<ViewTable>() {
+                collect_inputs(view.logical_plan(), out);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+}
+
+/// Creates the staging entry (a file, or a folder) so an unwritable place fails now, with the
+/// reason in plain words.
+pub fn stage(tmp: &Path, target: &Path, folder: bool) -> Result<()> {
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| cannot_write(target, &e))?;
+    }
+    let made = if folder {
+        std::fs::create_dir(tmp)
+    } else {
+        std::fs::File::create(tmp).map(|_| ())
+    };
+    made.map_err(|e| cannot_write(target, &e))
+}
+
+fn cannot_write(target: &Path, e: &std::io::Error) -> PrefflowError {
+    refuse(format!("cannot write {}: {}", target.display(), plain(e)))
+}
+
+/// An OS error in words a user can act on.
+fn plain(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::PermissionDenied => "permission denied".to_string(),
+        ErrorKind::NotFound => "its folder does not exist and cannot be created".to_string(),
+        ErrorKind::ReadOnlyFilesystem => "the filesystem is read-only".to_string(),
+        ErrorKind::StorageFull => "the disk is full".to_string(),
+        ErrorKind::ResourceBusy => {
+            "it is busy (a mount point, or in use by another program)".to_string()
+        }
+        ErrorKind::CrossesDevices => {
+            "the staging copy is on another filesystem (a mount point in the way)".to_string()
+        }
+        ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists => {
+            "another writer put something there while this query ran (a concurrent run?)"
+                .to_string()
+        }
+        ErrorKind::NotADirectory => "a part of its path is a file, not a folder".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Moves a finished output from `tmp` into place. A file is replaced by one rename (atomic); a
+/// folder checked by [`check`] is swapped with two renames, the old one removed only after the
+/// new one is in place. On failure the staging copy is removed and the target left as it was.
+pub fn commit(tmp: &Path, target: &Path, kind: &Output) -> Result<()> {
+    if !tmp.exists() {
+        return Ok(());
+    }
+    let result = swap(tmp, target, kind);
+    if result.is_err() {
+        remove_path(tmp);
+    }
+    result
+}
+
+fn swap(tmp: &Path, target: &Path, kind: &Output) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        refuse(format!(
+            "could not move the finished output into {}: {}; the previous content is unchanged",
+            target.display(),
+            plain(&e)
+        ))
+    };
+    let meta = std::fs::symlink_metadata(target).ok();
+    match (kind, meta) {
+        (Output::File, Some(m)) if m.is_dir() => Err(refuse(format!(
+            "{} became a folder while the query ran: the output was not written",
+            target.display()
+        ))),
+        (Output::File, _) | (_, None) => std::fs::rename(tmp, target).map_err(fail),
+        (_, Some(m)) if !m.is_dir() => Err(refuse(format!(
+            "{} became a file while the query ran: the output was not written",
+            target.display()
+        ))),
+        (_, Some(_)) => {
+            // Checked again: something may have been put there while the query ran.
+            let foreign = foreign_entries(target, kind);
+            if !foreign.is_empty() {
+                return Err(refuse(format!(
+                    "{} changed while the query ran (now holds {}): the output was not written",
+                    target.display(),
+                    foreign.join(", ")
+                )));
+            }
+            let old = crate::engine::temp_sibling(target);
+            std::fs::rename(target, &old).map_err(fail)?;
+            if let Err(e) = std::fs::rename(tmp, target) {
+                // Put the previous output back.
+                let _ = std::fs::rename(&old, target);
+                return Err(fail(e));
+            }
+            remove_path(&old);
+            Ok(())
+        }
+    }
+}
+
+/// Best-effort removal of a staged output.
+pub fn remove_path(p: &Path) {
+    if p.is_dir() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_file_names() {
+        assert!(is_part_file("AbCdEf0123456789_0.parquet", "parquet"));
+        assert!(!is_part_file("notes_0.parquet", "parquet"));
+        assert!(!is_part_file("AbCdEf0123456789_0.json", "parquet"));
+        assert!(!is_part_file("AbCdEf0123456789_x.parquet", "parquet"));
+    }
+
+    #[test]
+    fn a_file_never_replaces_a_folder_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("x.parquet");
+        std::fs::create_dir(&folder).unwrap();
+        let err = check(&folder, &Output::File, &[]).unwrap_err().to_string();
+        assert!(err.contains("is a folder"), "{err}");
+        let file = dir.path().join("pairs");
+        std::fs::write(&file, b"notes").unwrap();
+        let err = check(&file, &Output::Dataset("dpo"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a file"), "{err}");
+    }
+
+    #[test]
+    fn foreign_folders_are_named_with_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let err = check(dir.path(), &Output::Dataset("dpo"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notes.txt"), "{err}");
+        let err = check(dir.path(), &Output::Parts("parquet".into()), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notes.txt"), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join("notes.txt")).unwrap(),
+            b"mine"
+        );
+    }
+}
