@@ -326,7 +326,11 @@ async fn failures_name_the_row_or_give_null() {
         err.contains("ai_generate: model 'strict' at http://"),
         "{err}"
     );
-    assert!(err.contains("row 1: the answer has no choices"), "{err}");
+    // Named by its prompt, which the user can find (not a batch-local index).
+    assert!(
+        err.contains("the row \"no choices here\": the answer has no choices"),
+        "{err}"
+    );
     let err = e
         .query(&format!(
             "SELECT ai_generate('strict', p) FROM {rows} WHERE p = 'this always fails'"
@@ -360,7 +364,7 @@ async fn failures_name_the_row_or_give_null() {
         .to_string();
     assert!(
         err.contains(&format!(
-            "model 'gone' at http://{dead}/v1/test-model: row 0: no answer after 5 attempts"
+            "model 'gone' at http://{dead}/v1/test-model: the row \"x\": no answer after 5 attempts"
         )),
         "{err}"
     );

@@ -353,8 +353,9 @@ pub(crate) async fn generate_rows(
     })
     .await?;
     let context = decoder.info.context;
-    if options.max_tokens >= context {
-        // Truncating the prompt to fit would keep one token and decode thousands.
+    if options.truncate && options.max_tokens >= context {
+        // Truncating the prompt to fit would keep one token and decode thousands. (Without
+        // truncate, the worker caps each answer at the room the prompt leaves.)
         return exec_err!(
             "{name}: max_tokens {} is at or above model '{}''s context of {context} tokens: lower max_tokens to leave room for the prompt",
             options.max_tokens,
