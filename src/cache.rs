@@ -335,6 +335,57 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_of_another_prefflow_version_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(META).unwrap();
+                t.insert("format", "prefflow-result-cache-v0").unwrap();
+                let mut r = tx.open_table(RESULTS).unwrap();
+                r.insert([1u8; 32].as_slice(), b"old".as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        for writable in [true, false] {
+            let s = RedbStore::new(dir.path());
+            let err = s.get_many(&[[1; 32]], writable).unwrap_err();
+            assert!(err.contains("another prefflow version"), "{err}");
+            assert!(s.put_many(&[([2; 32], b"x".to_vec())]).is_err());
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "nothing set aside"
+        );
+        // Its entries and mark are still there for the version that wrote it.
+        let db = Database::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let results = tx.open_table(RESULTS).unwrap();
+        let old = results
+            .get([1u8; 32].as_slice())
+            .unwrap()
+            .map(|v| v.value().to_vec());
+        assert!(old.as_deref() == Some(b"old".as_slice()), "entries kept");
+        let meta = tx.open_table(META).unwrap();
+        let mark = meta.get("format").unwrap().map(|v| v.value().to_string());
+        assert!(
+            mark.as_deref() == Some("prefflow-result-cache-v0"),
+            "mark kept"
+        );
+    }
+
+    #[test]
+    fn reading_never_creates_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::new(&dir.path().join("sub"));
+        assert_eq!(s.get_many(&[[1; 32]], false).unwrap(), vec![None]);
+        assert!(!dir.path().join("sub").exists());
+    }
+
+    #[test]
     fn a_redb_file_of_another_program_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.redb");

@@ -882,3 +882,63 @@ fn syntax_errors_name_the_file_line() {
     assert!(err.contains("syntax error"), "{err}");
     assert!(!err.contains("ParserError("), "no Debug formatting: {err}");
 }
+
+#[test]
+fn progress_counts_tokens_while_a_row_decodes() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let engine = prefflow::Engine::with_options(&prefflow::SessionOptions {
+        cache: Some(prefflow::CacheMode::Off),
+        ..Default::default()
+    })
+    .unwrap();
+    runtime.block_on(async {
+        engine
+            .query(&format!("CREATE MODEL tiny FROM '{}'", model("qwen2")))
+            .await
+            .unwrap();
+        let e = engine.clone();
+        let query = tokio::spawn(async move {
+            e.query("SELECT ai_generate('tiny', 'Tell me a story', named_struct('max_tokens', 240)) AS a")
+                .await
+        });
+        // Output tokens grow while the one row is still decoding (rows still 0), so a long
+        // decode never looks hung.
+        let mut seen = false;
+        while !query.is_finished() {
+            for c in engine.models().activity().entries() {
+                let s = c.snapshot();
+                if s.rows == 0 && s.output_tokens > 0 {
+                    seen = true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        query.await.unwrap().unwrap();
+        assert!(seen, "output tokens were counted only when the row finished");
+    });
+}
+
+#[test]
+fn parquet_to_a_terminal_is_refused_before_anything_runs() {
+    // `script` gives the command a pseudo-terminal as standard output (util-linux, on every
+    // Debian machine).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let command = format!(
+        "{} sql \"COPY (SELECT 1 AS x) TO 'ran.parquet'; SELECT 1 AS x\" --format parquet; echo exit=$?",
+        env!("CARGO_BIN_EXE_prefflow")
+    );
+    let o = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(d)
+        .env("PREFFLOW_CACHE_DIR", d.join(".prefflow-cache"))
+        .output()
+        .expect("script (util-linux) runs the command on a pseudo-terminal");
+    let out = stdout(&o);
+    assert!(out.contains("Parquet is binary"), "{out}");
+    assert!(out.contains("exit=2"), "{out}");
+    assert!(
+        !d.join("ran.parquet").exists(),
+        "a statement ran before the refusal"
+    );
+}
