@@ -11,6 +11,25 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, Window}
 
 const PREFIX: &str = "__prefflow_call_";
 
+/// The analyzer rule the session registers, so every way of running a query (the engine,
+/// `Engine::context()`, the DataFrame API) gets the rewrite.
+#[derive(Debug, Default)]
+pub struct HoistModelCalls;
+
+impl datafusion::optimizer::AnalyzerRule for HoistModelCalls {
+    fn analyze(
+        &self,
+        plan: LogicalPlan,
+        _config: &datafusion::common::config::ConfigOptions,
+    ) -> Result<LogicalPlan> {
+        hoist_async_calls(plan)
+    }
+
+    fn name(&self) -> &str {
+        "prefflow_hoist_model_calls"
+    }
+}
+
 /// Rewrites every aggregate and window whose expressions call a model function.
 pub fn hoist_async_calls(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| match node {

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
@@ -18,13 +17,12 @@ use futures::StreamExt;
 use prefflow_udfs::models::remote::redact_uri;
 use prefflow_udfs::models::{ModelError, ModelSpec};
 
-use crate::async_args::hoist_async_calls;
 use crate::datasets::with_plan_json_diagnostics;
 use crate::error::{PrefflowError, Result};
 use crate::model_statements::{self, ModelStatement};
 use crate::script::{Script, substitute};
 use crate::session::{SessionOptions, build_session};
-use crate::target::{Output, commit, plan_inputs, remove_path};
+use crate::target::{Output, commit, plan_inputs, remove_path, temp_sibling};
 
 /// A prefflow session: every prefflow function, format and dataset address registered.
 #[derive(Clone)]
@@ -95,7 +93,6 @@ impl Engine {
                 return Ok(self.ctx.read_batches(batches)?);
             }
         }
-        let plan = hoist_async_calls(plan)?;
         Ok(self.ctx.execute_logical_plan(plan).await?)
     }
 
@@ -207,7 +204,6 @@ impl Engine {
         let tmp = temp_sibling(target);
         crate::target::stage(&tmp, target, parts)?;
         let mut staged = copy.clone();
-        staged.input = std::sync::Arc::new(hoist_async_calls(copy.input.as_ref().clone())?);
         staged.output_url = tmp.display().to_string();
         if copy.output_url.ends_with('/') {
             staged.output_url.push('/');
@@ -260,51 +256,4 @@ pub(crate) fn local_path(url: &str) -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     (!url.contains("://")).then(|| PathBuf::from(url.trim_end_matches('/')))
-}
-
-/// A hidden name beside `target`, keeping its ending so DataFusion picks the same output
-/// kind (one file for `x.parquet`, a folder of parts for `x/`).
-pub(crate) fn temp_sibling(target: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".to_string());
-    let dir = target.parent().unwrap_or(Path::new(""));
-    remove_orphans(dir, &name);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = format!(".prefflow-tmp-{}-{n}-{name}", std::process::id());
-    dir.join(tmp)
-}
-
-/// Removes the staging copies of `name` left by runs that were killed (their process is gone),
-/// so that a crash leaves nothing behind once the command is run again.
-fn remove_orphans(dir: &Path, name: &str) {
-    // Only where a process's liveness can be seen.
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let listing = if dir.as_os_str().is_empty() {
-        std::fs::read_dir(".")
-    } else {
-        std::fs::read_dir(dir)
-    };
-    let Ok(entries) = listing else { return };
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file.strip_prefix(".prefflow-tmp-") else {
-            continue;
-        };
-        let mut parts = rest.splitn(3, '-');
-        let (Some(pid), Some(_), Some(rest_name)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if rest_name != name || pid.parse::<u32>().is_err() {
-            continue;
-        }
-        if !Path::new("/proc").join(pid).exists() {
-            crate::target::remove_path(&entry.path());
-        }
-    }
 }

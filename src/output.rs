@@ -14,9 +14,9 @@ use datafusion::parquet::arrow::ArrowWriter;
 use futures::StreamExt;
 
 use crate::datasets::with_plan_json_diagnostics;
-use crate::engine::temp_sibling;
+
 use crate::error::{PrefflowError, Result};
-use crate::target::{Output, commit, remove_path};
+use crate::target::{Output, commit, remove_path, temp_sibling};
 
 /// How a result is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -74,6 +74,8 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         .with_physical_optimizer_rules(rules)
         // --shard: filters the input tables (see shard).
         .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
+        // Model calls inside aggregates and windows move to a projection below (async_args).
+        .with_analyzer_rule(Arc::new(crate::async_args::HoistModelCalls))
         .build();
 
     // Schemas are inferred from every record of JSON lines and CSV files, not the first

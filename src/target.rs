@@ -14,6 +14,7 @@
 //!   writer's retry loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::DefaultTableSource;
@@ -344,7 +345,7 @@ fn swap(tmp: &Path, target: &Path, kind: &Output) -> Result<()> {
                     foreign.join(", ")
                 )));
             }
-            let old = crate::engine::temp_sibling(target);
+            let old = temp_sibling(target);
             std::fs::rename(target, &old).map_err(fail)?;
             if let Err(e) = std::fs::rename(tmp, target) {
                 // Put the previous output back.
@@ -353,6 +354,53 @@ fn swap(tmp: &Path, target: &Path, kind: &Output) -> Result<()> {
             }
             remove_path(&old);
             Ok(())
+        }
+    }
+}
+
+/// A hidden name beside `target`, keeping its ending so DataFusion picks the same output
+/// kind (one file for `x.parquet`, a folder of parts for `x/`).
+pub fn temp_sibling(target: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_string());
+    let dir = target.parent().unwrap_or(Path::new(""));
+    remove_orphans(dir, &name);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!(".prefflow-tmp-{}-{n}-{name}", std::process::id());
+    dir.join(tmp)
+}
+
+/// Removes the staging copies of `name` left by runs that were killed (their process is gone),
+/// so that a crash leaves nothing behind once the command is run again.
+fn remove_orphans(dir: &Path, name: &str) {
+    // Only where a process's liveness can be seen.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let listing = if dir.as_os_str().is_empty() {
+        std::fs::read_dir(".")
+    } else {
+        std::fs::read_dir(dir)
+    };
+    let Ok(entries) = listing else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(".prefflow-tmp-") else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(_), Some(rest_name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if rest_name != name || pid.parse::<u32>().is_err() {
+            continue;
+        }
+        if !Path::new("/proc").join(pid).exists() {
+            remove_path(&entry.path());
         }
     }
 }

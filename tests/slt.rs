@@ -1,7 +1,9 @@
 //! Runs every tests/slt/*.slt file against a fresh prefflow session (sqllogictest format:
 //! `query <types>` + expected rows, `statement ok`, `query error <regex>`).
 //!
-//! Usage: `cargo test --test slt [-- FILTER]` runs the files whose name contains FILTER.
+//! Usage: `cargo test --test slt [-- FILTER]` runs the files whose name contains FILTER and
+//! reports every failing record of each; `cargo test --test slt -- --complete [FILTER]`
+//! rewrites those files' expected results with what prefflow gives now (review the diff).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +84,7 @@ impl AsyncDB for Db {
 
 fn main() -> ExitCode {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let complete = std::env::args().any(|a| a == "--complete");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(&root).expect("crate root");
     let mut files: Vec<PathBuf> = std::fs::read_dir("tests/slt")
@@ -114,14 +117,47 @@ fn main() -> ExitCode {
                 engine: Engine::with_options(&options)?,
             })
         });
-        match runtime.block_on(runner.run_file_async(file)) {
-            Ok(()) => {
-                passed += 1;
-                println!("ok     {}", file.display());
+        if complete {
+            // Rewrites the file's expected results with what prefflow gives now.
+            let updated = runtime.block_on(runner.update_test_file(
+                file,
+                " ",
+                sqllogictest::default_validator,
+                sqllogictest::default_normalizer,
+                sqllogictest::default_column_validator,
+            ));
+            match updated {
+                Ok(()) => println!("completed {}", file.display()),
+                Err(e) => {
+                    failed += 1;
+                    println!("FAILED to complete {}: {e}", file.display());
+                }
             }
+            continue;
+        }
+        // Every record runs, so one run reports every failure of the file, not just the first.
+        let records = match sqllogictest::parse_file::<DefaultColumnType>(file) {
+            Ok(r) => r,
             Err(e) => {
                 failed += 1;
-                println!("FAILED {}\n{}", file.display(), e.display(true));
+                println!("FAILED {}: cannot parse: {e}", file.display());
+                continue;
+            }
+        };
+        let mut errors = Vec::new();
+        for record in records {
+            if let Err(e) = runtime.block_on(runner.run_async(record)) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            passed += 1;
+            println!("ok     {}", file.display());
+        } else {
+            failed += 1;
+            println!("FAILED {} ({} records)", file.display(), errors.len());
+            for e in errors {
+                println!("{}\n", e.display(true));
             }
         }
     }

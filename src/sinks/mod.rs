@@ -37,10 +37,9 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use crate::async_args::hoist_async_calls;
-use crate::engine::{local_path, temp_sibling};
+use crate::engine::local_path;
 use crate::error::{PrefflowError, Result};
-use crate::target::{Output, commit, plan_inputs, remove_path};
+use crate::target::{Output, commit, plan_inputs, remove_path, temp_sibling};
 
 pub use card::Stats;
 pub use rows::Row;
@@ -263,7 +262,7 @@ pub async fn write(
 
     let output = Output::Dataset(format);
     crate::target::check(&target, &output, &plan_inputs(&copy.input))?;
-    let input = hoist_async_calls(copy.input.as_ref().clone())?;
+    let input = copy.input.as_ref().clone();
     let tmp = temp_sibling(&target);
     crate::target::stage(&tmp, &target, true)?;
     let result = async {

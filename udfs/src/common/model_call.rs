@@ -10,9 +10,25 @@ use crate::models::decode::Decoder;
 use crate::models::registry::LoadedModel;
 use crate::models::{ModelError, ModelRegistry, ModelSpec, PrefflowOptions};
 
+/// A model-layer error at the SQL boundary: its message names the function, and it keeps the
+/// [`ModelError`] as its source, so a library user can match on a model failure
+/// (`DataFusionError::External`, downcast to [`FunctionError`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{function}: {source}")]
+pub struct FunctionError {
+    /// The SQL function.
+    pub function: String,
+    /// What the model layer reported.
+    #[source]
+    pub source: ModelError,
+}
+
 /// A model-layer error as a DataFusion error that names the SQL function.
 pub fn model_err(function: &str, e: ModelError) -> DataFusionError {
-    DataFusionError::Execution(format!("{function}: {e}"))
+    DataFusionError::External(Box::new(FunctionError {
+        function: function.to_string(),
+        source: e,
+    }))
 }
 
 /// The model named by a literal first argument, at planning time.

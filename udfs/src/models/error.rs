@@ -1,8 +1,9 @@
 //! Errors of the model layer; they become `DataFusionError`s at the SQL function boundary,
 //! where the function's name is put in front.
 
-/// What can go wrong declaring, loading or running a model.
-#[derive(Debug, thiserror::Error)]
+/// What can go wrong declaring, loading or running a model. `Clone`, so one failure (a
+/// worker that could not load) reaches every request waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     /// A model name that is not declared and not a usable address.
     #[error(
