@@ -1,5 +1,6 @@
 //! `ai_translate(model, text, target_lang [, source_lang [, options]])`: text translated by a
-//! decoder LLM through a translation prompt.
+//! Marian encoder-decoder model (Helsinki-NLP/opus-mt-*), or by a decoder LLM (local or
+//! remote) through a translation prompt.
 //!
 //! ```sql
 //! CREATE MODEL policy FROM 'models/smollm2-135m-instruct';
@@ -11,7 +12,8 @@
 //! The prompt (a minijinja template over `text`, `target_lang` and `source_lang`, overridable
 //! with the `prompt` option) is sent as a user turn through the model's chat template; the
 //! generation options of `ai_generate` apply (greedy by default). The reply is trimmed. NULL
-//! text or target language gives NULL. (Marian encoder-decoder models are not supported yet.)
+//! text or target language gives NULL. A Marian model translates the text itself (greedy, with a
+//! `>>lang<<` prefix when its vocabulary has one); the prompt does not apply to it.
 
 use std::sync::Arc;
 
