@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::error::DataFusionError;
-use prefflow_udfs::common::chat::ChatPrompts;
+use prefflow_udfs::models::chat::ChatPrompts;
 use prefflow_udfs::models::decode::DecoderInfo;
 use serde_json::Value;
 use tokenizers::Tokenizer;

@@ -30,48 +30,9 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::chat::ChatPrompts;
-use crate::common::model_call::{
-    SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
-};
-use crate::models::decode::{Decoder, Sampler, Watch};
-use crate::models::{ModelRegistry, ModelSpec};
-
-/// Generation options from the optional struct argument.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateOptions {
-    /// Sampling temperature; 0 is greedy.
-    pub temperature: f64,
-    /// Nucleus mass.
-    pub top_p: Option<f64>,
-    /// Top-k.
-    pub top_k: Option<usize>,
-    /// Most new tokens.
-    pub max_tokens: usize,
-    /// Stop strings.
-    pub stop: Vec<String>,
-    /// Run seed.
-    pub seed: u64,
-    /// Apply the chat template.
-    pub chat: bool,
-    /// Keep the end of a prompt too long for the context (and max_tokens) instead of failing.
-    pub truncate: bool,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: None,
-            top_k: None,
-            max_tokens: 256,
-            stop: Vec::new(),
-            seed: 0,
-            chat: true,
-            truncate: false,
-        }
-    }
-}
+use crate::common::model_call::{SharedRegistry, planned_model};
+use crate::models::types::GenerateParams;
+use crate::models::{ModelRegistry, PrefflowOptions};
 
 fn number(f: &str, key: &str, v: &ScalarValue) -> Result<f64, String> {
     let c = v
@@ -84,7 +45,7 @@ fn number(f: &str, key: &str, v: &ScalarValue) -> Result<f64, String> {
 }
 
 /// Parses an options struct; every message names the function and the option.
-pub fn parse_options(f: &str, options: Option<&ScalarValue>) -> Result<GenerateOptions, String> {
+pub fn parse_options(f: &str, options: Option<&ScalarValue>) -> Result<GenerateParams, String> {
     parse_options_with(f, options, &[]).map(|(o, _)| o)
 }
 
@@ -95,8 +56,8 @@ pub fn parse_options_with(
     f: &str,
     options: Option<&ScalarValue>,
     extra: &[&str],
-) -> Result<(GenerateOptions, Vec<(String, ScalarValue)>), String> {
-    let mut o = GenerateOptions::default();
+) -> Result<(GenerateParams, Vec<(String, ScalarValue)>), String> {
+    let mut o = GenerateParams::default();
     let mut own = Vec::new();
     let Some(options) = options else {
         return Ok((o, own));
@@ -193,21 +154,6 @@ pub fn parse_options_with(
     Ok((o, own))
 }
 
-/// FNV-1a: a stable hash, so a row's seed is the same in every build and on every machine.
-pub fn row_seed(prompt: &str, sample: u64, seed: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt
-        .as_bytes()
-        .iter()
-        .chain(&sample.to_le_bytes())
-        .chain(&seed.to_le_bytes())
-    {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// The `ai_generate` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AiGenerate {
@@ -295,7 +241,7 @@ impl AsyncScalarUDFImpl for AiGenerate {
                 parse_options(name, Some(s)).map_err(DataFusionError::Execution)?
             }
             Some(_) => return exec_err!("ai_generate: options must be a literal"),
-            None => GenerateOptions::default(),
+            None => GenerateParams::default(),
         };
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
         let samples =
@@ -311,223 +257,17 @@ impl AsyncScalarUDFImpl for AiGenerate {
     }
 }
 
-/// Generates `n` samples for every row of `prompts` (None for NULL prompts): chat-templated
-/// unless options say otherwise, seeded per (prompt text, sample index, run seed), cut at the
-/// first stop string. Every row is handed to the model's worker before any answer is awaited,
-/// so the worker batches the rows of this call with each other and with other partitions'.
-pub(crate) async fn generate_rows(
-    name: &str,
-    decoder: &Decoder,
-    spec: &ModelSpec,
-    prompts: &dyn Array,
-    options: &GenerateOptions,
-    n: usize,
-) -> Result<Vec<Option<Vec<String>>>> {
-    let chat = ChatPrompts::new(name, spec, &decoder.info)?;
-    // A NULL literal has no physical null mask: ask for logical nulls.
-    let nulls = prompts.logical_nulls();
-    let mut texts = Vec::with_capacity(prompts.len());
-    for i in 0..prompts.len() {
-        if nulls.as_ref().is_some_and(|m| m.is_null(i)) {
-            texts.push(None);
-        } else {
-            texts.push(Some(chat.prompt_text(name, prompts, i, options.chat)?));
-        }
-    }
-    let tokenizer = decoder.tokenizer.clone();
-    let to_tokenize = texts.clone();
-    let f = name.to_string();
-    let ids: Vec<Option<Vec<u32>>> = blocking(name, move || {
-        to_tokenize
-            .into_iter()
-            .map(|t| {
-                t.map(|t| {
-                    tokenizer
-                        .encode(t, false)
-                        .map(|e| e.get_ids().to_vec())
-                        .map_err(|e| DataFusionError::Execution(format!("{f}: tokenizer: {e}")))
-                })
-                .transpose()
-            })
-            .collect()
-    })
-    .await?;
-    let context = decoder.info.context;
-    if options.truncate && options.max_tokens >= context {
-        // Truncating the prompt to fit would keep one token and decode thousands. (Without
-        // truncate, the worker caps each answer at the room the prompt leaves.)
-        return exec_err!(
-            "{name}: max_tokens {} is at or above model '{}''s context of {context} tokens: lower max_tokens to leave room for the prompt",
-            options.max_tokens,
-            spec.name
-        );
-    }
-    let watch = Watch {
-        stop: options.stop.clone(),
-        tokenizer: Some(Arc::clone(&decoder.tokenizer)),
-        counter: crate::common::calls::current_call(),
-    };
-    let mut pending = Vec::with_capacity(ids.len());
-    for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
-        let (Some(mut ids), Some(text)) = (ids, text) else {
-            pending.push(None);
-            continue;
-        };
-        // Raw completions of models that expect BOS (Gemma) get it; chat templates write it.
-        if !options.chat
-            && let Some(bos) = decoder.info.add_bos
-            && ids.first() != Some(&bos)
-        {
-            ids.insert(0, bos);
-        }
-        if options.truncate && ids.len() + options.max_tokens > context {
-            // Keep the end (the question and the generation prompt) and a leading BOS.
-            let keep = context.saturating_sub(options.max_tokens).max(1);
-            let bos = decoder.tokenizer.token_to_id(&decoder.info.bos_token);
-            let lead = usize::from(bos.is_some() && ids.first() == bos.as_ref() && keep > 1);
-            let tail = ids.split_off(ids.len() - (keep - lead));
-            ids.truncate(lead);
-            ids.extend(tail);
-        }
-        if ids.len() >= context {
-            return exec_err!(
-                "{name}: {}: the prompt has {} tokens but model '{}' has a context of {context} (named_struct('truncate', true) keeps the prompt's end)",
-                prompt_label(prompts, row),
-                ids.len(),
-                spec.name
-            );
-        }
-        let samplers = (0..n as u64)
-            .map(|k| Sampler {
-                temperature: options.temperature,
-                top_p: options.top_p,
-                top_k: options.top_k,
-                max_tokens: options.max_tokens,
-                seed: row_seed(text, k, options.seed),
-                watch: watch.clone(),
-            })
-            .collect();
-        crate::common::calls::record_tokens(ids.len() as u64, 0);
-        pending.push(Some(decoder.generate(ids, samplers)));
-    }
-    let mut out = Vec::with_capacity(pending.len());
-    for p in pending {
-        let Some(p) = p else {
-            out.push(None);
-            continue;
-        };
-        // Output tokens were counted by the worker as they were produced.
-        let samples = p.await.map_err(|e| model_err(name, e))?;
-        let mut texts = Vec::with_capacity(n);
-        for new in samples {
-            let mut answer = decoder
-                .tokenizer
-                .decode(&new, true)
-                .map_err(|e| DataFusionError::Execution(format!("{name}: detokenize: {e}")))?;
-            if let Some(cut) = options
-                .stop
-                .iter()
-                .filter_map(|s| answer.find(s.as_str()))
-                .min()
-            {
-                answer.truncate(cut);
-            }
-            texts.push(answer);
-        }
-        out.push(Some(texts));
-    }
-    Ok(out)
-}
-
-/// Generates for a call's rows with its model, local (weights on this machine) or remote
-/// (an OpenAI-compatible server); see [`generate_rows`] for what a row gets.
+/// Generates for a call's rows with its model (see [`crate::models::generation::generate`]):
+/// the SQL-facing part, reading the model argument and the session's settings.
 pub(crate) async fn generate_for_call(
     name: &str,
     registry: &ModelRegistry,
     args: &ScalarFunctionArgs,
     prompts: &dyn Array,
-    options: &GenerateOptions,
+    options: &GenerateParams,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
     let spec = crate::common::model_call::executed_model(name, registry, &args.args[0])?;
-    if let Some(remote) = registry.remote(&spec).map_err(|e| model_err(name, e))? {
-        return generate_remote(name, &remote, prompts, options, n).await;
-    }
-    let (decoder, spec) = loaded_decoder(name, registry, args).await?;
-    generate_rows(name, &decoder, &spec, prompts, options, n).await
-}
-
-/// Every row's samples from a remote model, all requests under its concurrency limit at once.
-async fn generate_remote(
-    name: &str,
-    remote: &crate::models::remote::RemoteModel,
-    prompts: &dyn Array,
-    options: &GenerateOptions,
-    n: usize,
-) -> Result<Vec<Option<Vec<String>>>> {
-    use crate::models::remote::{OnError, Prompt};
-    let nulls = prompts.logical_nulls();
-    let mut requests = Vec::new();
-    for row in 0..prompts.len() {
-        if nulls.as_ref().is_some_and(|m| m.is_null(row)) {
-            continue;
-        }
-        let value = crate::common::values::to_template_value(prompts, row)?;
-        let json = serde_json::to_value(&value)
-            .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
-        let (prompt, seed_text) = match (&json, options.chat) {
-            (serde_json::Value::String(t), true) => (
-                Prompt::Messages(serde_json::json!([{"role": "user", "content": t}])),
-                t.clone(),
-            ),
-            (serde_json::Value::String(t), false) => (Prompt::Text(t.clone()), t.clone()),
-            (_, true) => (Prompt::Messages(json.clone()), json.to_string()),
-            (_, false) => {
-                return exec_err!(
-                    "{name}: with chat false the prompt must be text, not a list of messages"
-                );
-            }
-        };
-        for k in 0..n {
-            let seed = row_seed(&seed_text, k as u64, options.seed);
-            let prompt = prompt.clone();
-            requests.push(async move { (row, remote.generate(prompt, options, seed).await) });
-        }
-    }
-    let answers = futures::future::join_all(requests).await;
-    let label = |row: usize| prompt_label(prompts, row);
-    let mut out: Vec<Option<Vec<String>>> = (0..prompts.len()).map(|_| None).collect();
-    let mut failed = vec![false; prompts.len()];
-    for (row, answer) in answers {
-        match answer {
-            Ok(text) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(text),
-            Ok(_) => {}
-            Err(_) if remote.settings.on_error == OnError::Null => {
-                failed[row] = true;
-                out[row] = None;
-            }
-            Err(e) => {
-                return exec_err!(
-                    "{name}: model '{}' at {}: {}: {e}",
-                    remote.name,
-                    remote.address(),
-                    label(row)
-                );
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Names a row by the start of its prompt as the user wrote it (text, or a conversation as
-/// JSON), which can be searched for in the input.
-fn prompt_label(prompts: &dyn Array, row: usize) -> String {
-    crate::common::values::to_template_value(prompts, row)
-        .ok()
-        .and_then(|v| serde_json::to_value(&v).ok())
-        .map(|j| match j {
-            serde_json::Value::String(t) => crate::common::text::row_label(&t),
-            other => crate::common::text::row_label(&other.to_string()),
-        })
-        .unwrap_or_else(|| format!("row {row}"))
+    let settings = PrefflowOptions::from_config(&args.config_options);
+    crate::models::generation::generate(name, registry, &spec, &settings, prompts, options, n).await
 }

@@ -22,9 +22,10 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::ai_generate::{GenerateOptions, generate_for_call, parse_options};
+use crate::ai_generate::{generate_for_call, parse_options};
 use crate::common::model_call::{SharedRegistry, planned_model};
 use crate::models::ModelRegistry;
+use crate::models::types::GenerateParams;
 
 /// Most samples per prompt; a larger n is almost certainly a typo.
 const MAX_N: i64 = 1024;
@@ -110,7 +111,7 @@ impl AsyncScalarUDFImpl for AiGenerateN {
                 parse_options(name, Some(s)).map_err(DataFusionError::Execution)?
             }
             Some(_) => return exec_err!("ai_generate_n: options must be a literal"),
-            None => GenerateOptions::default(),
+            None => GenerateParams::default(),
         };
         let prompts: ArrayRef = args.args[1].to_array(args.number_rows)?;
         let rows =

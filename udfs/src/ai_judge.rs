@@ -40,10 +40,11 @@ use datafusion::logical_expr::{
 };
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::{GenerateOptions, generate_for_call, parse_options_with};
+use crate::ai_generate::{generate_for_call, parse_options_with};
 use crate::common::model_call::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
+use crate::models::types::GenerateParams;
 
 /// The `guide` prompt: MT-Bench's pairwise judge instructions, asking for a verdict tag.
 pub const GUIDE: &str = "Please act as an impartial judge and evaluate the quality of the two answers to the question below. Choose the answer that follows the question's instructions and answers it better, considering helpfulness, relevance, accuracy and level of detail. Do not let the order in which the answers are shown, or their length, influence your decision. Explain your choice briefly, then give your verdict in exactly this format: [[A]] if answer A is better, [[B]] if answer B is better, [[C]] for a tie.
@@ -198,7 +199,7 @@ impl Templates {
     }
 }
 
-fn options(args: Option<&ScalarValue>) -> Result<(GenerateOptions, Templates), String> {
+fn options(args: Option<&ScalarValue>) -> Result<(GenerateParams, Templates), String> {
     let (o, own) = parse_options_with("ai_judge", args, &OWN_OPTIONS)?;
     Ok((o, Templates::new(&own)?))
 }

@@ -22,12 +22,12 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{
     SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
 };
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
+use crate::models::chat::ChatPrompts;
 
 /// The `ai_logprob` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]

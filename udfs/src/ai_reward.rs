@@ -23,9 +23,9 @@ use datafusion::logical_expr::{
 };
 use minijinja::context;
 
-use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{SharedRegistry, blocking, loaded_model, model_err, planned_model};
 use crate::common::text::string_arg;
+use crate::models::chat::ChatPrompts;
 use crate::models::registry::ModelInfo;
 use crate::models::worker::{Encoded, Task};
 use crate::models::{ModelRegistry, ModelSpec};

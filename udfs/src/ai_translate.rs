@@ -27,10 +27,11 @@ use datafusion::logical_expr::{
 };
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::{GenerateOptions, generate_for_call, parse_options_with};
+use crate::ai_generate::{generate_for_call, parse_options_with};
 use crate::common::model_call::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
+use crate::models::types::GenerateParams;
 
 /// The default translation prompt.
 pub const DEFAULT_PROMPT: &str = "Translate the following text{% if source_lang %} from {{ source_lang }}{% endif %} into {{ target_lang }}. Reply with the translation only, nothing else.\n\n{{ text }}";
@@ -39,7 +40,7 @@ pub const DEFAULT_PROMPT: &str = "Translate the following text{% if source_lang 
 #[derive(Debug, Clone)]
 pub struct TranslateOptions {
     /// How to generate.
-    pub generate: GenerateOptions,
+    pub generate: GenerateParams,
     /// The prompt template.
     pub prompt: String,
     /// translate_json: only strings under these keys (at any depth); None: every string that

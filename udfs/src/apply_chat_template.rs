@@ -24,10 +24,10 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::chat::ChatPrompts;
 use crate::common::model_call::{SharedRegistry, model_err};
 use crate::common::values::to_template_value;
 use crate::models::ModelRegistry;
+use crate::models::chat::ChatPrompts;
 
 const NAME: &str = "apply_chat_template";
 

@@ -1,9 +1,9 @@
 //! Helpers shared by several SQL functions.
 
+pub mod boundary;
 pub mod cache;
 pub mod cached;
 pub mod calls;
-pub mod chat;
 pub mod model_call;
 pub mod template;
 pub mod text;

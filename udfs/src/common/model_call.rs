@@ -1,6 +1,8 @@
 //! What every model function shares: reading the model argument, the session's settings,
 //! tokenizing off the async runtime, and naming the function in every error.
 
+pub use super::boundary::{FunctionError, blocking, model_err};
+
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
@@ -8,28 +10,7 @@ use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArg
 
 use crate::models::decode::Decoder;
 use crate::models::registry::LoadedModel;
-use crate::models::{ModelError, ModelRegistry, ModelSpec, PrefflowOptions};
-
-/// A model-layer error at the SQL boundary: its message names the function, and it keeps the
-/// [`ModelError`] as its source, so a library user can match on a model failure
-/// (`DataFusionError::External`, downcast to [`FunctionError`]).
-#[derive(Debug, thiserror::Error)]
-#[error("{function}: {source}")]
-pub struct FunctionError {
-    /// The SQL function.
-    pub function: String,
-    /// What the model layer reported.
-    #[source]
-    pub source: ModelError,
-}
-
-/// A model-layer error as a DataFusion error that names the SQL function.
-pub fn model_err(function: &str, e: ModelError) -> DataFusionError {
-    DataFusionError::External(Box::new(FunctionError {
-        function: function.to_string(),
-        source: e,
-    }))
-}
+use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
 
 /// The model named by a literal first argument, at planning time.
 pub fn planned_model(
@@ -97,18 +78,6 @@ pub async fn loaded_decoder(
         .await
         .map_err(|e| model_err(function, e))?;
     Ok((decoder, spec))
-}
-
-/// Runs CPU-heavy work (tokenizing a batch) on tokio's blocking pool, never on the runtime's
-/// worker threads.
-pub async fn blocking<T, F>(function: &str, f: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("{function}: worker task failed: {e}")))?
 }
 
 /// The registry shared by a session's model functions; compared by identity.

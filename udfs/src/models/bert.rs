@@ -10,8 +10,8 @@ use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
 
-use super::registry::{ModelInfo, ModelSpec, Pooling};
 use super::source::{model_config, safetensors_files};
+use super::types::{ModelInfo, ModelSpec, Pooling};
 use super::worker::{Backend, Encoded, Task};
 
 /// The fields of a BERT config.json the encoder needs.

@@ -20,25 +20,7 @@ use tokio::sync::oneshot;
 use super::error::{ModelError, ModelResult};
 use super::source::{read_json, safetensors_files};
 use super::transformer::{Cache, Config, Matrices, Step, Transformer, Weights, read_safetensors};
-
-/// What a decoder's files say about text in and out.
-#[derive(Debug, Clone)]
-pub struct DecoderInfo {
-    /// `general.architecture` (GGUF) or `model_type` (config.json), e.g. llama.
-    pub architecture: String,
-    /// Token ids that end a generation.
-    pub eos_ids: Vec<u32>,
-    /// The BOS token's text, for chat templates.
-    pub bos_token: String,
-    /// The EOS token's text, for chat templates.
-    pub eos_token: String,
-    /// The chat template (GGUF metadata, chat_template.jinja or tokenizer_config.json).
-    pub chat_template: Option<String>,
-    /// Whether raw completions start with BOS (GGUF add_bos_token; Gemma needs it).
-    pub add_bos: Option<u32>,
-    /// Longest sequence (prompt + generation) in tokens.
-    pub context: usize,
-}
+pub use super::types::DecoderInfo;
 
 /// How to sample one sequence.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,8 +20,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
-use super::decode::DecoderInfo;
 use super::error::{ModelError, ModelResult};
+use super::types::DecoderInfo;
 
 /// The .gguf file of a model path (the file itself, or the one .gguf in a folder).
 pub fn gguf_file(model: &str, path: &Path) -> ModelResult<PathBuf> {

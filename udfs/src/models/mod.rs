@@ -2,10 +2,13 @@
 //! runtime — one worker thread per loaded model that batches requests from every partition.
 
 pub mod bert;
+pub mod chat;
 pub mod decode;
 pub mod error;
+pub mod generation;
 pub mod gguf;
 pub mod hub;
+pub mod identity;
 pub mod marian;
 pub mod qwen2;
 pub mod registry;
@@ -13,6 +16,7 @@ pub mod remote;
 pub mod settings;
 pub mod source;
 pub mod transformer;
+pub mod types;
 pub mod worker;
 
 pub use error::ModelError;

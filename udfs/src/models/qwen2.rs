@@ -8,7 +8,7 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, linear_no_bias};
 use candle_transformers::models::qwen2::{Config, Model};
 
-use super::registry::{ModelInfo, ModelSpec};
+use super::types::{ModelInfo, ModelSpec};
 use candle_nn::var_builder::SimpleBackend;
 
 use super::source::{model_config, read_json, safetensors_files};

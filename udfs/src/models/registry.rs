@@ -11,61 +11,16 @@ use tokenizers::Tokenizer;
 use super::bert::Bert;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::error::{ModelError, ModelResult};
+use super::identity::{FileMemo, model_identity};
 use super::qwen2::Qwen2Classifier;
 use super::remote::{REMOTE_OPTIONS, RemoteModel, is_remote};
 use super::settings::PrefflowOptions;
 use super::source::{check_weights, read_json, resolve, validate};
 use super::transformer::Matrices;
+pub use super::types::{ModelInfo, ModelSpec, Pooling};
 use super::worker::{Backend, Worker};
-use crate::common::cache::{FileMemo, Key, ResultStore, model_identity};
+use crate::common::cache::{Key, ResultStore};
 use crate::common::calls::Activity;
-
-/// A declared model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelSpec {
-    /// The name SQL refers to it by (the URI itself for undeclared models).
-    pub name: String,
-    /// The address it was declared with.
-    pub uri: String,
-    /// The local folder or .gguf file.
-    pub path: PathBuf,
-    /// OPTIONS (key 'value', ...).
-    pub options: BTreeMap<String, String>,
-}
-
-/// How a sentence-transformers model pools token vectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// Mean over real (unpadded) tokens.
-    Mean,
-    /// The first ([CLS]) token.
-    Cls,
-    /// Element-wise max over real tokens.
-    Max,
-}
-
-/// What a model is, read from its JSON files without loading weights.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    /// `architectures[0]` of config.json, e.g. BertModel or Qwen2ForSequenceClassification.
-    pub architecture: String,
-    /// config.json `model_type`.
-    pub model_type: String,
-    /// Width of the hidden states (and of embeddings).
-    pub hidden_size: usize,
-    /// Label names of a classification head, by index.
-    pub labels: Vec<String>,
-    /// Longest input in tokens; longer inputs are truncated.
-    pub max_seq_length: usize,
-    /// Embedding pooling.
-    pub pooling: Pooling,
-    /// Whether embeddings are L2-normalised (a sentence-transformers Normalize module).
-    pub normalize: bool,
-    /// The chat template of tokenizer_config.json, for decoder models.
-    pub chat_template: Option<String>,
-    /// config.json `pad_token_id`.
-    pub pad_token_id: Option<u32>,
-}
 
 impl ModelInfo {
     /// Reads config.json and the sentence-transformers files of a model folder.

@@ -16,8 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::error::{ModelError, ModelResult};
-use super::registry::ModelSpec;
-use crate::ai_generate::GenerateOptions;
+use super::types::{GenerateParams, ModelSpec};
 
 /// CREATE MODEL options that only remote models take.
 pub const REMOTE_OPTIONS: [&str; 8] = [
@@ -31,12 +30,7 @@ pub const REMOTE_OPTIONS: [&str; 8] = [
     "dimensions",
 ];
 
-/// Whether an address names a remote model.
-pub fn is_remote(uri: &str) -> bool {
-    uri.starts_with("openai://")
-        || uri.starts_with("openai+http://")
-        || uri.starts_with("openai+https://")
-}
+pub use super::types::is_remote;
 
 /// (base URL ending in /v1, model name) of a remote address.
 pub fn parse_address(model: &str, uri: &str) -> ModelResult<(String, String)> {
@@ -284,7 +278,7 @@ impl RemoteModel {
     pub async fn generate(
         &self,
         prompt: Prompt,
-        options: &GenerateOptions,
+        options: &GenerateParams,
         seed: u64,
     ) -> Result<String, RemoteError> {
         let mut body = match &prompt {
@@ -485,7 +479,7 @@ pub enum Prompt {
 }
 
 /// The OpenAI API's names for generation options; `seed` is the sample's own seed.
-fn fill(body: &mut Value, options: &GenerateOptions, seed: u64) {
+fn fill(body: &mut Value, options: &GenerateParams, seed: u64) {
     body["temperature"] = json!(options.temperature);
     body["max_tokens"] = json!(options.max_tokens);
     // Servers take a signed 64-bit seed.

@@ -6,9 +6,9 @@ use datafusion::arrow::array::Array;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use minijinja::{Environment, Value, context};
 
+use super::types::DecoderInfo;
+use super::types::ModelSpec;
 use crate::common::values::to_template_value;
-use crate::models::ModelSpec;
-use crate::models::decode::DecoderInfo;
 
 /// A model's prompt renderer.
 pub struct ChatPrompts {
@@ -24,7 +24,7 @@ pub struct ChatPrompts {
 /// (`.strip()`, `.startswith()`, `.items()`, ...).
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    super::template::bound(&mut env);
+    crate::common::template::bound(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -148,7 +148,7 @@ impl ChatPrompts {
             .env
             .get_template("chat")
             .map_err(|e| DataFusionError::Execution(format!("{function}: chat template: {e}")))?;
-        super::template::render(
+        crate::common::template::render(
             &t,
             context! {
                 messages => messages,

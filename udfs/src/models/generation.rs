@@ -1,0 +1,257 @@
+//! The generation service: prompts prepared (chat template or raw text with BOS, truncation to
+//! the context), seeded per row (from the prompt's content, the sample index and the run seed,
+//! never its position), queued on a local decoder's worker all at once (so the worker batches
+//! rows of every call and partition) or fanned out to a remote server, decoded and cut at stop
+//! strings. SQL functions parse their options into [`GenerateParams`] and call [`generate`].
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::Array;
+use datafusion::common::{DataFusionError, Result, exec_err};
+
+use super::chat::ChatPrompts;
+use super::decode::{Decoder, Sampler, Watch};
+use super::registry::ModelRegistry;
+use super::settings::PrefflowOptions;
+use super::types::{GenerateParams, ModelSpec};
+use crate::common::boundary::{blocking, model_err};
+
+/// FNV-1a: a stable hash, so a row's seed is the same in every build and on every machine.
+pub fn row_seed(prompt: &str, sample: u64, seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prompt
+        .as_bytes()
+        .iter()
+        .chain(&sample.to_le_bytes())
+        .chain(&seed.to_le_bytes())
+    {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Generates `n` samples for every row of `prompts` (None for NULL prompts): chat-templated
+/// unless options say otherwise, seeded per (prompt text, sample index, run seed), cut at the
+/// first stop string. Every row is handed to the model's worker before any answer is awaited,
+/// so the worker batches the rows of this call with each other and with other partitions'.
+async fn generate_rows(
+    name: &str,
+    decoder: &Decoder,
+    spec: &ModelSpec,
+    prompts: &dyn Array,
+    options: &GenerateParams,
+    n: usize,
+) -> Result<Vec<Option<Vec<String>>>> {
+    let chat = ChatPrompts::new(name, spec, &decoder.info)?;
+    // A NULL literal has no physical null mask: ask for logical nulls.
+    let nulls = prompts.logical_nulls();
+    let mut texts = Vec::with_capacity(prompts.len());
+    for i in 0..prompts.len() {
+        if nulls.as_ref().is_some_and(|m| m.is_null(i)) {
+            texts.push(None);
+        } else {
+            texts.push(Some(chat.prompt_text(name, prompts, i, options.chat)?));
+        }
+    }
+    let tokenizer = decoder.tokenizer.clone();
+    let to_tokenize = texts.clone();
+    let f = name.to_string();
+    let ids: Vec<Option<Vec<u32>>> = blocking(name, move || {
+        to_tokenize
+            .into_iter()
+            .map(|t| {
+                t.map(|t| {
+                    tokenizer
+                        .encode(t, false)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| DataFusionError::Execution(format!("{f}: tokenizer: {e}")))
+                })
+                .transpose()
+            })
+            .collect()
+    })
+    .await?;
+    let context = decoder.info.context;
+    if options.truncate && options.max_tokens >= context {
+        // Truncating the prompt to fit would keep one token and decode thousands. (Without
+        // truncate, the worker caps each answer at the room the prompt leaves.)
+        return exec_err!(
+            "{name}: max_tokens {} is at or above model '{}''s context of {context} tokens: lower max_tokens to leave room for the prompt",
+            options.max_tokens,
+            spec.name
+        );
+    }
+    let watch = Watch {
+        stop: options.stop.clone(),
+        tokenizer: Some(Arc::clone(&decoder.tokenizer)),
+        counter: crate::common::calls::current_call(),
+    };
+    let mut pending = Vec::with_capacity(ids.len());
+    for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
+        let (Some(mut ids), Some(text)) = (ids, text) else {
+            pending.push(None);
+            continue;
+        };
+        // Raw completions of models that expect BOS (Gemma) get it; chat templates write it.
+        if !options.chat
+            && let Some(bos) = decoder.info.add_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        if options.truncate && ids.len() + options.max_tokens > context {
+            // Keep the end (the question and the generation prompt) and a leading BOS.
+            let keep = context.saturating_sub(options.max_tokens).max(1);
+            let bos = decoder.tokenizer.token_to_id(&decoder.info.bos_token);
+            let lead = usize::from(bos.is_some() && ids.first() == bos.as_ref() && keep > 1);
+            let tail = ids.split_off(ids.len() - (keep - lead));
+            ids.truncate(lead);
+            ids.extend(tail);
+        }
+        if ids.len() >= context {
+            return exec_err!(
+                "{name}: {}: the prompt has {} tokens but model '{}' has a context of {context} (named_struct('truncate', true) keeps the prompt's end)",
+                prompt_label(prompts, row),
+                ids.len(),
+                spec.name
+            );
+        }
+        let samplers = (0..n as u64)
+            .map(|k| Sampler {
+                temperature: options.temperature,
+                top_p: options.top_p,
+                top_k: options.top_k,
+                max_tokens: options.max_tokens,
+                seed: row_seed(text, k, options.seed),
+                watch: watch.clone(),
+            })
+            .collect();
+        crate::common::calls::record_tokens(ids.len() as u64, 0);
+        pending.push(Some(decoder.generate(ids, samplers)));
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        let Some(p) = p else {
+            out.push(None);
+            continue;
+        };
+        // Output tokens were counted by the worker as they were produced.
+        let samples = p.await.map_err(|e| model_err(name, e))?;
+        let mut texts = Vec::with_capacity(n);
+        for new in samples {
+            let mut answer = decoder
+                .tokenizer
+                .decode(&new, true)
+                .map_err(|e| DataFusionError::Execution(format!("{name}: detokenize: {e}")))?;
+            if let Some(cut) = options
+                .stop
+                .iter()
+                .filter_map(|s| answer.find(s.as_str()))
+                .min()
+            {
+                answer.truncate(cut);
+            }
+            texts.push(answer);
+        }
+        out.push(Some(texts));
+    }
+    Ok(out)
+}
+
+/// Generates `n` samples for every row of `prompts` with the model of `spec`: a local decoder
+/// (loaded once per session with `settings`) or a remote OpenAI-compatible server. `function`
+/// names the SQL function in errors.
+pub async fn generate(
+    function: &str,
+    registry: &ModelRegistry,
+    spec: &ModelSpec,
+    settings: &PrefflowOptions,
+    prompts: &dyn Array,
+    params: &GenerateParams,
+    n: usize,
+) -> Result<Vec<Option<Vec<String>>>> {
+    if let Some(remote) = registry.remote(spec).map_err(|e| model_err(function, e))? {
+        return generate_remote(function, &remote, prompts, params, n).await;
+    }
+    let decoder = registry
+        .decoder(spec, settings)
+        .await
+        .map_err(|e| model_err(function, e))?;
+    generate_rows(function, &decoder, spec, prompts, params, n).await
+}
+
+/// Every row's samples from a remote model, all requests under its concurrency limit at once.
+async fn generate_remote(
+    name: &str,
+    remote: &crate::models::remote::RemoteModel,
+    prompts: &dyn Array,
+    options: &GenerateParams,
+    n: usize,
+) -> Result<Vec<Option<Vec<String>>>> {
+    use crate::models::remote::{OnError, Prompt};
+    let nulls = prompts.logical_nulls();
+    let mut requests = Vec::new();
+    for row in 0..prompts.len() {
+        if nulls.as_ref().is_some_and(|m| m.is_null(row)) {
+            continue;
+        }
+        let value = crate::common::values::to_template_value(prompts, row)?;
+        let json = serde_json::to_value(&value)
+            .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
+        let (prompt, seed_text) = match (&json, options.chat) {
+            (serde_json::Value::String(t), true) => (
+                Prompt::Messages(serde_json::json!([{"role": "user", "content": t}])),
+                t.clone(),
+            ),
+            (serde_json::Value::String(t), false) => (Prompt::Text(t.clone()), t.clone()),
+            (_, true) => (Prompt::Messages(json.clone()), json.to_string()),
+            (_, false) => {
+                return exec_err!(
+                    "{name}: with chat false the prompt must be text, not a list of messages"
+                );
+            }
+        };
+        for k in 0..n {
+            let seed = row_seed(&seed_text, k as u64, options.seed);
+            let prompt = prompt.clone();
+            requests.push(async move { (row, remote.generate(prompt, options, seed).await) });
+        }
+    }
+    let answers = futures::future::join_all(requests).await;
+    let label = |row: usize| prompt_label(prompts, row);
+    let mut out: Vec<Option<Vec<String>>> = (0..prompts.len()).map(|_| None).collect();
+    let mut failed = vec![false; prompts.len()];
+    for (row, answer) in answers {
+        match answer {
+            Ok(text) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(text),
+            Ok(_) => {}
+            Err(_) if remote.settings.on_error == OnError::Null => {
+                failed[row] = true;
+                out[row] = None;
+            }
+            Err(e) => {
+                return exec_err!(
+                    "{name}: model '{}' at {}: {}: {e}",
+                    remote.name,
+                    remote.address(),
+                    label(row)
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Names a row by the start of its prompt as the user wrote it (text, or a conversation as
+/// JSON), which can be searched for in the input.
+fn prompt_label(prompts: &dyn Array, row: usize) -> String {
+    crate::common::values::to_template_value(prompts, row)
+        .ok()
+        .and_then(|v| serde_json::to_value(&v).ok())
+        .map(|j| match j {
+            serde_json::Value::String(t) => crate::common::text::row_label(&t),
+            other => crate::common::text::row_label(&other.to_string()),
+        })
+        .unwrap_or_else(|| format!("row {row}"))
+}
