@@ -22,9 +22,12 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::model_call::{SharedRegistry, blocking, loaded_model, model_err, planned_model};
+use crate::common::model_call::{
+    SharedRegistry, blocking, model_err, planned_model, resolved_model,
+};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
+use crate::models::model::{Capability, Model};
 use crate::models::worker::{Encoded, Task};
 
 /// The `ai_embed` SQL function.
@@ -104,17 +107,16 @@ impl AsyncScalarUDFImpl for AiEmbed {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let spec =
-            crate::common::model_call::executed_model(name, &self.registry.0, &args.args[0])?;
-        if let Some(remote) = self
-            .registry
-            .0
-            .remote(&spec)
-            .map_err(|e| model_err(name, e))?
-        {
-            return embed_remote(&remote, string_arg(&args.args[1], rows)?).await;
+        let (model, settings) =
+            resolved_model(name, &self.registry.0, &args, Capability::Embed).await?;
+        if let Model::Remote(remote) = &model {
+            return embed_remote(remote, string_arg(&args.args[1], rows)?).await;
         }
-        let (model, settings) = loaded_model(name, &self.registry.0, &args).await?;
+        let model = Arc::clone(
+            model
+                .encoder(Capability::Embed)
+                .map_err(|e| model_err(name, e))?,
+        );
         let texts = string_arg(&args.args[1], rows)?;
         let tokenizer = Arc::clone(&model.tokenizer);
         let (present, encoded) = blocking(name, move || {

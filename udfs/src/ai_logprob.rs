@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::common::model_call::{
-    SharedRegistry, blocking, loaded_decoder, model_err, planned_model,
+    SharedRegistry, blocking, executed_model, model_err, planned_model,
 };
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
@@ -88,7 +88,17 @@ impl AsyncScalarUDFImpl for AiLogprob {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let (decoder, spec) = loaded_decoder(name, &self.registry.0, &args).await?;
+        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
+        let settings = crate::models::PrefflowOptions::from_config(&args.config_options);
+        let model = self
+            .registry
+            .0
+            .resolve(&spec, &settings, crate::models::model::Capability::Logprob)
+            .await
+            .map_err(|e| model_err(name, e))?;
+        let decoder = model
+            .decoder(crate::models::model::Capability::Logprob)
+            .map_err(|e| model_err(name, e))?;
         let chat = ChatPrompts::new(name, &spec, &decoder.info)?;
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
         let responses = string_arg(&args.args[2], rows)?;

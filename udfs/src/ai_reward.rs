@@ -23,9 +23,12 @@ use datafusion::logical_expr::{
 };
 use minijinja::context;
 
-use crate::common::model_call::{SharedRegistry, blocking, loaded_model, model_err, planned_model};
+use crate::common::model_call::{
+    SharedRegistry, blocking, loaded_encoder, model_err, planned_model,
+};
 use crate::common::text::string_arg;
 use crate::models::chat::ChatPrompts;
+use crate::models::model::Capability;
 use crate::models::registry::ModelInfo;
 use crate::models::worker::{Encoded, Task};
 use crate::models::{ModelRegistry, ModelSpec};
@@ -125,7 +128,8 @@ impl AsyncScalarUDFImpl for AiReward {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
         let rows = args.number_rows;
-        let (model, settings) = loaded_model(name, &self.registry.0, &args).await?;
+        let (model, settings) =
+            loaded_encoder(name, &self.registry.0, &args, Capability::Score).await?;
         let label = label_index(&model.spec, &model.info)
             .map_err(|m| DataFusionError::Execution(format!("ai_reward: {m}")))?;
         let prompts = string_arg(&args.args[1], rows)?;

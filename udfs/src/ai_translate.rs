@@ -166,10 +166,15 @@ pub async fn translate(
 ) -> Result<Vec<Option<String>>> {
     let spec = crate::common::model_call::executed_model(function, registry, &args.args[0])?;
     let settings = crate::models::PrefflowOptions::from_config(&args.config_options);
-    if let Some(marian) = registry
-        .marian(&spec, &settings)
-        .map_err(|e| crate::common::model_call::model_err(function, e))?
-    {
+    let model = registry
+        .resolve(
+            &spec,
+            &settings,
+            crate::models::model::Capability::Translate,
+        )
+        .await
+        .map_err(|e| crate::common::model_call::model_err(function, e))?;
+    if let crate::models::model::Model::Marian(marian) = model {
         // An encoder-decoder translates the text itself; the prompt does not apply.
         let requests = requests.to_vec();
         let max_new = options.generate.max_tokens;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs};
 
-use crate::models::decode::Decoder;
+use crate::models::model::{Capability, Model};
 use crate::models::registry::LoadedModel;
 use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
 
@@ -49,35 +49,33 @@ pub fn executed_model(
     }
 }
 
-/// The model of a call, loaded (once per session) with the session's settings in force.
-pub async fn loaded_model(
+/// The model of a call resolved for `what` (loaded once per session, refused before loading
+/// when it cannot do `what`), with the session's settings in force.
+pub async fn resolved_model(
     function: &str,
     registry: &ModelRegistry,
     args: &ScalarFunctionArgs,
-) -> Result<(Arc<LoadedModel>, PrefflowOptions)> {
+    what: Capability,
+) -> Result<(Model, PrefflowOptions)> {
     let spec = executed_model(function, registry, &args.args[0])?;
     let settings = PrefflowOptions::from_config(&args.config_options);
     let model = registry
-        .load(&spec, &settings)
+        .resolve(&spec, &settings, what)
         .await
         .map_err(|e| model_err(function, e))?;
     Ok((model, settings))
 }
 
-/// The decoder of a call and its declaration, loaded (once per session) with the session's
-/// settings in force.
-pub async fn loaded_decoder(
+/// The encoder of a call (embeddings, scores), loaded once per session.
+pub async fn loaded_encoder(
     function: &str,
     registry: &ModelRegistry,
     args: &ScalarFunctionArgs,
-) -> Result<(Arc<Decoder>, ModelSpec)> {
-    let spec = executed_model(function, registry, &args.args[0])?;
-    let settings = PrefflowOptions::from_config(&args.config_options);
-    let decoder = registry
-        .decoder(&spec, &settings)
-        .await
-        .map_err(|e| model_err(function, e))?;
-    Ok((decoder, spec))
+    what: Capability,
+) -> Result<(Arc<LoadedModel>, PrefflowOptions)> {
+    let (model, settings) = resolved_model(function, registry, args, what).await?;
+    let encoder = model.encoder(what).map_err(|e| model_err(function, e))?;
+    Ok((Arc::clone(encoder), settings))
 }
 
 /// The registry shared by a session's model functions; compared by identity.

@@ -11,6 +11,7 @@ use datafusion::common::{DataFusionError, Result, exec_err};
 
 use super::chat::ChatPrompts;
 use super::decode::{Decoder, Sampler, Watch};
+use super::model::{Capability, Model};
 use super::registry::ModelRegistry;
 use super::settings::PrefflowOptions;
 use super::types::{GenerateParams, ModelSpec};
@@ -171,14 +172,19 @@ pub async fn generate(
     params: &GenerateParams,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
-    if let Some(remote) = registry.remote(spec).map_err(|e| model_err(function, e))? {
-        return generate_remote(function, &remote, prompts, params, n).await;
-    }
-    let decoder = registry
-        .decoder(spec, settings)
+    let model = registry
+        .resolve(spec, settings, Capability::Generate)
         .await
         .map_err(|e| model_err(function, e))?;
-    generate_rows(function, &decoder, spec, prompts, params, n).await
+    match &model {
+        Model::Remote(remote) => generate_remote(function, remote, prompts, params, n).await,
+        _ => {
+            let decoder = model
+                .decoder(Capability::Generate)
+                .map_err(|e| model_err(function, e))?;
+            generate_rows(function, decoder, spec, prompts, params, n).await
+        }
+    }
 }
 
 /// Every row's samples from a remote model, all requests under its concurrency limit at once.

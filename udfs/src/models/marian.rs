@@ -57,6 +57,11 @@ impl std::fmt::Debug for Marian {
 }
 
 impl Marian {
+    /// The model's name in SQL.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Loads a Marian folder.
     pub fn load(name: &str, dir: &Path, device: Device) -> ModelResult<Self> {
         let json = read_json(name, &dir.join("config.json"))?;

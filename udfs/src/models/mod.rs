@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod hub;
 pub mod identity;
 pub mod marian;
+pub mod model;
 pub mod qwen2;
 pub mod registry;
 pub mod remote;

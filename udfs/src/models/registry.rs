@@ -12,6 +12,7 @@ use super::bert::Bert;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::error::{ModelError, ModelResult};
 use super::identity::{FileMemo, model_identity};
+pub use super::model::{Capability, Model, ModelKind};
 use super::qwen2::Qwen2Classifier;
 use super::remote::{REMOTE_OPTIONS, RemoteModel, is_remote};
 use super::settings::PrefflowOptions;
@@ -142,7 +143,7 @@ pub struct ModelRegistry {
     decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
     decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
     remotes: Mutex<HashMap<String, Arc<RemoteModel>>>,
-    marians: Mutex<HashMap<(PathBuf, String), Arc<super::marian::Marian>>>,
+    marians: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<super::marian::Marian>>>>>,
     result_store: RwLock<Option<Arc<dyn ResultStore>>>,
     file_hashes: FileMemo,
     activity: Arc<Activity>,
@@ -253,8 +254,9 @@ impl ModelRegistry {
         Ok(Some(r))
     }
 
-    /// The Marian translation model of a spec whose folder holds one (loaded once per device).
-    pub fn marian(
+    /// The Marian translation model of a spec whose folder holds one: loaded once per session
+    /// and device (two partitions asking at once share one load), off the async runtime.
+    pub async fn marian(
         &self,
         spec: &ModelSpec,
         settings: &PrefflowOptions,
@@ -262,20 +264,60 @@ impl ModelRegistry {
         if is_remote(&spec.uri) || !super::marian::is_marian(&spec.path) {
             return Ok(None);
         }
-        let key = (spec.path.clone(), settings.device.clone());
-        if let Some(m) = self.marians.lock().expect("registry lock").get(&key) {
-            return Ok(Some(Arc::clone(m)));
+        let slot = load_slot(&self.marians, spec, settings);
+        let marian = slot
+            .get_or_try_init(|| async {
+                let device = device(&spec.name, &settings.device)?;
+                let (name, path) = (spec.name.clone(), spec.path.clone());
+                tokio::task::spawn_blocking(move || {
+                    super::marian::Marian::load(&name, &path, device)
+                })
+                .await
+                .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
+                .map(Arc::new)
+            })
+            .await?;
+        Ok(Some(Arc::clone(marian)))
+    }
+
+    /// What kind of model `spec` is, from its address and files (no weights read): a remote
+    /// server, a Marian translation model, a decoder LLM (GGUF files, `*ForCausalLM` folders)
+    /// or an encoder / classifier.
+    pub fn kind(&self, spec: &ModelSpec) -> ModelResult<ModelKind> {
+        Ok(if is_remote(&spec.uri) {
+            ModelKind::Remote
+        } else if super::marian::is_marian(&spec.path) {
+            ModelKind::Marian
+        } else if super::gguf::gguf_file(&spec.name, &spec.path).is_ok()
+            || self.info(spec)?.architecture.ends_with("ForCausalLM")
+        {
+            ModelKind::Decoder
+        } else {
+            ModelKind::Encoder
+        })
+    }
+
+    /// The model of `spec` resolved, for `what`, to what runs it (loaded once per session). A
+    /// model that cannot do `what` is refused before any weights are read, with one error
+    /// naming the model, what it is and what it cannot do.
+    pub async fn resolve(
+        &self,
+        spec: &ModelSpec,
+        settings: &PrefflowOptions,
+        what: Capability,
+    ) -> ModelResult<Model> {
+        let kind = self.kind(spec)?;
+        if !kind.can(what) {
+            return Err(kind.cannot(&spec.name, what));
         }
-        let m = Arc::new(super::marian::Marian::load(
-            &spec.name,
-            &spec.path,
-            device(&spec.name, &settings.device)?,
-        )?);
-        self.marians
-            .lock()
-            .expect("registry lock")
-            .insert(key, Arc::clone(&m));
-        Ok(Some(m))
+        Ok(match kind {
+            ModelKind::Remote => Model::Remote(self.remote(spec)?.expect("a remote address")),
+            ModelKind::Marian => {
+                Model::Marian(self.marian(spec, settings).await?.expect("a Marian folder"))
+            }
+            ModelKind::Decoder => Model::Decoder(self.decoder(spec, settings).await?),
+            ModelKind::Encoder => Model::Encoder(self.load(spec, settings).await?),
+        })
     }
 
     /// Keeps model results in `store` (the engine's result cache).
