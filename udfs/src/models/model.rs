@@ -7,8 +7,23 @@ use std::sync::Arc;
 use super::decode::Decoder;
 use super::error::{ModelError, ModelResult};
 use super::marian::Marian;
-use super::registry::LoadedModel;
 use super::remote::RemoteModel;
+use super::types::{ModelInfo, ModelSpec};
+use super::worker::Worker;
+use tokenizers::Tokenizer;
+
+/// An encoder ready to run: its description, tokenizer and worker.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// How it was declared.
+    pub spec: ModelSpec,
+    /// What it is.
+    pub info: ModelInfo,
+    /// Its tokenizer, shared with token_count.
+    pub tokenizer: Arc<Tokenizer>,
+    /// Its worker thread.
+    pub worker: Worker,
+}
 
 /// What runs a model.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use super::bert::Bert;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
 use super::error::{ModelError, ModelResult};
 use super::identity::{FileMemo, model_identity};
-pub use super::model::{Capability, Model, ModelKind};
+pub use super::model::{Capability, LoadedModel, Model, ModelKind};
 use super::qwen2::Qwen2Classifier;
 use super::remote::{REMOTE_OPTIONS, RemoteModel, is_remote};
 use super::settings::PrefflowOptions;
@@ -116,19 +116,6 @@ impl ModelInfo {
             "bert" | "roberta" | "xlm-roberta" | "distilbert" | ""
         ) && !self.architecture.starts_with("Bert")
     }
-}
-
-/// A model ready to run: its description, tokenizer and worker.
-#[derive(Debug)]
-pub struct LoadedModel {
-    /// How it was declared.
-    pub spec: ModelSpec,
-    /// What it is.
-    pub info: ModelInfo,
-    /// Its tokenizer, shared with token_count.
-    pub tokenizer: Arc<Tokenizer>,
-    /// Its worker thread.
-    pub worker: Worker,
 }
 
 type LoadSlot = Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>;
