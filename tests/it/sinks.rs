@@ -1,8 +1,7 @@
 //! Training sinks: every format written, read back and checked against TRL's dataset-format
-//! rules (tests/trl), dataset cards, and atomic folder writes.
+//! rules (tests/it/trl.rs), dataset cards, and atomic folder writes.
 
-#[path = "trl/mod.rs"]
-mod trl;
+use super::trl;
 
 use prefflow::{Engine, SessionOptions};
 

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 
 use prefflow::{Engine, Script, SessionOptions};
 
-#[path = "trl/mod.rs"]
-mod trl;
+use super::trl;
 
 /// Query-file parameters: outputs to `out`, the bundled data and models of this checkout.
 fn params(out: &std::path::Path) -> HashMap<String, String> {

@@ -1,0 +1,16 @@
+//! The integration tests as one binary: each file is a module, so a build links once instead
+//! of once per file (most of a test build's time on a 2-core machine). The SQL logic tests
+//! (tests/slt.rs) have their own runner.
+
+mod cache;
+mod cli;
+mod generate;
+mod hf;
+mod models;
+mod queries;
+mod remote;
+mod resume;
+mod sinks;
+mod translate;
+mod trl;
+mod trust;
