@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use prefflow_udfs::common::cache::{Key, ResultStore};
+use prefflow_udfs::common::result_key::{Key, ResultStore};
 use redb::{ConcurrencyMode, Database, DatabaseError, ReadableDatabase, TableDefinition};
 
 const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");

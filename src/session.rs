@@ -10,7 +10,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-pub use prefflow_udfs::common::cache::CacheMode;
+pub use prefflow_udfs::common::result_key::CacheMode;
 use prefflow_udfs::models::{ModelRegistry, PrefflowOptions};
 
 use crate::datasets::{EXTERNAL_TABLE_TYPES, ExternalTables, PathTables};

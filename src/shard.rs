@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
     Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
-use prefflow_udfs::common::cache::KeyPrefix;
+use prefflow_udfs::common::result_key::KeyPrefix;
 use prefflow_udfs::models::PrefflowOptions;
 
 /// Shard `index` of `count`, by `key` or by whole rows.

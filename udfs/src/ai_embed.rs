@@ -22,13 +22,13 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::model_call::{
+use crate::common::function_args::{
     SharedRegistry, blocking, model_err, planned_model, resolved_model,
 };
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
+use crate::models::encode::{Encoded, Task};
 use crate::models::model::{Capability, Model};
-use crate::models::worker::{Encoded, Task};
 
 /// The `ai_embed` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -73,7 +73,7 @@ impl ScalarUDFImpl for AiEmbed {
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let spec = planned_model(self.name(), &self.registry.0, &args)?;
-        crate::common::model_call::text_args(self.name(), &args, &[(1, "the text")])?;
+        crate::common::function_args::text_args(self.name(), &args, &[(1, "the text")])?;
         let width = match self.registry.0.remote(&spec).map_err(|e| model_err(self.name(), e))? {
             // A server's embedding width is not known before asking it.
             Some(remote) => remote.settings.dimensions.ok_or_else(|| {
@@ -139,7 +139,10 @@ impl AsyncScalarUDFImpl for AiEmbed {
             Ok((present, encoded))
         })
         .await?;
-        crate::common::calls::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
+        crate::common::call_stats::record_tokens(
+            encoded.iter().map(|e| e.ids.len() as u64).sum(),
+            0,
+        );
         let vectors = model
             .worker
             .run(Task::Embed, encoded, settings.max_batch_tokens)

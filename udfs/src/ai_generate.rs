@@ -30,7 +30,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::model_call::{SharedRegistry, planned_model};
+use crate::common::function_args::{SharedRegistry, planned_model};
 use crate::models::types::GenerateParams;
 use crate::models::{ModelRegistry, PrefflowOptions};
 
@@ -267,7 +267,7 @@ pub(crate) async fn generate_for_call(
     options: &GenerateParams,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
-    let spec = crate::common::model_call::executed_model(name, registry, &args.args[0])?;
+    let spec = crate::common::function_args::executed_model(name, registry, &args.args[0])?;
     let settings = PrefflowOptions::from_config(&args.config_options);
     crate::models::generation::generate(name, registry, &spec, &settings, prompts, options, n).await
 }

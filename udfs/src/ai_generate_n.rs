@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::ai_generate::{generate_for_call, parse_options};
-use crate::common::model_call::{SharedRegistry, planned_model};
+use crate::common::function_args::{SharedRegistry, planned_model};
 use crate::models::ModelRegistry;
 use crate::models::types::GenerateParams;
 

@@ -41,7 +41,7 @@ use datafusion::logical_expr::{
 use minijinja::{Environment, UndefinedBehavior, context};
 
 use crate::ai_generate::{generate_for_call, parse_options_with};
-use crate::common::model_call::{SharedRegistry, planned_model, text_args};
+use crate::common::function_args::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 use crate::models::types::GenerateParams;

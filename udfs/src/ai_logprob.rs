@@ -22,7 +22,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::model_call::{
+use crate::common::function_args::{
     SharedRegistry, blocking, executed_model, model_err, planned_model,
 };
 use crate::common::text::string_arg;
@@ -124,7 +124,7 @@ impl AsyncScalarUDFImpl for AiLogprob {
                 Ok((enc(text)?, enc(response)?))
             })
             .await?;
-            crate::common::calls::record_tokens((p.len() + r.len()) as u64, 0);
+            crate::common::call_stats::record_tokens((p.len() + r.len()) as u64, 0);
             out.append_value(
                 decoder
                     .logprob(p, r)

@@ -23,14 +23,14 @@ use datafusion::logical_expr::{
 };
 use minijinja::context;
 
-use crate::common::model_call::{
+use crate::common::function_args::{
     SharedRegistry, blocking, loaded_encoder, model_err, planned_model,
 };
 use crate::common::text::string_arg;
 use crate::models::chat::ChatPrompts;
+use crate::models::encode::{Encoded, Task};
 use crate::models::model::Capability;
 use crate::models::registry::ModelInfo;
-use crate::models::worker::{Encoded, Task};
 use crate::models::{ModelRegistry, ModelSpec};
 
 /// The `ai_reward` SQL function.
@@ -100,7 +100,7 @@ impl ScalarUDFImpl for AiReward {
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
         let spec = planned_model(self.name(), &self.registry.0, &args)?;
-        crate::common::model_call::text_args(
+        crate::common::function_args::text_args(
             self.name(),
             &args,
             &[(1, "the prompt"), (2, "the response")],
@@ -181,7 +181,10 @@ impl AsyncScalarUDFImpl for AiReward {
             Ok((present, encoded))
         })
         .await?;
-        crate::common::calls::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
+        crate::common::call_stats::record_tokens(
+            encoded.iter().map(|e| e.ids.len() as u64).sum(),
+            0,
+        );
         let logits = model
             .worker
             .run(Task::Score, encoded, settings.max_batch_tokens)

@@ -28,7 +28,7 @@ use datafusion::logical_expr::{
 use minijinja::{Environment, UndefinedBehavior, context};
 
 use crate::ai_generate::{generate_for_call, parse_options_with};
-use crate::common::model_call::{SharedRegistry, planned_model, text_args};
+use crate::common::function_args::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 use crate::models::types::GenerateParams;
@@ -164,7 +164,7 @@ pub async fn translate(
     requests: &[Option<Request>],
     options: &TranslateOptions,
 ) -> Result<Vec<Option<String>>> {
-    let spec = crate::common::model_call::executed_model(function, registry, &args.args[0])?;
+    let spec = crate::common::function_args::executed_model(function, registry, &args.args[0])?;
     let settings = crate::models::PrefflowOptions::from_config(&args.config_options);
     let model = registry
         .resolve(
@@ -173,13 +173,13 @@ pub async fn translate(
             crate::models::model::Capability::Translate,
         )
         .await
-        .map_err(|e| crate::common::model_call::model_err(function, e))?;
+        .map_err(|e| crate::common::function_args::model_err(function, e))?;
     if let crate::models::model::Model::Marian(marian) = model {
         // An encoder-decoder translates the text itself; the prompt does not apply.
         let requests = requests.to_vec();
         let max_new = options.generate.max_tokens;
         let f = function.to_string();
-        return crate::common::model_call::blocking(function, move || {
+        return crate::common::function_args::blocking(function, move || {
             requests
                 .iter()
                 .map(|r| {
@@ -187,7 +187,7 @@ pub async fn translate(
                         .map(|r| {
                             marian
                                 .translate(&r.text, &r.target, max_new)
-                                .map_err(|e| crate::common::model_call::model_err(&f, e))
+                                .map_err(|e| crate::common::function_args::model_err(&f, e))
                         })
                         .transpose()
                 })

@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::model_call::{SharedRegistry, model_err};
+use crate::common::function_args::{SharedRegistry, model_err};
 use crate::common::values::to_template_value;
 use crate::models::ModelRegistry;
 use crate::models::chat::ChatPrompts;

@@ -16,13 +16,13 @@ pub mod arg_min;
 pub mod common;
 pub mod extract_boxed;
 pub mod extract_tag;
+pub mod functions;
 pub mod kmeans;
 pub mod models;
 pub mod near_duplicate;
-pub mod registry;
 pub mod render;
 pub mod strip_think;
 pub mod token_count;
 pub mod translate_json;
 
-pub use registry::{aggregate_functions, scalar_functions, window_functions};
+pub use functions::{aggregate_functions, scalar_functions, window_functions};

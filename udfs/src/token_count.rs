@@ -17,7 +17,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::model_call::{
+use crate::common::function_args::{
     SharedRegistry, blocking, executed_model, model_err, planned_model,
 };
 use crate::common::text::string_arg;
@@ -60,7 +60,7 @@ impl ScalarUDFImpl for TokenCount {
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
         // Check the model while planning, so a typo fails before any row is read.
         planned_model(self.name(), &self.registry.0, &args)?;
-        crate::common::model_call::text_args(self.name(), &args, &[(1, "the text")])?;
+        crate::common::function_args::text_args(self.name(), &args, &[(1, "the text")])?;
         Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
             self.name(),
             DataType::Int64,

@@ -28,7 +28,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use crate::ai_translate::{Request, executed_options, planned_options, translate};
-use crate::common::model_call::{SharedRegistry, planned_model, text_args};
+use crate::common::function_args::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 

@@ -1,10 +1,10 @@
 //! Helpers shared by several SQL functions.
 
 pub mod boundary;
-pub mod cache;
-pub mod cached;
-pub mod calls;
-pub mod model_call;
+pub mod call_stats;
+pub mod call_wrapper;
+pub mod function_args;
+pub mod result_key;
 pub mod template;
 pub mod text;
 pub mod values;

@@ -10,9 +10,9 @@ use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
 
+use super::encode::{Backend, Encoded, Task};
 use super::source::{model_config, safetensors_files};
 use super::types::{ModelInfo, ModelSpec, Pooling};
-use super::worker::{Backend, Encoded, Task};
 
 /// The fields of a BERT config.json the encoder needs.
 #[derive(Debug, Clone, Deserialize)]

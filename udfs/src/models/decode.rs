@@ -49,7 +49,7 @@ pub struct Watch {
     /// Decodes the tail of a sample to look for a stop string.
     pub tokenizer: Option<Arc<Tokenizer>>,
     /// The call whose output_tokens grow with each new token.
-    pub counter: Option<Arc<crate::common::calls::CallStats>>,
+    pub counter: Option<Arc<crate::common::call_stats::CallStats>>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -232,7 +232,7 @@ impl Decoder {
                         return;
                     }
                 };
-                let mut worker = Worker {
+                let mut worker = DecodeLoop {
                     model: weights,
                     name,
                     stop_ids,
@@ -357,7 +357,7 @@ struct Sequence {
     watch: Watch,
 }
 
-struct Worker {
+struct DecodeLoop {
     model: Transformer,
     name: String,
     stop_ids: Vec<u32>,
@@ -366,7 +366,7 @@ struct Worker {
     groups: Vec<Option<Group>>,
 }
 
-impl Worker {
+impl DecodeLoop {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {

@@ -86,7 +86,7 @@ async fn generate_rows(
     let watch = Watch {
         stop: options.stop.clone(),
         tokenizer: Some(Arc::clone(&decoder.tokenizer)),
-        counter: crate::common::calls::current_call(),
+        counter: crate::common::call_stats::current_call(),
     };
     let mut pending = Vec::with_capacity(ids.len());
     for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
@@ -128,7 +128,7 @@ async fn generate_rows(
                 watch: watch.clone(),
             })
             .collect();
-        crate::common::calls::record_tokens(ids.len() as u64, 0);
+        crate::common::call_stats::record_tokens(ids.len() as u64, 0);
         pending.push(Some(decoder.generate(ids, samplers)));
     }
     let mut out = Vec::with_capacity(pending.len());

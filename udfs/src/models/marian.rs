@@ -43,7 +43,7 @@ type Job = (
 );
 
 /// What the worker thread owns.
-struct Worker {
+struct MarianLoop {
     name: String,
     model: MTModel,
     config: Config,
@@ -83,7 +83,7 @@ impl Marian {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
             .map_err(|e| ModelError::candle(name, &e))?;
         let model = MTModel::new(&config, vb).map_err(|e| ModelError::candle(name, &e))?;
-        let mut worker = Worker {
+        let mut worker = MarianLoop {
             name: name.to_string(),
             model,
             config,
@@ -143,7 +143,7 @@ impl Marian {
     }
 }
 
-impl Worker {
+impl MarianLoop {
     fn generate(&mut self, input: &[u32], max_new: usize) -> ModelResult<(Vec<u32>, Vec<f32>)> {
         let err = |e: candle_core::Error| ModelError::candle(&self.name, &e);
         let model = &mut self.model;

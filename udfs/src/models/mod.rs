@@ -1,9 +1,23 @@
 //! Models: declaration (CREATE MODEL), files (local folders, GGUF files, hf://), and the
-//! runtime — one worker thread per loaded model that batches requests from every partition.
+//! runtimes — one worker thread per loaded model that batches requests from every partition.
+//!
+//! Layers, bottom up (`scripts/module-graph` checks there is no import cycle):
+//! - `types`, `error`, `settings`: shared types; import nothing else of the crate.
+//! - `source`, `hub`, `gguf`, `transformer`, `bert`, `qwen2`: files and architectures.
+//! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
+//!   (continuous batching for decoder LLMs), `marian`, `remote` (OpenAI-compatible servers).
+//! - `model` (one resolved handle over the runtimes, with capability checks), `identity`
+//!   (what the result cache keys a model by), `registry` (declared and loaded models).
+//! - services over the runtimes: `chat` (chat templates), `generation` (prompts, seeds,
+//!   batching, stop strings, local or remote).
+//!
+//! SQL functions (one file each in the crate root) parse their arguments and options and call
+//! these; `common` holds what they share at the SQL boundary.
 
 pub mod bert;
 pub mod chat;
 pub mod decode;
+pub mod encode;
 pub mod error;
 pub mod generation;
 pub mod gguf;
@@ -18,7 +32,6 @@ pub mod settings;
 pub mod source;
 pub mod transformer;
 pub mod types;
-pub mod worker;
 
 pub use error::ModelError;
 pub use registry::{ModelRegistry, ModelSpec};

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use super::decode::Decoder;
+use super::encode::EncoderWorker;
 use super::error::{ModelError, ModelResult};
 use super::marian::Marian;
 use super::remote::RemoteModel;
 use super::types::{ModelInfo, ModelSpec};
-use super::worker::Worker;
 use tokenizers::Tokenizer;
 
 /// An encoder ready to run: its description, tokenizer and worker.
@@ -22,7 +22,7 @@ pub struct LoadedModel {
     /// Its tokenizer, shared with token_count.
     pub tokenizer: Arc<Tokenizer>,
     /// Its worker thread.
-    pub worker: Worker,
+    pub worker: EncoderWorker,
 }
 
 /// What runs a model.

@@ -11,8 +11,8 @@ use candle_transformers::models::qwen2::{Config, Model};
 use super::types::{ModelInfo, ModelSpec};
 use candle_nn::var_builder::SimpleBackend;
 
+use super::encode::{Backend, Encoded, Task};
 use super::source::{model_config, read_json, safetensors_files};
-use super::worker::{Backend, Encoded, Task};
 
 /// Reads safetensors, answering missing attention-projection biases (Llama) with zeros.
 struct ZeroBiases(candle_core::safetensors::MmapedSafetensors);

@@ -10,6 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::bert::Bert;
 use super::decode::{Decoder, DecoderInfo, LoadOptions};
+use super::encode::{Backend, EncoderWorker};
 use super::error::{ModelError, ModelResult};
 use super::identity::{FileMemo, model_identity};
 pub use super::model::{Capability, LoadedModel, Model, ModelKind};
@@ -19,9 +20,8 @@ use super::settings::PrefflowOptions;
 use super::source::{check_weights, read_json, resolve, validate};
 use super::transformer::Matrices;
 pub use super::types::{ModelInfo, ModelSpec, Pooling};
-use super::worker::{Backend, Worker};
-use crate::common::cache::{Key, ResultStore};
-use crate::common::calls::Activity;
+use crate::common::call_stats::Activity;
+use crate::common::result_key::{Key, ResultStore};
 
 impl ModelInfo {
     /// Reads config.json and the sentence-transformers files of a model folder.
@@ -465,7 +465,7 @@ impl ModelRegistry {
                 let worker = tokio::task::spawn_blocking({
                     let threads = settings.threads;
                     move || {
-                        Worker::spawn(&s.name.clone(), threads, move || {
+                        EncoderWorker::spawn(&s.name.clone(), threads, move || {
                             load_backend(&s, &i, &device)
                         })
                     }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 
-use crate::common::cached::ModelCall;
-use crate::common::model_call::SharedRegistry;
+use crate::common::call_wrapper::ModelCall;
+use crate::common::function_args::SharedRegistry;
 use crate::models::ModelRegistry;
 
 /// Scalar functions; the model functions run the session's models from `models`.

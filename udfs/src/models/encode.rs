@@ -47,12 +47,12 @@ struct Request {
 
 /// The sending end of a model's queue.
 #[derive(Debug, Clone)]
-pub struct Worker {
+pub struct EncoderWorker {
     model: String,
     tx: mpsc::Sender<Request>,
 }
 
-impl Worker {
+impl EncoderWorker {
     /// Starts a worker thread that builds its backend with `load` (on that thread, inside a
     /// pool of `threads` threads for the math) and then serves requests. Blocks until the
     /// model is loaded, so load errors surface to the caller.

@@ -1,5 +1,5 @@
 //! Every model function runs through [`ModelCall`]: it counts rows, tokens, batches and time
-//! (see [`super::calls`]) and serves rows from the result cache, calling the function itself
+//! (see [`super::call_stats`]) and serves rows from the result cache, calling the function itself
 //! only on the rows the cache does not have; their results are committed to the cache before
 //! the batch is handed on, so a run killed at any point loses at most its batches in flight.
 
@@ -16,9 +16,9 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use super::cache::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
-use super::calls::{self, CallStats};
-use super::model_call::{SharedRegistry, blocking, executed_model};
+use super::call_stats::{self, CallStats};
+use super::function_args::{SharedRegistry, blocking, executed_model};
+use super::result_key::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
 use crate::models::PrefflowOptions;
 
 /// A model function with counters and the result cache around it.
@@ -75,13 +75,14 @@ impl<F: ScalarUDFImpl + PartialEq + Eq + std::hash::Hash> ScalarUDFImpl for Mode
 #[async_trait::async_trait]
 impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImpl for ModelCall<F> {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let stats = calls::current_entry(&call_label(self.name(), &args.args[0]));
+        let stats = call_stats::current_entry(&call_label(self.name(), &args.args[0]));
         stats.start();
         let started = Instant::now();
         let rows = args.number_rows as u64;
         // Rows already counted done (committed chunks of this call).
         let counted = std::sync::atomic::AtomicU64::new(0);
-        let out = calls::with_call(Arc::clone(&stats), self.cached(args, &stats, &counted)).await;
+        let out =
+            call_stats::with_call(Arc::clone(&stats), self.cached(args, &stats, &counted)).await;
         stats
             .nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -237,7 +238,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         args: &ScalarFunctionArgs,
         misses: &[usize],
         keys: &[Key],
-        store: Arc<dyn super::cache::ResultStore>,
+        store: Arc<dyn super::result_key::ResultStore>,
         done_rows: Done<'_>,
     ) -> Result<ArrayRef> {
         use futures::StreamExt;
@@ -287,7 +288,7 @@ const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn commit_entries(
     function: &str,
-    store: &dyn super::cache::ResultStore,
+    store: &dyn super::result_key::ResultStore,
     entries: Vec<(Key, ArrayRef)>,
 ) -> Result<()> {
     let encoded = entries
@@ -342,7 +343,11 @@ impl Done<'_> {
     }
 }
 
-fn cache_err(function: &str, store: &dyn super::cache::ResultStore, e: String) -> DataFusionError {
+fn cache_err(
+    function: &str,
+    store: &dyn super::result_key::ResultStore,
+    e: String,
+) -> DataFusionError {
     DataFusionError::Execution(format!(
         "{function}: result cache {}: {e}",
         store.location()
