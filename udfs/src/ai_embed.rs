@@ -59,6 +59,10 @@ pub fn embedding_type(dim: usize) -> DataType {
 }
 
 impl ScalarUDFImpl for AiEmbed {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_embed"
     }

@@ -183,6 +183,10 @@ fn is_prompt_type(t: &DataType) -> bool {
 }
 
 impl ScalarUDFImpl for AiGenerate {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_generate"
     }

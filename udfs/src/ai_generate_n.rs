@@ -64,6 +64,10 @@ fn list_type() -> DataType {
 }
 
 impl ScalarUDFImpl for AiGenerateN {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_generate_n"
     }

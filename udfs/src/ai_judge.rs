@@ -237,6 +237,10 @@ impl AiJudge {
 }
 
 impl ScalarUDFImpl for AiJudge {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_judge"
     }

@@ -47,6 +47,10 @@ impl AiLogprob {
 }
 
 impl ScalarUDFImpl for AiLogprob {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_logprob"
     }

@@ -83,6 +83,10 @@ fn label_index(spec: &ModelSpec, info: &ModelInfo) -> Result<usize, String> {
 }
 
 impl ScalarUDFImpl for AiReward {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_reward"
     }

@@ -246,6 +246,10 @@ impl AiTranslate {
 }
 
 impl ScalarUDFImpl for AiTranslate {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "ai_translate"
     }

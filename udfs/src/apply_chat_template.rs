@@ -79,6 +79,10 @@ fn literal_str(v: Option<&ScalarValue>) -> Option<Option<&str>> {
 }
 
 impl ScalarUDFImpl for ApplyChatTemplate {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         NAME
     }

@@ -84,6 +84,10 @@ impl ArgBest {
 }
 
 impl AggregateUDFImpl for ArgBest {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         self.name
     }

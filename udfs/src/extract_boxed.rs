@@ -76,6 +76,10 @@ pub fn extract_boxed(text: &str) -> Option<&str> {
 }
 
 impl ScalarUDFImpl for ExtractBoxed {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "extract_boxed"
     }

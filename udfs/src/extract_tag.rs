@@ -47,6 +47,10 @@ pub fn extract_tag<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
 }
 
 impl ScalarUDFImpl for ExtractTag {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "extract_tag"
     }

@@ -44,6 +44,10 @@ impl Default for KMeans {
 }
 
 impl WindowUDFImpl for KMeans {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "kmeans"
     }

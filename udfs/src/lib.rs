@@ -14,6 +14,7 @@ pub mod apply_chat_template;
 pub mod arg_max;
 pub mod arg_min;
 pub mod common;
+pub mod docs;
 pub mod extract_boxed;
 pub mod extract_tag;
 pub mod functions;

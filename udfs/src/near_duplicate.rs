@@ -45,6 +45,10 @@ impl Default for NearDuplicate {
 }
 
 impl WindowUDFImpl for NearDuplicate {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "near_duplicate"
     }

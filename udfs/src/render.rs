@@ -53,6 +53,10 @@ pub fn template_environment() -> Environment<'static> {
 }
 
 impl ScalarUDFImpl for Render {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "render"
     }

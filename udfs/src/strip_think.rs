@@ -67,6 +67,10 @@ pub fn strip_think(text: &str) -> String {
 }
 
 impl ScalarUDFImpl for StripThink {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "strip_think"
     }

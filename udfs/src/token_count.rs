@@ -42,6 +42,10 @@ impl TokenCount {
 }
 
 impl ScalarUDFImpl for TokenCount {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "token_count"
     }

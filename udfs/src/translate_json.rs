@@ -194,6 +194,10 @@ impl TranslateJson {
 }
 
 impl ScalarUDFImpl for TranslateJson {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         "translate_json"
     }

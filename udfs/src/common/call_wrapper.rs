@@ -51,6 +51,10 @@ pub fn call_label(function: &str, model: &ColumnarValue) -> String {
 }
 
 impl<F: ScalarUDFImpl + PartialEq + Eq + std::hash::Hash> ScalarUDFImpl for ModelCall<F> {
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        crate::docs::documentation(self.name())
+    }
+
     fn name(&self) -> &str {
         self.inner.name()
     }
