@@ -29,7 +29,7 @@ fn ids(v: &Value) -> Vec<u32> {
 #[test]
 fn marian_greedy_ids_and_logits_match_transformers() {
     let (dir, reference) = fixture();
-    let model = Marian::load("marian", &dir, candle_core::Device::Cpu).unwrap();
+    let model = Marian::load("marian", &dir, candle_core::Device::Cpu, 0).unwrap();
     let max_new = reference["max_new_tokens"].as_u64().unwrap() as usize;
     for case in reference["cases"].as_array().unwrap() {
         let (out, logits) = model

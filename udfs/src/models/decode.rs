@@ -205,57 +205,34 @@ impl Decoder {
                 (tokenizer, info, Source::Folder(config, files))
             }
         };
-        let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel::<ModelResult<()>>();
         let name = model.to_string();
         let stop_ids = info.eos_ids.clone();
-        let mut pool = rayon::ThreadPoolBuilder::new();
-        if options.threads > 0 {
-            pool = pool.num_threads(options.threads);
-        }
-        let pool = pool.build().map_err(|e| ModelError::Unsupported {
-            model: model.into(),
-            problem: e.to_string(),
-        })?;
         let batch = options.batch.max(1);
-        std::thread::Builder::new()
-            .name(format!("prefflow-model-{model}"))
-            .spawn(move || {
-                let weights = pool.install(|| source.load(&device, options.matrices));
-                let weights = match weights {
-                    Ok(w) => {
-                        let _ = ready_tx.send(Ok(()));
-                        w
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(ModelError::candle(&name, &e)));
-                        return;
-                    }
-                };
-                let mut worker = DecodeLoop {
-                    model: weights,
-                    name,
-                    stop_ids,
-                    batch,
-                    running: Vec::new(),
-                    groups: Vec::new(),
-                };
-                pool.install(|| worker.run(rx));
-            })
-            .map_err(|e| ModelError::Unsupported {
-                model: model.into(),
-                problem: e.to_string(),
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self {
-                name: model.to_string(),
-                info,
-                tokenizer: Arc::new(tokenizer),
-                tx,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ModelError::WorkerGone(model.to_string())),
-        }
+        let load = {
+            let name = name.clone();
+            move || {
+                source
+                    .load(&device, options.matrices)
+                    .map_err(|e| ModelError::candle(&name, &e))
+            }
+        };
+        let tx = super::thread::spawn(model, options.threads, load, move |weights, rx| {
+            let mut worker = DecodeLoop {
+                model: weights,
+                name,
+                stop_ids,
+                batch,
+                running: Vec::new(),
+                groups: Vec::new(),
+            };
+            worker.run(rx);
+        })?;
+        Ok(Self {
+            name: model.to_string(),
+            info,
+            tokenizer: Arc::new(tokenizer),
+            tx,
+        })
     }
 
     /// New token ids after `prompt` (ids), one sequence per sampler; the samples share one

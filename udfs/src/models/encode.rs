@@ -60,51 +60,20 @@ impl EncoderWorker {
     where
         F: FnOnce() -> ModelResult<Box<dyn Backend>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel::<Request>();
-        let (ready_tx, ready_rx) = mpsc::channel::<ModelResult<()>>();
         let name = model.to_string();
-        let mut pool =
-            rayon::ThreadPoolBuilder::new().thread_name(move |i| format!("prefflow-math-{i}"));
-        if threads > 0 {
-            pool = pool.num_threads(threads);
-        }
-        let pool = pool.build().map_err(|e| ModelError::Unsupported {
-            model: model.to_string(),
-            problem: format!("cannot start its threads: {e}"),
-        })?;
-        std::thread::Builder::new()
-            .name(format!("prefflow-model-{model}"))
-            .spawn(move || {
-                let mut backend = match pool.install(load) {
-                    Ok(b) => {
-                        let _ = ready_tx.send(Ok(()));
-                        b
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                while let Ok(first) = rx.recv() {
-                    let mut pending = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        pending.push(more);
-                    }
-                    pool.install(|| serve(&name, backend.as_mut(), pending));
+        let tx = super::thread::spawn(model, threads, load, move |mut backend, rx| {
+            while let Ok(first) = rx.recv() {
+                let mut pending = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    pending.push(more);
                 }
-            })
-            .map_err(|e| ModelError::Unsupported {
-                model: model.to_string(),
-                problem: format!("cannot start its worker thread: {e}"),
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self {
-                model: model.to_string(),
-                tx,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ModelError::WorkerGone(model.to_string())),
-        }
+                serve(&name, backend.as_mut(), pending);
+            }
+        })?;
+        Ok(Self {
+            model: model.to_string(),
+            tx,
+        })
     }
 
     /// Queues rows and waits for their outputs, in row order.

@@ -63,7 +63,9 @@ impl Marian {
     }
 
     /// Loads a Marian folder.
-    pub fn load(name: &str, dir: &Path, device: Device) -> ModelResult<Self> {
+    /// Loads a Marian folder: the weights on the model's own thread (see [`super::thread`]),
+    /// its math on a pool of `threads` threads (`prefflow.threads`).
+    pub fn load(name: &str, dir: &Path, device: Device, threads: usize) -> ModelResult<Self> {
         let json = read_json(name, &dir.join("config.json"))?;
         let config: Config = serde_json::from_value(json).map_err(|e| ModelError::File {
             model: name.to_string(),
@@ -79,28 +81,33 @@ impl Marian {
             ),
         })?;
         let files = safetensors_files(name, dir)?;
-        // SAFETY: the weight files are not modified while mapped (as for every safetensors model).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
-            .map_err(|e| ModelError::candle(name, &e))?;
-        let model = MTModel::new(&config, vb).map_err(|e| ModelError::candle(name, &e))?;
-        let mut worker = MarianLoop {
-            name: name.to_string(),
-            model,
-            config,
-            device,
+        let load = {
+            let name = name.to_string();
+            move || {
+                // SAFETY: the weight files are not modified while mapped (as for every
+                // safetensors model).
+                let vb =
+                    unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
+                        .map_err(|e| ModelError::candle(&name, &e))?;
+                let model = MTModel::new(&config, vb).map_err(|e| ModelError::candle(&name, &e))?;
+                Ok(MarianLoop {
+                    name,
+                    model,
+                    config,
+                    device,
+                })
+            }
         };
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(format!("prefflow-marian-{name}"))
-            .spawn(move || {
+        let jobs = super::thread::spawn(
+            name,
+            threads,
+            load,
+            |mut worker, inbox: mpsc::Receiver<Job>| {
                 for (ids, max_new, reply) in inbox {
                     let _ = reply.send(worker.generate(&ids, max_new));
                 }
-            })
-            .map_err(|e| ModelError::Unsupported {
-                model: name.to_string(),
-                problem: format!("cannot start its worker thread: {e}"),
-            })?;
+            },
+        )?;
         Ok(Self {
             name: name.to_string(),
             jobs,

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod remote;
 pub mod settings;
 pub mod source;
+pub mod thread;
 pub mod transformer;
 pub mod types;
 

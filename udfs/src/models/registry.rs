@@ -256,8 +256,9 @@ impl ModelRegistry {
             .get_or_try_init(|| async {
                 let device = device(&spec.name, &settings.device)?;
                 let (name, path) = (spec.name.clone(), spec.path.clone());
+                let threads = settings.threads;
                 tokio::task::spawn_blocking(move || {
-                    super::marian::Marian::load(&name, &path, device)
+                    super::marian::Marian::load(&name, &path, device, threads)
                 })
                 .await
                 .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
