@@ -120,8 +120,11 @@ pub fn cut_batches(
 }
 
 fn serve(model: &str, backend: &mut dyn Backend, pending: Vec<Request>) {
-    let (embed, score): (Vec<Request>, Vec<Request>) =
-        pending.into_iter().partition(|r| r.task == Task::Embed);
+    // Requests whose query was cancelled (nobody waits for the answer) are skipped.
+    let (embed, score): (Vec<Request>, Vec<Request>) = pending
+        .into_iter()
+        .filter(|r| !r.reply.is_closed())
+        .partition(|r| r.task == Task::Embed);
     for requests in [embed, score] {
         let Some(task) = requests.first().map(|r| r.task) else {
             continue;
