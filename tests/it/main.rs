@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod generate;
 mod hf;
+mod layout;
 mod models;
 mod queries;
 mod remote;
