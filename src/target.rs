@@ -43,9 +43,9 @@ fn refuse(message: String) -> PrefflowError {
 /// the local files and folders the query reads.
 pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
     let shown = target.display();
-    let absolute = absolute(target);
+    let target_abs = absolute(target);
     for pseudo in ["/proc", "/sys", "/dev"] {
-        if absolute.starts_with(pseudo) {
+        if target_abs.starts_with(pseudo) {
             return Err(refuse(format!(
                 "cannot write {shown}: {pseudo} is not a filesystem for data files"
             )));
@@ -66,7 +66,7 @@ pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
         _ => {}
     }
     // Paths compared as the filesystem resolves them (symlinks, `..`).
-    let resolved = resolve(&absolute);
+    let resolved = resolve(&target_abs);
     if let Ok(cwd) = std::env::current_dir().and_then(|d| d.canonicalize())
         && cwd.starts_with(&resolved)
     {
@@ -75,7 +75,7 @@ pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
         )));
     }
     for input in inputs {
-        let input = resolve(&absolute_of(input));
+        let input = resolve(&absolute(input));
         if input == resolved {
             return Err(refuse(format!(
                 "{shown} is one of the query's own inputs: write the output somewhere else"
@@ -183,22 +183,11 @@ fn is_part_file(name: &str, ext: &str) -> bool {
 
 /// Does `card` say prefflow wrote its folder as `format`?
 fn is_card_of(card: &Path, format: &str) -> bool {
-    std::fs::read_to_string(card).is_ok_and(|text| {
-        text.contains(&format!("tags:\n- prefflow\n- {format}\n"))
-            && text.contains("Written by prefflow (`COPY")
-    })
-}
-
-fn absolute_of(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(p)
-    }
+    std::fs::read_to_string(card).is_ok_and(|text| crate::sinks::card::written_as(&text, format))
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    absolute_of(p)
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The path with its longest existing prefix canonicalised (the rest may not exist yet).

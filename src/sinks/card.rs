@@ -128,6 +128,18 @@ pub struct Settings {
 }
 
 /// Writes README.md into `dir`, for a dataset that will live at `target`.
+/// The front matter's tags: how a later run recognises a folder prefflow wrote in `format`
+/// (see [`written_as`]).
+fn tags(format: &str) -> String {
+    format!("tags:\n- prefflow\n- {format}\n")
+}
+
+/// Whether a card's text says prefflow wrote its folder as `format` (so a later COPY of the same
+/// format may replace it).
+pub(crate) fn written_as(card: &str, format: &str) -> bool {
+    card.contains(&tags(format)) && card.contains("Written by prefflow (`COPY")
+}
+
 pub fn write(
     dir: &Path,
     target: &Path,
@@ -159,7 +171,7 @@ fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> Strin
     {
         let _ = writeln!(out, "  - split: {split}\n    path: {split}.{}", s.file_ext);
     }
-    let _ = writeln!(out, "tags:\n- prefflow\n- {}\n---\n", s.format);
+    let _ = writeln!(out, "{}---\n", tags(s.format));
     let _ = writeln!(out, "# {name}\n");
     let _ = writeln!(
         out,

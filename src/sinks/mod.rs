@@ -12,7 +12,7 @@
 //! Rows travel through the format as JSON objects (the shape TRL documents its formats in),
 //! and the output schema is fixed per format, so JSONL and Parquet outputs hold the same types.
 
-mod card;
+pub(crate) mod card;
 mod dpo;
 mod kto;
 mod rows;
