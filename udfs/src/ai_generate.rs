@@ -30,7 +30,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::function_args::{SharedRegistry, planned_model};
+use crate::common::function_args::{SharedRegistry, model_err, planned_model};
+use crate::models::model::Capability;
 use crate::models::types::GenerateParams;
 use crate::models::{ModelRegistry, PrefflowOptions};
 
@@ -273,5 +274,9 @@ pub(crate) async fn generate_for_call(
 ) -> Result<Vec<Option<Vec<String>>>> {
     let spec = crate::common::function_args::executed_model(name, registry, &args.args[0])?;
     let settings = PrefflowOptions::from_config(&args.config_options);
-    crate::models::generation::generate(name, registry, &spec, &settings, prompts, options, n).await
+    let model = registry
+        .resolve(&spec, &settings, Capability::Generate)
+        .await
+        .map_err(|e| model_err(name, e))?;
+    crate::models::generation::generate(name, &model, &spec, prompts, options, n).await
 }

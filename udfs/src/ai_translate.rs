@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 };
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::{generate_for_call, parse_options_with};
+use crate::ai_generate::parse_options_with;
 use crate::common::function_args::{SharedRegistry, planned_model, text_args};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
@@ -174,7 +174,8 @@ pub async fn translate(
         )
         .await
         .map_err(|e| crate::common::function_args::model_err(function, e))?;
-    if let crate::models::model::Model::Marian(marian) = model {
+    if let crate::models::model::Model::Marian(marian) = &model {
+        let marian = std::sync::Arc::clone(marian);
         // An encoder-decoder translates the text itself; the prompt does not apply.
         let requests = requests.to_vec();
         let max_new = options.generate.max_tokens;
@@ -213,8 +214,16 @@ pub async fn translate(
         })
         .collect::<Result<Vec<_>>>()?;
     let prompts = StringArray::from(prompts);
-    let replies =
-        generate_for_call(function, registry, args, &prompts, &options.generate, 1).await?;
+    // The model resolved above generates the replies (a decoder or a server).
+    let replies = crate::models::generation::generate(
+        function,
+        &model,
+        &spec,
+        &prompts,
+        &options.generate,
+        1,
+    )
+    .await?;
     Ok(replies
         .into_iter()
         .map(|r| r.map(|mut t| t.remove(0).trim().to_string()))

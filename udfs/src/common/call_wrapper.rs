@@ -162,7 +162,6 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         let computed = if mode == CacheMode::ReadWrite {
             let flight = InFlight::new(stats, misses.len());
             let done = Done {
-                stats,
                 flight: &flight,
                 counted,
             };
@@ -334,7 +333,6 @@ impl Drop for InFlight<'_> {
 
 /// Where committed rows are counted done as soon as they are in the cache.
 struct Done<'a> {
-    stats: &'a CallStats,
     flight: &'a InFlight<'a>,
     counted: &'a std::sync::atomic::AtomicU64,
 }
@@ -342,7 +340,7 @@ struct Done<'a> {
 impl Done<'_> {
     fn add(&self, rows: u64) {
         self.flight.landed(rows);
-        self.stats.rows.fetch_add(rows, Ordering::Relaxed);
+        self.flight.0.rows.fetch_add(rows, Ordering::Relaxed);
         self.counted.fetch_add(rows, Ordering::Relaxed);
     }
 }

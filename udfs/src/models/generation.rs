@@ -12,8 +12,6 @@ use datafusion::common::{DataFusionError, Result, exec_err};
 use super::chat::ChatPrompts;
 use super::decode::{Decoder, Sampler, Watch};
 use super::model::{Capability, Model};
-use super::registry::ModelRegistry;
-use super::settings::PrefflowOptions;
 use super::types::{GenerateParams, ModelSpec};
 use crate::common::boundary::{blocking, model_err};
 
@@ -160,23 +158,18 @@ async fn generate_rows(
     Ok(out)
 }
 
-/// Generates `n` samples for every row of `prompts` with the model of `spec`: a local decoder
-/// (loaded once per session with `settings`) or a remote OpenAI-compatible server. `function`
+/// Generates `n` samples for every row of `prompts` with `model` (resolved for
+/// [`Capability::Generate`]): a local decoder or a remote OpenAI-compatible server. `function`
 /// names the SQL function in errors.
 pub async fn generate(
     function: &str,
-    registry: &ModelRegistry,
+    model: &Model,
     spec: &ModelSpec,
-    settings: &PrefflowOptions,
     prompts: &dyn Array,
     params: &GenerateParams,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
-    let model = registry
-        .resolve(spec, settings, Capability::Generate)
-        .await
-        .map_err(|e| model_err(function, e))?;
-    match &model {
+    match model {
         Model::Remote(remote) => generate_remote(function, remote, prompts, params, n).await,
         _ => {
             let decoder = model
