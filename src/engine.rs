@@ -79,7 +79,10 @@ impl Engine {
         }
         if let LogicalPlan::Copy(copy) = &plan {
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
-                Some(crate::sinks::write(&self.ctx, copy, format).await?)
+                // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan
+                // are known only here, so a target inside an input folder is refused now.
+                crate::sinks::check_copy(copy, format)?;
+                None
             } else if let Some(target) = local_path(&copy.output_url) {
                 Some(self.atomic_copy(copy, &target).await?)
             } else {

@@ -10,7 +10,7 @@ pub type Result<T, E = PrefflowError> = std::result::Result<T, E>;
 pub enum PrefflowError {
     /// A planning or execution error from DataFusion (including our SQL functions).
     #[error("{}", one_line(&.0.to_string()))]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
     /// A statement failed; `location` is `file:line`.
     #[error("{location}: {source}")]
     Statement {
@@ -65,6 +65,20 @@ impl PrefflowError {
         PrefflowError::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+}
+
+impl From<DataFusionError> for PrefflowError {
+    /// A prefflow error that crossed DataFusion (raised inside a sink DataFusion ran) comes
+    /// back as itself, so its message is not prefixed with DataFusion's "External error".
+    fn from(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<PrefflowError>() {
+                Ok(p) => *p,
+                Err(inner) => PrefflowError::DataFusion(DataFusionError::External(inner)),
+            },
+            other => PrefflowError::DataFusion(other),
         }
     }
 }

@@ -11,6 +11,11 @@
 //!
 //! Rows travel through the format as JSON objects (the shape TRL documents its formats in),
 //! and the output schema is fixed per format, so JSONL and Parquet outputs hold the same types.
+//!
+//! Each format is a DataFusion `FileFormat` whose writer is a `DataSinkExec` over a
+//! [`TrainingSink`]: DataFusion plans and runs the COPY (so `EXPLAIN COPY … STORED AS dpo` shows
+//! the sink, and `Engine::context()` / DataFrame users get it too); the sink checks the target,
+//! stages, writes the splits and the card, and commits.
 
 pub(crate) mod card;
 mod dpo;
@@ -29,12 +34,21 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::GetExt;
+use datafusion::common::Statistics;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::{FileFormat, FileFormatFactory};
+use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::CopyTo;
+use datafusion::object_store::{ObjectMeta, ObjectStore};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
-use datafusion::prelude::SessionContext;
+use datafusion::physical_expr_common::sort_expr::LexRequirement;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::engine::local_path;
@@ -215,7 +229,7 @@ impl Writer {
 
 /// Builds the format for `name` from the query's schema and the COPY options, checking both.
 fn plan_format(
-    ctx: &SessionContext,
+    registry: &prefflow_udfs::models::ModelRegistry,
     name: &'static str,
     input: &Schema,
     options: &mut Options,
@@ -225,73 +239,157 @@ fn plan_format(
         "kto" => Box::new(kto::Kto::plan(input, options)?),
         "sft" => Box::new(sft::Sft::plan(input, options)?),
         "sharegpt" => Box::new(sharegpt::ShareGpt::plan(input, options)?),
-        "tokenized" => Box::new(tokenized::Tokenized::plan(ctx, input, options)?),
+        "tokenized" => Box::new(tokenized::Tokenized::plan(registry, input, options)?),
         other => return Err(options.err(format!("unknown training format {other}"))),
     })
 }
 
 const COMMON_OPTIONS: &str = "validation_fraction, file_format";
 
-/// Runs `COPY (query) TO 'dir' STORED AS <format>`: returns the row count written, like COPY.
-pub async fn write(
-    ctx: &SessionContext,
-    copy: &CopyTo,
-    format: &'static str,
-) -> Result<Vec<RecordBatch>> {
+/// Checks a `COPY … STORED AS <format>` before anything runs: the target (with the input files
+/// of the logical plan, so a target inside an input folder is refused too).
+pub fn check_copy(copy: &CopyTo, format: &'static str) -> Result<()> {
     let target = local_dir(format, &copy.output_url)?;
-    let mut options = Options::new(format, &copy.options);
-    let validation_fraction = options.take_f64("validation_fraction")?.unwrap_or(0.0);
-    if !(0.0..1.0).contains(&validation_fraction) {
-        return Err(options.err(format!(
-            "validation_fraction must be in [0, 1), got {validation_fraction}"
-        )));
-    }
-    let kind = match options.take_choice("file_format", &["parquet", "jsonl"])? {
-        Some("jsonl") => FileKind::Jsonl,
-        _ => FileKind::Parquet,
-    };
-    let settings = card::Settings {
-        format,
-        validation_fraction,
-        file_ext: kind.ext(),
-        options: options.values.clone(),
-    };
-    let input_schema = copy.input.schema().as_arrow().clone();
-    let fmt = plan_format(ctx, format, &input_schema, &mut options)?;
-    options.finish(&format!("{COMMON_OPTIONS}, {}", known_options(format)))?;
+    crate::target::check(&target, &Output::Dataset(format), &plan_inputs(&copy.input))
+}
 
-    let output = Output::Dataset(format);
-    crate::target::check(&target, &output, &plan_inputs(&copy.input))?;
-    let input = copy.input.as_ref().clone();
-    let tmp = temp_sibling(&target);
-    crate::target::stage(&tmp, &target, true)?;
-    let result = async {
-        let stream = ctx
-            .execute_logical_plan(input)
-            .await?
-            .execute_stream()
-            .await?;
-        let (stats, fmt) = write_splits(stream, fmt, &tmp, kind, validation_fraction).await?;
-        card::write(&tmp, &target, &settings, fmt.as_ref(), &stats)?;
-        Ok::<_, PrefflowError>(stats)
+/// A planned training sink: the format (checked against the query's schema), its settings and
+/// the target folder. Written once, by [`DataSink::write_all`].
+pub struct TrainingSink {
+    format: &'static str,
+    target: PathBuf,
+    kind: FileKind,
+    validation_fraction: f64,
+    settings: card::Settings,
+    /// Input files found in the physical plan, which the output must not touch.
+    inputs: Vec<PathBuf>,
+    planned: std::sync::Mutex<Option<Box<dyn Format>>>,
+    /// The query's schema (what the sink reads).
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for TrainingSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TrainingSink({} -> {})",
+            self.format,
+            self.target.display()
+        )
     }
-    .await;
-    match result {
-        Ok(stats) => {
-            commit(&tmp, &target, &output)?;
-            let count = datafusion::arrow::array::UInt64Array::from(vec![stats.written()]);
-            Ok(vec![
-                RecordBatch::try_from_iter(vec![(
-                    "count",
-                    Arc::new(count) as datafusion::arrow::array::ArrayRef,
-                )])
-                .map_err(DataFusionError::from)?,
-            ])
+}
+
+impl DisplayAs for TrainingSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "TrainingSink: format={}, target={}, files={}",
+            self.format,
+            self.target.display(),
+            self.kind.ext()
+        )?;
+        if self.validation_fraction > 0.0 {
+            write!(f, ", validation_fraction={}", self.validation_fraction)?;
         }
-        Err(e) => {
-            remove_path(&tmp);
-            Err(e)
+        for (k, v) in &self.settings.options {
+            write!(f, ", {k}={v}")?;
         }
+        Ok(())
+    }
+}
+
+impl TrainingSink {
+    /// Plans the sink: options and the input schema are checked here, before a row is read.
+    fn plan(
+        registry: &prefflow_udfs::models::ModelRegistry,
+        format: &'static str,
+        raw_options: &HashMap<String, String>,
+        url: &str,
+        input: &Schema,
+        inputs: Vec<PathBuf>,
+    ) -> Result<Self> {
+        let target = local_dir(format, url)?;
+        let mut options = Options::new(format, raw_options);
+        let validation_fraction = options.take_f64("validation_fraction")?.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&validation_fraction) {
+            return Err(options.err(format!(
+                "validation_fraction must be in [0, 1), got {validation_fraction}"
+            )));
+        }
+        let kind = match options.take_choice("file_format", &["parquet", "jsonl"])? {
+            Some("jsonl") => FileKind::Jsonl,
+            _ => FileKind::Parquet,
+        };
+        let settings = card::Settings {
+            format,
+            validation_fraction,
+            file_ext: kind.ext(),
+            options: options.values.clone(),
+        };
+        let fmt = plan_format(registry, format, input, &mut options)?;
+        options.finish(&format!("{COMMON_OPTIONS}, {}", known_options(format)))?;
+        Ok(Self {
+            format,
+            target,
+            kind,
+            validation_fraction,
+            settings,
+            inputs,
+            planned: std::sync::Mutex::new(Some(fmt)),
+            schema: Arc::new(input.clone()),
+        })
+    }
+
+    /// Checks the target, stages, writes splits and card, and commits; a failure leaves the
+    /// previous output as it was.
+    async fn write(&self, stream: SendableRecordBatchStream) -> Result<u64> {
+        let fmt = self
+            .planned
+            .lock()
+            .map_err(|_| DataFusionError::Execution(format!("{}: sink poisoned", self.format)))?
+            .take()
+            .ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "{}: a planned COPY runs once; plan it again",
+                    self.format
+                ))
+            })?;
+        let output = Output::Dataset(self.format);
+        crate::target::check(&self.target, &output, &self.inputs)?;
+        let tmp = temp_sibling(&self.target);
+        crate::target::stage(&tmp, &self.target, true)?;
+        let result = async {
+            let (stats, fmt) =
+                write_splits(stream, fmt, &tmp, self.kind, self.validation_fraction).await?;
+            card::write(&tmp, &self.target, &self.settings, fmt.as_ref(), &stats)?;
+            Ok::<_, PrefflowError>(stats)
+        }
+        .await;
+        match result {
+            Ok(stats) => {
+                commit(&tmp, &self.target, &output)?;
+                Ok(stats.written())
+            }
+            Err(e) => {
+                remove_path(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl DataSink for TrainingSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        Ok(self.write(data).await?)
     }
 }
 
@@ -326,7 +424,7 @@ fn local_dir(format: &str, url: &str) -> Result<PathBuf> {
 /// Reads the query's batches, converts their rows, and writes each to its split; hands the
 /// format back for the card.
 async fn write_splits(
-    mut stream: datafusion::execution::SendableRecordBatchStream,
+    mut stream: SendableRecordBatchStream,
     mut fmt: Box<dyn Format>,
     dir: &Path,
     kind: FileKind,
@@ -444,8 +542,7 @@ pub(crate) fn split_fraction(key: &str) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The name after `STORED AS`; the [`crate::Engine`] intercepts these COPY statements, so
-/// DataFusion's own writer is never asked for them.
+/// The name after `STORED AS`: DataFusion asks it for the format when it plans the COPY.
 #[derive(Debug)]
 struct TrainingFormatName(&'static str);
 
@@ -459,17 +556,135 @@ impl FileFormatFactory for TrainingFormatName {
     fn create(
         &self,
         _state: &dyn datafusion::catalog::Session,
-        _format_options: &HashMap<String, String>,
+        format_options: &HashMap<String, String>,
     ) -> DfResult<Arc<dyn FileFormat>> {
-        Err(DataFusionError::Plan(format!(
-            "{}: COPY … STORED AS {} runs through prefflow's engine (prefflow::Engine or the CLI); EXPLAIN the query inside the COPY instead",
-            self.0, self.0
-        )))
+        Ok(Arc::new(TrainingFormat {
+            name: self.0,
+            options: format_options.clone(),
+        }))
     }
 
     fn default(&self) -> Arc<dyn FileFormat> {
-        // Only reached when inferring a table's format from a file ending; training formats
-        // are never read back under these names.
-        Arc::new(datafusion::datasource::file_format::json::JsonFormat::default())
+        Arc::new(TrainingFormat {
+            name: self.0,
+            options: HashMap::new(),
+        })
     }
+}
+
+/// A training format with its COPY options: written, never read.
+#[derive(Debug)]
+struct TrainingFormat {
+    name: &'static str,
+    options: HashMap<String, String>,
+}
+
+impl TrainingFormat {
+    fn not_readable(&self) -> DataFusionError {
+        DataFusionError::Plan(format!(
+            "{}: a training format is written by COPY, not read; read its train.parquet / train.jsonl instead",
+            self.name
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl FileFormat for TrainingFormat {
+    fn get_ext(&self) -> String {
+        self.name.to_string()
+    }
+
+    fn get_ext_with_compression(&self, _c: &FileCompressionType) -> DfResult<String> {
+        Ok(self.name.to_string())
+    }
+
+    fn compression_type(&self) -> Option<FileCompressionType> {
+        None
+    }
+
+    async fn infer_schema(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _store: &Arc<dyn ObjectStore>,
+        _objects: &[ObjectMeta],
+    ) -> DfResult<SchemaRef> {
+        Err(self.not_readable())
+    }
+
+    async fn infer_stats(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _store: &Arc<dyn ObjectStore>,
+        _table_schema: SchemaRef,
+        _object: &ObjectMeta,
+    ) -> DfResult<Statistics> {
+        Err(self.not_readable())
+    }
+
+    async fn create_physical_plan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _conf: FileScanConfig,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(self.not_readable())
+    }
+
+    async fn create_writer_physical_plan(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        state: &dyn datafusion::catalog::Session,
+        conf: FileSinkConfig,
+        _order: Option<LexRequirement>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if !conf.table_partition_cols.is_empty() {
+            return Err(DataFusionError::Plan(format!(
+                "{}: PARTITIONED BY does not apply to a training format (it writes train / validation splits)",
+                self.name
+            )));
+        }
+        let registry = state
+            .config()
+            .get_extension::<prefflow_udfs::models::ModelRegistry>()
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "{}: the session has no model registry; build it with prefflow::build_session",
+                    self.name
+                ))
+            })?;
+        let sink = TrainingSink::plan(
+            &registry,
+            self.name,
+            &self.options,
+            &conf.original_url,
+            &conf.output_schema,
+            physical_inputs(&input),
+        )?;
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    fn file_source(
+        &self,
+        table_schema: datafusion::datasource::table_schema::TableSchema,
+    ) -> Arc<dyn FileSource> {
+        // Never used to read (every read path above refuses first); a source is required.
+        datafusion::datasource::file_format::json::JsonFormat::default().file_source(table_schema)
+    }
+}
+
+/// Local files an executable plan reads.
+fn physical_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(source) = node.downcast_ref::<DataSourceExec>()
+            && let Some(scan) = source.data_source().downcast_ref::<FileScanConfig>()
+        {
+            for group in &scan.file_groups {
+                for file in group.iter() {
+                    out.push(PathBuf::from("/").join(file.object_meta.location.as_ref()));
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }

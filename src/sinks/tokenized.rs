@@ -49,7 +49,7 @@ fn err(message: String) -> crate::error::PrefflowError {
 
 impl Tokenized {
     pub fn plan(
-        ctx: &datafusion::prelude::SessionContext,
+        registry: &prefflow_udfs::models::ModelRegistry,
         input: &datafusion::arrow::datatypes::Schema,
         o: &mut Options,
     ) -> Result<Self> {
@@ -69,7 +69,6 @@ impl Tokenized {
         let model = o.take("model").ok_or_else(|| {
             o.err("option model is required (a CREATE MODEL name or a model path)")
         })?;
-        let registry = crate::session::models(ctx);
         let model_err = |e: prefflow_udfs::models::ModelError| o.err(e.to_string());
         let spec = registry.spec(&model).map_err(model_err)?;
         let info = registry.decoder_info(&spec).map_err(model_err)?;

@@ -241,3 +241,59 @@ async fn pairing_streams_through_model_calls() {
         "{table}"
     );
 }
+
+/// A training sink is a DataFusion DataSink: EXPLAIN shows it, and a COPY planned straight on
+/// the SessionContext (the DataFrame API, no prefflow::Engine) writes the same dataset with
+/// the same protection of folders prefflow did not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_sinks_are_datafusion_sinks() {
+    let e = engine();
+    e.sql(SETUP).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let copy = format!("COPY ({PAIRS}) TO '{d}/pairs' STORED AS dpo OPTIONS (min_margin 0.2)");
+    let plan = e.query(&format!("EXPLAIN {copy}")).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("DataSinkExec: sink=TrainingSink: format=dpo")
+            && text.contains("min_margin=0.2"),
+        "{text}"
+    );
+    assert!(!dir.path().join("pairs").exists(), "EXPLAIN wrote output");
+
+    let ctx = e.context();
+    let count = ctx.sql(&copy).await.unwrap().collect().await.unwrap();
+    let n = count[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(n, 2);
+    assert!(dir.path().join("pairs/train.parquet").is_file());
+    assert!(dir.path().join("pairs/README.md").is_file());
+
+    // A folder prefflow did not write is refused there too, and left as it was.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
+    let err = ctx
+        .sql(&format!(
+            "COPY ({PAIRS}) TO '{}' STORED AS dpo",
+            mine.display()
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notes.txt"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+}

@@ -47,6 +47,44 @@ fn marian_greedy_ids_and_logits_match_transformers() {
     }
 }
 
+#[test]
+fn marian_batched_output_equals_one_by_one() {
+    let (dir, reference) = fixture();
+    let model = Marian::load("marian", &dir, candle_core::Device::Cpu, 0).unwrap();
+    // Inputs of different lengths (so the batch pads) and a token budget that stops some rows
+    // before </s> while others finish.
+    let mut inputs: Vec<Vec<u32>> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ids(&c["input_ids"]))
+        .collect();
+    inputs.push(inputs[1].iter().chain(&inputs[2]).copied().collect());
+    inputs.push(vec![0]);
+    for max_new in [1, 7, 20] {
+        let alone: Vec<_> = inputs
+            .iter()
+            .map(|i| model.generate_ids(i, max_new).unwrap())
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let together = runtime
+            .block_on(model.generate_many(inputs.clone(), max_new))
+            .unwrap();
+        for ((a, t), input) in alone.iter().zip(&together).zip(&inputs) {
+            assert_eq!(a.0, t.0, "ids for {input:?}, max_new {max_new}");
+            for (x, y) in a.1.iter().zip(&t.1) {
+                assert!((x - y).abs() <= 1e-4, "logit {x} vs {y} for {input:?}");
+            }
+        }
+    }
+    // More tokens than the position table holds: a clear error, not a crash.
+    let err = model
+        .generate_ids(&vec![11; 65], 5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("65 tokens; the model reads 1 to 64"), "{err}");
+}
+
 #[tokio::test]
 async fn ai_translate_with_marian_gives_the_reference_text() {
     let (dir, reference) = fixture();

@@ -175,26 +175,15 @@ pub async fn translate(
         .await
         .map_err(|e| crate::common::function_args::model_err(function, e))?;
     if let crate::models::model::Model::Marian(marian) = &model {
-        let marian = std::sync::Arc::clone(marian);
         // An encoder-decoder translates the text itself; the prompt does not apply.
-        let requests = requests.to_vec();
-        let max_new = options.generate.max_tokens;
-        let f = function.to_string();
-        return crate::common::function_args::blocking(function, move || {
-            requests
-                .iter()
-                .map(|r| {
-                    r.as_ref()
-                        .map(|r| {
-                            marian
-                                .translate(&r.text, &r.target, max_new)
-                                .map_err(|e| crate::common::function_args::model_err(&f, e))
-                        })
-                        .transpose()
-                })
-                .collect()
-        })
-        .await;
+        let texts = requests
+            .iter()
+            .map(|r| r.as_ref().map(|r| (r.text.clone(), r.target.clone())))
+            .collect();
+        return marian
+            .translate(texts, options.generate.max_tokens)
+            .await
+            .map_err(|e| crate::common::function_args::model_err(function, e));
     }
     let prompts = requests
         .iter()

@@ -167,11 +167,7 @@ fn serve(model: &str, backend: &mut dyn Backend, pending: Vec<Request>) {
         }
         for (request, out) in requests.into_iter().zip(outputs) {
             let result = match &failure {
-                Some(ModelError::Candle { model, message }) => Err(ModelError::Candle {
-                    model: model.clone(),
-                    message: message.clone(),
-                }),
-                Some(other) => Err(ModelError::WorkerGone(other.to_string())),
+                Some(e) => Err(e.clone()),
                 None => Ok(out.into_iter().map(|v| v.unwrap_or_default()).collect()),
             };
             // The receiver may have given up (query cancelled); nothing to do then.

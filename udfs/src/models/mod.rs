@@ -24,6 +24,7 @@ pub mod gguf;
 pub mod hub;
 pub mod identity;
 pub mod marian;
+pub mod marian_net;
 pub mod model;
 pub mod qwen2;
 pub mod registry;
