@@ -21,17 +21,12 @@ use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
-use minijinja::context;
 
-use crate::common::function_args::{
-    SharedRegistry, blocking, loaded_encoder, model_err, planned_model,
-};
+use crate::common::function_args::{SharedRegistry, model_err, planned_model, resolved_model};
 use crate::common::text::string_arg;
-use crate::models::chat::ChatPrompts;
-use crate::models::encode::{Encoded, Task};
+use crate::models::ModelRegistry;
+use crate::models::encoding::{self, label_index};
 use crate::models::model::Capability;
-use crate::models::registry::ModelInfo;
-use crate::models::{ModelRegistry, ModelSpec};
 
 /// The `ai_reward` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -48,37 +43,6 @@ impl AiReward {
             // Any, not string(3): see model_call::text_args.
             signature: Signature::any(3, Volatility::Volatile),
         }
-    }
-}
-
-/// Which logit is the score: the single label, or the one named in OPTIONS (label ...).
-fn label_index(spec: &ModelSpec, info: &ModelInfo) -> Result<usize, String> {
-    if !info.architecture.ends_with("ForSequenceClassification") {
-        return Err(format!(
-            "model '{}' is a {}, not a *ForSequenceClassification reward model",
-            spec.name,
-            if info.architecture.is_empty() {
-                "model without architectures"
-            } else {
-                &info.architecture
-            }
-        ));
-    }
-    match spec.options.get("label") {
-        Some(label) => info.labels.iter().position(|l| l == label).ok_or_else(|| {
-            format!(
-                "model '{}' has no label '{label}' (labels: {})",
-                spec.name,
-                info.labels.join(", ")
-            )
-        }),
-        None if info.labels.len() <= 1 => Ok(0),
-        None => Err(format!(
-            "model '{}' has {} labels ({}); choose one with CREATE MODEL ... OPTIONS (label '...')",
-            spec.name,
-            info.labels.len(),
-            info.labels.join(", ")
-        )),
     }
 }
 
@@ -133,75 +97,16 @@ impl AsyncScalarUDFImpl for AiReward {
         let name = self.name();
         let rows = args.number_rows;
         let (model, settings) =
-            loaded_encoder(name, &self.registry.0, &args, Capability::Score).await?;
-        let label = label_index(&model.spec, &model.info)
-            .map_err(|m| DataFusionError::Execution(format!("ai_reward: {m}")))?;
+            resolved_model(name, &self.registry.0, &args, Capability::Score).await?;
         let prompts = string_arg(&args.args[1], rows)?;
         let responses = string_arg(&args.args[2], rows)?;
-        let tokenizer = Arc::clone(&model.tokenizer);
-        let info = model.info.clone();
-        let spec_name = model.spec.name.clone();
-        let (present, encoded) = blocking(name, move || {
-            let chat = match (&info.chat_template, info.is_decoder()) {
-                (Some(t), true) => Some(ChatPrompts::with_template(
-                    "ai_reward",
-                    &spec_name,
-                    Some(t.clone()),
-                    String::new(),
-                    String::new(),
-                )?),
-                (None, true) => {
-                    return Err(DataFusionError::Execution(
-                        "ai_reward: a decoder reward model needs a chat_template in tokenizer_config.json".to_string(),
-                    ));
-                }
-                _ => None,
-            };
-            let mut present = Vec::with_capacity(rows);
-            let mut encoded = Vec::with_capacity(rows);
-            for i in 0..rows {
-                if prompts.is_null(i) || responses.is_null(i) {
-                    present.push(false);
-                    continue;
-                }
-                present.push(true);
-                let (p, r) = (prompts.value(i), responses.value(i));
-                let e = match &chat {
-                    Some(c) => {
-                        let conversation = minijinja::Value::from(vec![
-                            context! { role => "user", content => p },
-                            context! { role => "assistant", content => r },
-                        ]);
-                        tokenizer.encode(c.render("ai_reward", conversation, false)?, false)
-                    }
-                    None => tokenizer.encode((p, r), true),
-                }
-                .map_err(|e| DataFusionError::Execution(format!("ai_reward: tokenizer: {e}")))?;
-                encoded.push(Encoded {
-                    ids: e.get_ids().to_vec(),
-                    type_ids: e.get_type_ids().to_vec(),
-                });
-            }
-            Ok((present, encoded))
-        })
-        .await?;
-        crate::common::call_stats::record_tokens(
-            encoded.iter().map(|e| e.ids.len() as u64).sum(),
-            0,
-        );
-        let logits = model
-            .worker
-            .run(Task::Score, encoded, settings.max_batch_tokens)
-            .await
-            .map_err(|e| model_err(name, e))?;
-        let mut it = logits.into_iter();
-        let scores: Float64Array = present
-            .iter()
-            .map(|&p| {
-                p.then(|| it.next().and_then(|l| l.get(label).copied()).map(f64::from))
-                    .flatten()
+        let pairs = (0..rows)
+            .map(|i| {
+                (!prompts.is_null(i) && !responses.is_null(i))
+                    .then(|| (prompts.value(i).to_string(), responses.value(i).to_string()))
             })
             .collect();
-        Ok(ColumnarValue::Array(Arc::new(scores)))
+        let scores = encoding::score(name, &model, pairs, settings.max_batch_tokens).await?;
+        Ok(ColumnarValue::Array(Arc::new(Float64Array::from(scores))))
     }
 }

@@ -66,18 +66,6 @@ pub async fn resolved_model(
     Ok((model, settings))
 }
 
-/// The encoder of a call (embeddings, scores), loaded once per session.
-pub async fn loaded_encoder(
-    function: &str,
-    registry: &ModelRegistry,
-    args: &ScalarFunctionArgs,
-    what: Capability,
-) -> Result<(Arc<LoadedModel>, PrefflowOptions)> {
-    let (model, settings) = resolved_model(function, registry, args, what).await?;
-    let encoder = model.encoder(what).map_err(|e| model_err(function, e))?;
-    Ok((Arc::clone(encoder), settings))
-}
-
 /// The registry shared by a session's model functions; compared by identity.
 #[derive(Debug, Clone)]
 pub struct SharedRegistry(pub Arc<ModelRegistry>);

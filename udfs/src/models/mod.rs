@@ -5,11 +5,13 @@
 //! - `types`, `error`, `settings`: shared types; import nothing else of the crate.
 //! - `source`, `hub`, `gguf`, `transformer`, `bert`, `qwen2`: files and architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
-//!   (continuous batching for decoder LLMs), `marian`, `remote` (OpenAI-compatible servers).
+//!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
+//!   `remote` (OpenAI-compatible servers).
 //! - `model` (one resolved handle over the runtimes, with capability checks), `identity`
 //!   (what the result cache keys a model by), `registry` (declared and loaded models).
 //! - services over the runtimes: `chat` (chat templates), `generation` (prompts, seeds,
-//!   batching, stop strings, local or remote).
+//!   batching, stop strings, local or remote), `encoding` (embeddings and reward scores,
+//!   local or remote).
 //!
 //! SQL functions (one file each in the crate root) parse their arguments and options and call
 //! these; `common` holds what they share at the SQL boundary.
@@ -18,6 +20,7 @@ pub mod bert;
 pub mod chat;
 pub mod decode;
 pub mod encode;
+pub mod encoding;
 pub mod error;
 pub mod generation;
 pub mod gguf;

@@ -1,0 +1,235 @@
+//! The encoder service: embeddings and reward scores for rows of text, from a resolved
+//! [`Model`]. Tokenizing (with the chat template for decoder reward models), sending the rows
+//! to the encoder's batching worker (or in chunks to a remote server), and matching the answers
+//! back to rows live here; the SQL functions (`ai_embed`, `ai_reward`) parse arguments and build
+//! Arrow arrays. NULL inputs give NULL outputs and never reach the model.
+
+use datafusion::common::{DataFusionError, Result};
+use minijinja::context;
+
+use super::chat::ChatPrompts;
+use super::encode::{Encoded, Task};
+use super::model::{Capability, Model};
+use super::remote::{OnError, RemoteModel};
+use super::types::{ModelInfo, ModelSpec};
+use crate::common::boundary::{blocking, model_err};
+
+/// Texts per request to a remote embeddings endpoint.
+const REMOTE_CHUNK: usize = 64;
+
+/// Embeddings for `texts` (None stays None), each `dim` values wide.
+pub async fn embed(
+    function: &str,
+    model: &Model,
+    texts: Vec<Option<String>>,
+    dim: usize,
+    max_batch_tokens: usize,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    if let Model::Remote(remote) = model {
+        return embed_remote(function, remote, texts, dim).await;
+    }
+    let encoder = model
+        .encoder(Capability::Embed)
+        .map_err(|e| model_err(function, e))?;
+    let tokenizer = std::sync::Arc::clone(&encoder.tokenizer);
+    let f = function.to_string();
+    let (present, encoded) = blocking(function, move || {
+        let present: Vec<bool> = texts.iter().map(Option::is_some).collect();
+        let encoded = texts
+            .iter()
+            .flatten()
+            .map(|t| {
+                tokenizer
+                    .encode(t.as_str(), true)
+                    .map(|e| Encoded {
+                        ids: e.get_ids().to_vec(),
+                        type_ids: e.get_type_ids().to_vec(),
+                    })
+                    .map_err(|e| DataFusionError::Execution(format!("{f}: tokenizer: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((present, encoded))
+    })
+    .await?;
+    let vectors = run(function, encoder, Task::Embed, encoded, max_batch_tokens).await?;
+    let mut it = vectors.into_iter();
+    present
+        .into_iter()
+        .map(|p| {
+            if !p {
+                return Ok(None);
+            }
+            let v = it.next().unwrap_or_default();
+            if v.len() != dim {
+                return Err(DataFusionError::Internal(format!(
+                    "{function}: model gave {} values, expected {dim}",
+                    v.len()
+                )));
+            }
+            Ok(Some(v))
+        })
+        .collect()
+}
+
+/// Counts the tokens read and runs the rows on the encoder's worker.
+async fn run(
+    function: &str,
+    encoder: &super::model::LoadedModel,
+    task: Task,
+    encoded: Vec<Encoded>,
+    max_batch_tokens: usize,
+) -> Result<Vec<Vec<f32>>> {
+    crate::common::call_stats::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
+    encoder
+        .worker
+        .run(task, encoded, max_batch_tokens)
+        .await
+        .map_err(|e| model_err(function, e))
+}
+
+/// Embeddings from an OpenAI-compatible server, [`REMOTE_CHUNK`] texts per request, all
+/// requests at once; with `on_error 'null'` a failed chunk gives NULLs.
+async fn embed_remote(
+    function: &str,
+    remote: &RemoteModel,
+    texts: Vec<Option<String>>,
+    dim: usize,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
+    let chunks: Vec<&[usize]> = present.chunks(REMOTE_CHUNK).collect();
+    let requests = chunks.iter().map(|rows| {
+        let batch: Vec<String> = rows.iter().filter_map(|&i| texts[i].clone()).collect();
+        async move { remote.embed(&batch).await }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+    for (rows, answer) in chunks.iter().zip(answers) {
+        match answer {
+            Ok(vs) => {
+                for (&i, v) in rows.iter().zip(vs) {
+                    if v.len() != dim {
+                        return Err(DataFusionError::Execution(format!(
+                            "{function}: model '{}' at {}: row {i}: {} values, but OPTIONS (dimensions '{dim}')",
+                            remote.name,
+                            remote.address(),
+                            v.len()
+                        )));
+                    }
+                    vectors[i] = Some(v);
+                }
+            }
+            Err(_) if remote.settings.on_error == OnError::Null => {}
+            Err(e) => {
+                return Err(DataFusionError::Execution(format!(
+                    "{function}: model '{}' at {}: rows {}..={}: {e}",
+                    remote.name,
+                    remote.address(),
+                    rows[0],
+                    rows[rows.len() - 1]
+                )));
+            }
+        }
+    }
+    Ok(vectors)
+}
+
+/// Which logit is the score: the single label, or the one named in OPTIONS (label ...).
+pub fn label_index(spec: &ModelSpec, info: &ModelInfo) -> Result<usize, String> {
+    if !info.architecture.ends_with("ForSequenceClassification") {
+        return Err(format!(
+            "model '{}' is a {}, not a *ForSequenceClassification reward model",
+            spec.name,
+            if info.architecture.is_empty() {
+                "model without architectures"
+            } else {
+                &info.architecture
+            }
+        ));
+    }
+    match spec.options.get("label") {
+        Some(label) => info.labels.iter().position(|l| l == label).ok_or_else(|| {
+            format!(
+                "model '{}' has no label '{label}' (labels: {})",
+                spec.name,
+                info.labels.join(", ")
+            )
+        }),
+        None if info.labels.len() <= 1 => Ok(0),
+        None => Err(format!(
+            "model '{}' has {} labels ({}); choose one with CREATE MODEL ... OPTIONS (label '...')",
+            spec.name,
+            info.labels.len(),
+            info.labels.join(", ")
+        )),
+    }
+}
+
+/// Reward scores for (prompt, response) pairs (None stays None): encoders read the pair as a
+/// sentence pair, decoder reward models the conversation [user, assistant] through their chat
+/// template.
+pub async fn score(
+    function: &str,
+    model: &Model,
+    pairs: Vec<Option<(String, String)>>,
+    max_batch_tokens: usize,
+) -> Result<Vec<Option<f64>>> {
+    let encoder = model
+        .encoder(Capability::Score)
+        .map_err(|e| model_err(function, e))?;
+    let label = label_index(&encoder.spec, &encoder.info)
+        .map_err(|m| DataFusionError::Execution(format!("{function}: {m}")))?;
+    let tokenizer = std::sync::Arc::clone(&encoder.tokenizer);
+    let info = encoder.info.clone();
+    let spec_name = encoder.spec.name.clone();
+    let f = function.to_string();
+    let (present, encoded) = blocking(function, move || {
+        let chat = match (&info.chat_template, info.is_decoder()) {
+            (Some(t), true) => Some(ChatPrompts::with_template(
+                &f,
+                &spec_name,
+                Some(t.clone()),
+                String::new(),
+                String::new(),
+            )?),
+            (None, true) => {
+                return Err(DataFusionError::Execution(format!(
+                    "{f}: a decoder reward model needs a chat_template in tokenizer_config.json"
+                )));
+            }
+            _ => None,
+        };
+        let present: Vec<bool> = pairs.iter().map(Option::is_some).collect();
+        let encoded = pairs
+            .iter()
+            .flatten()
+            .map(|(p, r)| {
+                let e = match &chat {
+                    Some(c) => {
+                        let conversation = minijinja::Value::from(vec![
+                            context! { role => "user", content => p },
+                            context! { role => "assistant", content => r },
+                        ]);
+                        tokenizer.encode(c.render(&f, conversation, false)?, false)
+                    }
+                    None => tokenizer.encode((p.as_str(), r.as_str()), true),
+                }
+                .map_err(|e| DataFusionError::Execution(format!("{f}: tokenizer: {e}")))?;
+                Ok(Encoded {
+                    ids: e.get_ids().to_vec(),
+                    type_ids: e.get_type_ids().to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((present, encoded))
+    })
+    .await?;
+    let logits = run(function, encoder, Task::Score, encoded, max_batch_tokens).await?;
+    let mut it = logits.into_iter();
+    Ok(present
+        .into_iter()
+        .map(|p| {
+            p.then(|| it.next().and_then(|l| l.get(label).copied()).map(f64::from))
+                .flatten()
+        })
+        .collect())
+}
