@@ -9,7 +9,6 @@ use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_er
 use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs};
 
 use crate::models::model::{Capability, Model};
-use crate::models::registry::LoadedModel;
 use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
 
 /// The model named by a literal first argument, at planning time.
