@@ -13,8 +13,10 @@ use std::io::{Read, Seek};
 use std::path::PathBuf;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+
 use candle_core::{D, DType, Device, Module, Result, Tensor, bail};
 use candle_nn::{Embedding, RmsNorm};
+use prefflow_kernels::qmatmul::QMatrix;
 
 /// The architectures this file runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +329,7 @@ impl<R: Read + Seek> Weights<'_, R> {
         Ok(Some(t))
     }
 
-    fn matrix(&mut self, family: Family, name: &str, device: &Device) -> Result<Option<QMatMul>> {
+    fn matrix(&mut self, family: Family, name: &str, device: &Device) -> Result<Option<Matrix>> {
         let Some(q) = self.raw(family, name, device)? else {
             return Ok(None);
         };
@@ -342,14 +344,14 @@ pub enum Matrices {
     Keep,
     /// Dequantized to f32: transformers' numbers (the parity path).
     F32,
-    /// Q4_1, Q5_0 and Q5_1 re-quantized to Q8_0 (`dtype 'q8_0'`): candle has only scalar CPU
-    /// kernels for those, about 5x slower than its SIMD Q8_0 one; the price is a second rounding.
+    /// Q4_1, Q5_0 and Q5_1 re-quantized to Q8_0 (`dtype 'q8_0'`): kept for files whose block
+    /// types prefflow has no fast kernel for; the price is a second rounding.
     Q8_0,
 }
 
-fn matmul(q: QTensor, matrices: Matrices, device: &Device) -> Result<QMatMul> {
-    match matrices {
-        Matrices::F32 => Ok(QMatMul::Tensor(q.dequantize(device)?)),
+fn matmul(q: QTensor, matrices: Matrices, device: &Device) -> Result<Matrix> {
+    let dense = match matrices {
+        Matrices::F32 => QMatMul::Tensor(q.dequantize(device)?),
         Matrices::Q8_0
             if matches!(
                 q.dtype(),
@@ -357,31 +359,49 @@ fn matmul(q: QTensor, matrices: Matrices, device: &Device) -> Result<QMatMul> {
             ) && device.is_cpu() =>
         {
             let f = q.dequantize(device)?;
-            QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)
+            return matmul(
+                QTensor::quantize(&f, GgmlDType::Q8_0)?,
+                Matrices::Keep,
+                device,
+            );
         }
-        _ => QMatMul::from_qtensor(q),
+        _ if device.is_cpu() => match QMatrix::from_qtensor(&q)? {
+            Some(m) => return Ok(Matrix::Quantized(m)),
+            None => QMatMul::from_qtensor(q)?,
+        },
+        _ => QMatMul::from_qtensor(q)?,
+    };
+    Ok(Matrix::Candle(dense))
+}
+
+/// A weight matrix: quantized blocks multiplied by prefflow's batched, batch-invariant kernels
+/// on the CPU (see `prefflow_kernels::qmatmul`), or candle's (float matrices, GPUs).
+pub enum Matrix {
+    /// GGUF blocks as stored, on the CPU.
+    Quantized(QMatrix),
+    /// Anything else.
+    Candle(QMatMul),
+}
+
+impl Matrix {
+    /// `x · wᵀ`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Matrix::Quantized(m) => m.forward(x),
+            Matrix::Candle(w) => w.forward(x),
+        }
     }
 }
 
-/// `x · wᵀ`, one row at a time for quantized matrices on the CPU: candle picks different kernels
-/// for one row and for many (repacked Q4_K / Q6_K / Q8_0 tiles), whose float sums differ in the
-/// last bits, and a greedy pick between near-tied tokens must not depend on which sequences
-/// happen to share a batch.
-fn rows_forward(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    match w {
-        QMatMul::QTensor(_) if rows > 1 && x.device().is_cpu() => {
-            let parts = (0..rows)
-                .map(|i| w.forward(&x.narrow(0, i, 1)?))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 0)
-        }
-        _ => w.forward(x),
-    }
+/// `x · wᵀ`: every row's result is independent of the other rows in the batch (prefflow's
+/// quantized kernels compute each output element the same way for one row or many; float
+/// matrices run candle's matmul).
+fn rows_forward(w: &Matrix, x: &Tensor) -> Result<Tensor> {
+    w.forward(x)
 }
 
 struct Linear {
-    w: QMatMul,
+    w: Matrix,
     b: Option<Tensor>,
 }
 
@@ -400,15 +420,15 @@ struct Block {
     q: Linear,
     k: Linear,
     v: Linear,
-    o: QMatMul,
+    o: Matrix,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     post_attn_norm: Option<RmsNorm>,
     ffn_norm: RmsNorm,
     post_ffn_norm: Option<RmsNorm>,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
     window: Option<usize>,
     local_rope: bool,
 }
@@ -492,7 +512,7 @@ pub struct Transformer {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Matrix,
     rope: (Tensor, Tensor),
     rope_local: (Tensor, Tensor),
     device: Device,

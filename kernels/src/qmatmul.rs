@@ -1,0 +1,781 @@
+//! Quantized matrix products on the CPU for GGUF weights as stored, batched and batch-invariant.
+//!
+//! candle multiplies a quantized matrix by many rows with other kernels than by one row
+//! (repacked Q4_K / Q6_K tiles on AVX2), so a row's result depended on its neighbours, and
+//! prefflow ran one row at a time; candle's Q4_1 / Q5_0 / Q5_1 dot products are scalar besides.
+//! Here every output element is one dot product computed the same way whatever the batch: the
+//! activations are quantized per row as llama.cpp does (Q8_0, or Q8_1 with its block sum, for
+//! the 32-wide types; candle's Q8_K for K-quants), and each weight row is decoded once per
+//! group of up to four activation rows whose sums run side by side but never mix. AVX2 + FMA +
+//! F16C kernels for Q4_1, Q5_0, Q5_1 and Q8_0 (detected at run time, scalar otherwise);
+//! K-quants and Q4_0 use candle's per-row dot products. The math runs on the model thread's
+//! rayon pool (sized by `prefflow.threads`), split over output columns.
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4K, BlockQ5K, BlockQ6K, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+/// A 32-wide weight block: 4-bit values with scale and minimum.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Q4_1 {
+    d: u16,
+    m: u16,
+    qs: [u8; 16],
+}
+
+/// A 32-wide weight block: 5-bit signed values with a scale.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Q5_0 {
+    d: u16,
+    qh: [u8; 4],
+    qs: [u8; 16],
+}
+
+/// A 32-wide weight block: 5-bit values with scale and minimum.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Q5_1 {
+    d: u16,
+    m: u16,
+    qh: [u8; 4],
+    qs: [u8; 16],
+}
+
+/// A 32-wide block of 8-bit values with a scale (weights, and activations for Q5_0 / Q8_0).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Q8_0 {
+    d: u16,
+    qs: [i8; 32],
+}
+
+/// A 32-wide activation block with its scale and `s = d * sum(qs)` (for Q4_1 / Q5_1).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Q8_1 {
+    d: u16,
+    s: u16,
+    qs: [i8; 32],
+}
+
+const _: () = assert!(std::mem::size_of::<Q4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<Q5_0>() == 22);
+const _: () = assert!(std::mem::size_of::<Q5_1>() == 24);
+const _: () = assert!(std::mem::size_of::<Q8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<Q8_1>() == 36);
+
+fn h2f(h: u16) -> f32 {
+    f16::from_bits(h).to_f32()
+}
+
+/// Activations quantized to Q8_0, as llama.cpp's `quantize_row_q8_0`.
+pub fn quantize_q8_0(x: &[f32], out: &mut [Q8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16::from_f32(d).to_bits();
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+        }
+    }
+}
+
+/// Activations quantized to Q8_1, as llama.cpp's `quantize_row_q8_1` (`s` from the f32 scale).
+pub fn quantize_q8_1(x: &[f32], out: &mut [Q8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16::from_f32(d).to_bits();
+        let mut sum = 0i32;
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+            sum += *q as i32;
+        }
+        b.s = f16::from_f32(sum as f32 * d).to_bits();
+    }
+}
+
+/// An activation block: its scale, its `d * sum` (Q8_1 only) and values.
+pub trait Activation: Copy + Send + Sync + Default {
+    /// The scale.
+    fn d(&self) -> f32;
+    /// `d * sum(values)` where the block carries it.
+    fn s(&self) -> f32 {
+        0.0
+    }
+    /// Value `j` of 32.
+    fn q(&self, j: usize) -> i32;
+}
+
+impl Activation for Q8_0 {
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn q(&self, j: usize) -> i32 {
+        self.qs[j] as i32
+    }
+}
+
+impl Activation for Q8_1 {
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn s(&self) -> f32 {
+        h2f(self.s)
+    }
+    fn q(&self, j: usize) -> i32 {
+        self.qs[j] as i32
+    }
+}
+
+/// One kind of weight block with its activation block and dot products of one weight row with
+/// up to four activation rows (`out[r] = dot(w, a[r])`, each row summed on its own).
+pub trait Kernel: Copy + Send + Sync + 'static {
+    /// The activation block.
+    type A: Activation;
+    /// Quantizes one activation row.
+    fn quantize(x: &[f32], out: &mut [Self::A]);
+    /// The block's scale.
+    fn d(&self) -> f32;
+    /// The block's minimum (added to every value), for the types that have one.
+    fn m(&self) -> f32 {
+        0.0
+    }
+    /// Weight value `j` of 32 (before scale and minimum).
+    fn q(&self, j: usize) -> i32;
+    /// Portable dot products (the reference): llama.cpp's scalar arithmetic.
+    fn dots_scalar(w: &[Self], a: &[&[Self::A]], out: &mut [f32]) {
+        for (o, a) in out.iter_mut().zip(a) {
+            let mut sum = 0f32;
+            for (x, y) in w.iter().zip(a.iter()) {
+                let sumi: i32 = (0..32).map(|j| x.q(j) * y.q(j)).sum();
+                sum += x.d() * y.d() * sumi as f32 + x.m() * y.s();
+            }
+            *o = sum;
+        }
+    }
+    /// The fastest dot products this CPU has; same per-row arithmetic for any number of rows.
+    fn dots(w: &[Self], a: &[&[Self::A]], out: &mut [f32]);
+}
+
+impl Default for Q8_0 {
+    fn default() -> Self {
+        Self { d: 0, qs: [0; 32] }
+    }
+}
+
+impl Default for Q8_1 {
+    fn default() -> Self {
+        Self {
+            d: 0,
+            s: 0,
+            qs: [0; 32],
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// `dots` through an AVX2 kernel when the CPU has it: the rows in groups of four (the same
+/// arithmetic per row whatever the group), the scalar reference otherwise.
+macro_rules! dispatch {
+    ($kernel:ident) => {
+        fn dots(w: &[Self], a: &[&[Self::A]], out: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                let mut r = 0;
+                while r < a.len() {
+                    let left = a.len() - r;
+                    // SAFETY: the CPU has AVX2, FMA and F16C (has_avx2).
+                    unsafe {
+                        match left {
+                            1 => avx2::$kernel::<1>(w, &a[r..r + 1], &mut out[r..r + 1]),
+                            2 => avx2::$kernel::<2>(w, &a[r..r + 2], &mut out[r..r + 2]),
+                            3 => avx2::$kernel::<3>(w, &a[r..r + 3], &mut out[r..r + 3]),
+                            _ => avx2::$kernel::<4>(w, &a[r..r + 4], &mut out[r..r + 4]),
+                        }
+                    }
+                    r += left.min(4);
+                }
+                return;
+            }
+            Self::dots_scalar(w, a, out)
+        }
+    };
+}
+
+/// The fifth bit of value `j` of a Q5 block, as 16 or 0.
+fn q5_high(qh: [u8; 4], j: usize) -> i32 {
+    ((u32::from_le_bytes(qh) >> j) & 1) as i32 * 16
+}
+
+/// Nibble `j` of 32: low nibbles hold values 0..16, high nibbles 16..32.
+fn nibble(qs: &[u8; 16], j: usize) -> i32 {
+    if j < 16 {
+        (qs[j] & 0x0F) as i32
+    } else {
+        (qs[j - 16] >> 4) as i32
+    }
+}
+
+impl Kernel for Q4_1 {
+    type A = Q8_1;
+    fn quantize(x: &[f32], out: &mut [Q8_1]) {
+        quantize_q8_1(x, out)
+    }
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn m(&self) -> f32 {
+        h2f(self.m)
+    }
+    fn q(&self, j: usize) -> i32 {
+        nibble(&self.qs, j)
+    }
+    dispatch!(q4_1);
+}
+
+impl Kernel for Q5_0 {
+    type A = Q8_0;
+    fn quantize(x: &[f32], out: &mut [Q8_0]) {
+        quantize_q8_0(x, out)
+    }
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn q(&self, j: usize) -> i32 {
+        nibble(&self.qs, j) + q5_high(self.qh, j) - 16
+    }
+    dispatch!(q5_0);
+}
+
+impl Kernel for Q5_1 {
+    type A = Q8_1;
+    fn quantize(x: &[f32], out: &mut [Q8_1]) {
+        quantize_q8_1(x, out)
+    }
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn m(&self) -> f32 {
+        h2f(self.m)
+    }
+    fn q(&self, j: usize) -> i32 {
+        nibble(&self.qs, j) + q5_high(self.qh, j)
+    }
+    dispatch!(q5_1);
+}
+
+impl Kernel for Q8_0 {
+    type A = Q8_0;
+    fn quantize(x: &[f32], out: &mut [Q8_0]) {
+        quantize_q8_0(x, out)
+    }
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn q(&self, j: usize) -> i32 {
+        self.qs[j] as i32
+    }
+    dispatch!(q8_0);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn h2f(h: u16) -> f32 {
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32))) }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+
+    /// 32 nibbles as bytes: the low nibbles (elements 0..16) then the high ones (16..32).
+    #[inline(always)]
+    unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+        unsafe {
+            let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+            _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                _mm256_set1_epi8(0x0F),
+            )
+        }
+    }
+
+    /// 0xFF in byte j where bit j of `qh` is set (llama.cpp's bytes_from_bits_32).
+    #[inline(always)]
+    unsafe fn bits(qh: [u8; 4]) -> __m256i {
+        unsafe {
+            let x = u32::from_le_bytes(qh) as i32;
+            let shuf = _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            );
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
+            let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+            _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+        }
+    }
+
+    /// Sums of products of unsigned bytes `x` and signed bytes `y`, as 8 floats.
+    #[inline(always)]
+    unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
+        unsafe {
+            let p = _mm256_maddubs_epi16(x, y);
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+        }
+    }
+
+    /// Sums of products of signed bytes, as 8 floats.
+    #[inline(always)]
+    unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
+        unsafe { dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) }
+    }
+
+    #[inline(always)]
+    unsafe fn load(qs: &[i8; 32]) -> __m256i {
+        unsafe { _mm256_loadu_si256(qs.as_ptr() as *const __m256i) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_1<const R: usize>(w: &[Q4_1], a: &[&[Q8_1]], out: &mut [f32]) {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [0f32; R];
+            for (b, x) in w.iter().enumerate() {
+                let (dx, mx) = (h2f(x.d), h2f(x.m));
+                let q = nibbles(&x.qs);
+                for r in 0..R {
+                    let y = &a[r][b];
+                    let p = dot_u8_i8(q, load(&y.qs));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
+                    mins[r] += mx * h2f(y.s);
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + mins[r];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_0<const R: usize>(w: &[Q5_0], a: &[&[Q8_0]], out: &mut [f32]) {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, x) in w.iter().enumerate() {
+                let dx = h2f(x.d);
+                // nibble - 16 where the fifth bit is clear: the signed value in two's complement.
+                let high = _mm256_andnot_si256(bits(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
+                let q = _mm256_or_si256(nibbles(&x.qs), high);
+                for r in 0..R {
+                    let y = &a[r][b];
+                    let p = dot_i8_i8(q, load(&y.qs));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_1<const R: usize>(w: &[Q5_1], a: &[&[Q8_1]], out: &mut [f32]) {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [0f32; R];
+            for (b, x) in w.iter().enumerate() {
+                let (dx, mx) = (h2f(x.d), h2f(x.m));
+                let high = _mm256_and_si256(bits(x.qh), _mm256_set1_epi8(0x10));
+                let q = _mm256_or_si256(nibbles(&x.qs), high);
+                for r in 0..R {
+                    let y = &a[r][b];
+                    let p = dot_u8_i8(q, load(&y.qs));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
+                    mins[r] += mx * h2f(y.s);
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + mins[r];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0<const R: usize>(w: &[Q8_0], a: &[&[Q8_0]], out: &mut [f32]) {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, x) in w.iter().enumerate() {
+                let dx = h2f(x.d);
+                let q = load(&x.qs);
+                for r in 0..R {
+                    let y = &a[r][b];
+                    let p = dot_i8_i8(q, load(&y.qs));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]);
+            }
+        }
+    }
+}
+
+/// The weights of one matrix, as stored.
+enum Blocks {
+    Q4_1(Vec<Q4_1>),
+    Q5_0(Vec<Q5_0>),
+    Q5_1(Vec<Q5_1>),
+    Q8_0(Vec<Q8_0>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q2K(Vec<BlockQ2K>),
+    Q3K(Vec<BlockQ3K>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+/// A quantized (n x k) weight matrix multiplied as `x · wᵀ` on the CPU.
+pub struct QMatrix {
+    n: usize,
+    k: usize,
+    blocks: Blocks,
+}
+
+/// Copies raw block bytes into a vector of blocks.
+fn blocks_from<T: Copy>(bytes: &[u8], zero: T) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    let mut out = vec![zero; bytes.len() / size];
+    // SAFETY: T is a plain repr(C) block of integers (no invalid bit patterns), `out` holds
+    // exactly bytes.len() / size of them, and the copy is byte-wise (no alignment needed).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr() as *mut u8,
+            out.len() * size,
+        )
+    };
+    out
+}
+
+fn candle_blocks<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    let mut out: Vec<T> = (0..bytes.len() / size).map(|_| T::zeros()).collect();
+    // SAFETY: as in blocks_from: candle's blocks are repr(C) plain data.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr() as *mut u8,
+            out.len() * size,
+        )
+    };
+    out
+}
+
+impl QMatrix {
+    /// The matrix of a GGUF tensor, when its block type is one this module multiplies (None
+    /// for float matrices and types it does not know).
+    pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
+        let (n, k) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        if k % dtype.block_size() != 0 {
+            return Ok(None);
+        }
+        let bytes = q.data()?;
+        let blocks = match dtype {
+            GgmlDType::Q4_1 => Blocks::Q4_1(blocks_from(
+                &bytes,
+                Q4_1 {
+                    d: 0,
+                    m: 0,
+                    qs: [0; 16],
+                },
+            )),
+            GgmlDType::Q5_0 => Blocks::Q5_0(blocks_from(
+                &bytes,
+                Q5_0 {
+                    d: 0,
+                    qh: [0; 4],
+                    qs: [0; 16],
+                },
+            )),
+            GgmlDType::Q5_1 => Blocks::Q5_1(blocks_from(
+                &bytes,
+                Q5_1 {
+                    d: 0,
+                    m: 0,
+                    qh: [0; 4],
+                    qs: [0; 16],
+                },
+            )),
+            GgmlDType::Q8_0 => Blocks::Q8_0(blocks_from(&bytes, Q8_0::default())),
+            GgmlDType::Q4_0 => Blocks::Q4_0(candle_blocks(&bytes)),
+            GgmlDType::Q2K => Blocks::Q2K(candle_blocks(&bytes)),
+            GgmlDType::Q3K => Blocks::Q3K(candle_blocks(&bytes)),
+            GgmlDType::Q4K => Blocks::Q4K(candle_blocks(&bytes)),
+            GgmlDType::Q5K => Blocks::Q5K(candle_blocks(&bytes)),
+            GgmlDType::Q6K => Blocks::Q6K(candle_blocks(&bytes)),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self { n, k, blocks }))
+    }
+
+    /// Output width.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// `x · wᵀ` for x of shape (..., k); every output element is computed the same way
+    /// whatever the number of rows.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        if k != self.k {
+            candle_core::bail!("quantized matmul: input width {k}, matrix takes {}", self.k);
+        }
+        let m = x.elem_count() / k.max(1);
+        let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = match &self.blocks {
+            Blocks::Q4_1(w) => multiply(w, &data, m, self.k, self.n),
+            Blocks::Q5_0(w) => multiply(w, &data, m, self.k, self.n),
+            Blocks::Q5_1(w) => multiply(w, &data, m, self.k, self.n),
+            Blocks::Q8_0(w) => multiply(w, &data, m, self.k, self.n),
+            Blocks::Q4_0(w) => multiply_candle(w, &data, m, self.k, self.n),
+            Blocks::Q2K(w) => multiply_candle(w, &data, m, self.k, self.n),
+            Blocks::Q3K(w) => multiply_candle(w, &data, m, self.k, self.n),
+            Blocks::Q4K(w) => multiply_candle(w, &data, m, self.k, self.n),
+            Blocks::Q5K(w) => multiply_candle(w, &data, m, self.k, self.n),
+            Blocks::Q6K(w) => multiply_candle(w, &data, m, self.k, self.n),
+        };
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = self.n;
+        }
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    }
+}
+
+/// Output columns per parallel task: enough tasks to balance the pool, each long enough that
+/// the split costs little.
+fn columns_per_task(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (n / (threads * 8)).clamp(8, 256)
+}
+
+/// `x · wᵀ` with one of this module's kernels; returns (m, n) row-major.
+fn multiply<K: Kernel>(w: &[K], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let kb = k / 32;
+    let mut a = vec![K::A::default(); m * kb];
+    for (row, out) in x.chunks_exact(k).zip(a.chunks_exact_mut(kb)) {
+        K::quantize(row, out);
+    }
+    let rows: Vec<&[K::A]> = a.chunks_exact(kb).collect();
+    columns(n, m, |col, out| {
+        K::dots(&w[col * kb..(col + 1) * kb], &rows, out)
+    })
+}
+
+/// `x · wᵀ` with candle's dot product for a block type, one (row, column) at a time.
+fn multiply_candle<T: GgmlType>(w: &[T], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let kb = k / T::BLCK_SIZE;
+    let mut a: Vec<T::VecDotType> = (0..m * kb).map(|_| T::VecDotType::zeros()).collect();
+    for (row, out) in x.chunks_exact(k).zip(a.chunks_exact_mut(kb)) {
+        T::VecDotType::from_float(row, out);
+    }
+    columns(n, m, |col, out| {
+        let wc = &w[col * kb..(col + 1) * kb];
+        for (o, row) in out.iter_mut().zip(a.chunks_exact(kb)) {
+            *o = T::vec_dot(k, wc, row);
+        }
+    })
+}
+
+/// Fills an (m, n) output by columns in parallel: `dot(col, out)` writes column `col` for
+/// every row.
+fn columns(n: usize, m: usize, dot: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    if m == 0 || n == 0 {
+        return Vec::new();
+    }
+    let per = columns_per_task(n);
+    let mut by_column = vec![0f32; n * m];
+    by_column
+        .par_chunks_mut(per * m)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (i, out) in chunk.chunks_exact_mut(m).enumerate() {
+                dot(task * per + i, out);
+            }
+        });
+    if m == 1 {
+        return by_column;
+    }
+    let mut out = vec![0f32; n * m];
+    for (col, values) in by_column.chunks_exact(m).enumerate() {
+        for (row, v) in values.iter().enumerate() {
+            out[row * n + col] = *v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn matrix(dtype: GgmlDType, n: usize, k: usize) -> QMatrix {
+        let w = Tensor::from_vec(random(n * k, 7), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        QMatrix::from_qtensor(&q).unwrap().unwrap()
+    }
+
+    /// Every type the bundled models carry: one row alone gives the same bits as the same row
+    /// inside batches of 2, 7 and 16.
+    #[test]
+    fn rows_do_not_depend_on_their_batch() {
+        let k = 512;
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::Q4_0,
+        ] {
+            let w = matrix(dtype, 40, k);
+            let x = random(16 * k, 3);
+            let alone: Vec<Vec<f32>> = (0..16)
+                .map(|r| {
+                    let t = Tensor::from_vec(x[r * k..(r + 1) * k].to_vec(), (1, k), &Device::Cpu)
+                        .unwrap();
+                    w.forward(&t)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            for batch in [2, 7, 16] {
+                let t =
+                    Tensor::from_vec(x[..batch * k].to_vec(), (batch, k), &Device::Cpu).unwrap();
+                let out = w.forward(&t).unwrap().to_vec2::<f32>().unwrap();
+                for (r, row) in out.iter().enumerate() {
+                    let same = row
+                        .iter()
+                        .zip(&alone[r])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{dtype:?}: row {r} differs inside a batch of {batch}");
+                }
+            }
+        }
+    }
+
+    fn check<K: Kernel>(w: &[K], a: &[Vec<K::A>]) {
+        let rows: Vec<&[K::A]> = a.iter().map(|r| r.as_slice()).collect();
+        let mut fast = vec![0f32; rows.len()];
+        let mut slow = vec![0f32; rows.len()];
+        K::dots(w, &rows, &mut fast);
+        K::dots_scalar(w, &rows, &mut slow);
+        for (f, s) in fast.iter().zip(&slow) {
+            assert!((f - s).abs() <= 1e-4 * s.abs().max(1.0), "{f} vs {s}");
+        }
+    }
+
+    /// The SIMD dot products agree with the scalar reference (only the float summation order
+    /// differs), and the whole product with candle's dequantized matmul.
+    #[test]
+    fn simd_dot_products_match_the_scalar_reference() {
+        let k = 256;
+        let x = random(5 * k, 11);
+        macro_rules! case {
+            ($dtype:expr, $variant:ident) => {{
+                let m = matrix($dtype, 3, k);
+                let Blocks::$variant(w) = &m.blocks else {
+                    unreachable!()
+                };
+                let kb = k / 32;
+                for col in 0..3 {
+                    let a: Vec<Vec<_>> = x
+                        .chunks_exact(k)
+                        .map(|row| {
+                            let mut out = vec![Default::default(); kb];
+                            <$variant as Kernel>::quantize(row, &mut out);
+                            out
+                        })
+                        .collect();
+                    check(&w[col * kb..(col + 1) * kb], &a);
+                }
+            }};
+        }
+        case!(GgmlDType::Q4_1, Q4_1);
+        case!(GgmlDType::Q5_0, Q5_0);
+        case!(GgmlDType::Q5_1, Q5_1);
+        case!(GgmlDType::Q8_0, Q8_0);
+        // Against candle's f32 product of the dequantized matrix: activation quantization
+        // error only.
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
+            let w = Tensor::from_vec(random(8 * k, 7), (8, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let ours = QMatrix::from_qtensor(&q).unwrap().unwrap();
+            let xt = Tensor::from_vec(x.clone(), (5, k), &Device::Cpu).unwrap();
+            let got = ours.forward(&xt).unwrap().to_vec2::<f32>().unwrap();
+            let want = xt
+                .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!(
+                    (g - w).abs() < 0.05 * w.abs().max(1.0),
+                    "{dtype:?}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
