@@ -299,7 +299,7 @@ impl Kernel for Q8_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
+    use super::{Activation, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -365,88 +365,81 @@ mod avx2 {
         unsafe { _mm256_loadu_si256(qs.as_ptr() as *const __m256i) }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1<const R: usize>(w: &[Q4_1], a: &[&[Q8_1]], out: &mut [f32]) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut mins = [0f32; R];
-            for (b, x) in w.iter().enumerate() {
-                let (dx, mx) = (h2f(x.d), h2f(x.m));
-                let q = nibbles(&x.qs);
-                for r in 0..R {
-                    let y = &a[r][b];
-                    let p = dot_u8_i8(q, load(&y.qs));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
-                    mins[r] += mx * h2f(y.s);
+    /// One kernel: `$decode` turns a weight block into (32 values as bytes, scale, minimum),
+    /// `$dot` multiplies them with an activation block's values; each row sums on its own.
+    macro_rules! kernel {
+        ($name:ident, $w:ty, $a:ty, |$x:ident| $decode:expr, $dot:ident, $with_min:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name<const R: usize>(w: &[$w], a: &[&[$a]], out: &mut [f32]) {
+                unsafe {
+                    let mut acc = [_mm256_setzero_ps(); R];
+                    let mut mins = [0f32; R];
+                    for (b, $x) in w.iter().enumerate() {
+                        let (q, dx, mx): (__m256i, f32, f32) = $decode;
+                        for r in 0..R {
+                            let y = &a[r][b];
+                            let p = $dot(q, load(&y.qs));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
+                            if $with_min {
+                                mins[r] += mx * Activation::s(y);
+                            }
+                        }
+                    }
+                    for r in 0..R {
+                        out[r] = hsum(acc[r]) + mins[r];
+                    }
                 }
             }
-            for r in 0..R {
-                out[r] = hsum(acc[r]) + mins[r];
-            }
-        }
+        };
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q5_0<const R: usize>(w: &[Q5_0], a: &[&[Q8_0]], out: &mut [f32]) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, x) in w.iter().enumerate() {
-                let dx = h2f(x.d);
-                // nibble - 16 where the fifth bit is clear: the signed value in two's complement.
-                let high = _mm256_andnot_si256(bits(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
-                let q = _mm256_or_si256(nibbles(&x.qs), high);
-                for r in 0..R {
-                    let y = &a[r][b];
-                    let p = dot_i8_i8(q, load(&y.qs));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
-                }
-            }
-            for r in 0..R {
-                out[r] = hsum(acc[r]);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q5_1<const R: usize>(w: &[Q5_1], a: &[&[Q8_1]], out: &mut [f32]) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut mins = [0f32; R];
-            for (b, x) in w.iter().enumerate() {
-                let (dx, mx) = (h2f(x.d), h2f(x.m));
-                let high = _mm256_and_si256(bits(x.qh), _mm256_set1_epi8(0x10));
-                let q = _mm256_or_si256(nibbles(&x.qs), high);
-                for r in 0..R {
-                    let y = &a[r][b];
-                    let p = dot_u8_i8(q, load(&y.qs));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
-                    mins[r] += mx * h2f(y.s);
-                }
-            }
-            for r in 0..R {
-                out[r] = hsum(acc[r]) + mins[r];
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0<const R: usize>(w: &[Q8_0], a: &[&[Q8_0]], out: &mut [f32]) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, x) in w.iter().enumerate() {
-                let dx = h2f(x.d);
-                let q = load(&x.qs);
-                for r in 0..R {
-                    let y = &a[r][b];
-                    let p = dot_i8_i8(q, load(&y.qs));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
-                }
-            }
-            for r in 0..R {
-                out[r] = hsum(acc[r]);
-            }
-        }
-    }
+    kernel!(
+        q4_1,
+        Q4_1,
+        Q8_1,
+        |x| (nibbles(&x.qs), h2f(x.d), h2f(x.m)),
+        dot_u8_i8,
+        true
+    );
+    // nibble - 16 where the fifth bit is clear: the signed value in two's complement.
+    kernel!(
+        q5_0,
+        Q5_0,
+        Q8_0,
+        |x| (
+            _mm256_or_si256(
+                nibbles(&x.qs),
+                _mm256_andnot_si256(bits(x.qh), _mm256_set1_epi8(0xF0u8 as i8))
+            ),
+            h2f(x.d),
+            0.0
+        ),
+        dot_i8_i8,
+        false
+    );
+    kernel!(
+        q5_1,
+        Q5_1,
+        Q8_1,
+        |x| (
+            _mm256_or_si256(
+                nibbles(&x.qs),
+                _mm256_and_si256(bits(x.qh), _mm256_set1_epi8(0x10))
+            ),
+            h2f(x.d),
+            h2f(x.m)
+        ),
+        dot_u8_i8,
+        true
+    );
+    kernel!(
+        q8_0,
+        Q8_0,
+        Q8_0,
+        |x| (load(&x.qs), h2f(x.d), 0.0),
+        dot_i8_i8,
+        false
+    );
 }
 
 /// The weights of one matrix, as stored.
