@@ -46,6 +46,7 @@ pub mod session;
 pub mod shard;
 pub mod sinks;
 pub mod target;
+pub mod threads;
 
 pub use engine::{Engine, FinalQuery};
 pub use error::{PrefflowError, Result};

@@ -1,5 +1,8 @@
-//! The `prefflow` binary; all of it lives in [`prefflow::cli`].
+//! The `prefflow` command; everything lives in the library (`prefflow::cli`).
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: nothing else runs yet (no thread has started), so setting the environment
+    // cannot race with a reader.
+    unsafe { prefflow::threads::configure_math_threads() };
     prefflow::cli::main(std::env::args_os())
 }

@@ -55,32 +55,40 @@ pub struct Q8_0 {
     qs: [i8; 32],
 }
 
-/// A 32-wide activation block with its scale and `s = d * sum(qs)` (for Q4_1 / Q5_1).
-#[derive(Clone, Copy)]
-#[repr(C)]
+/// A 32-wide activation block quantized as Q8_1 (for Q4_1 / Q5_1): values, the scale and
+/// `s = d * sum(qs)`, both rounded to f16 as llama.cpp stores them but kept as f32 so the
+/// kernels do not convert them for every weight row.
+#[derive(Clone, Copy, Default)]
 pub struct Q8_1 {
-    d: u16,
-    s: u16,
     qs: [i8; 32],
+    d: f32,
+    s: f32,
+}
+
+/// A 32-wide activation block quantized as Q8_0 (for Q5_0 / Q8_0): values and the scale
+/// (rounded to f16, kept as f32).
+#[derive(Clone, Copy, Default)]
+pub struct A8_0 {
+    qs: [i8; 32],
+    d: f32,
 }
 
 const _: () = assert!(std::mem::size_of::<Q4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<Q5_0>() == 22);
 const _: () = assert!(std::mem::size_of::<Q5_1>() == 24);
 const _: () = assert!(std::mem::size_of::<Q8_0>() == 34);
-const _: () = assert!(std::mem::size_of::<Q8_1>() == 36);
 
 fn h2f(h: u16) -> f32 {
     f16::from_bits(h).to_f32()
 }
 
 /// Activations quantized to Q8_0, as llama.cpp's `quantize_row_q8_0`.
-pub fn quantize_q8_0(x: &[f32], out: &mut [Q8_0]) {
+pub fn quantize_q8_0(x: &[f32], out: &mut [A8_0]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b.d = f16::from_f32(d).to_bits();
+        b.d = f16::from_f32(d).to_f32();
         for (q, v) in b.qs.iter_mut().zip(xs) {
             *q = (v * id).round() as i8;
         }
@@ -93,13 +101,13 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [Q8_1]) {
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b.d = f16::from_f32(d).to_bits();
+        b.d = f16::from_f32(d).to_f32();
         let mut sum = 0i32;
         for (q, v) in b.qs.iter_mut().zip(xs) {
             *q = (v * id).round() as i8;
             sum += *q as i32;
         }
-        b.s = f16::from_f32(sum as f32 * d).to_bits();
+        b.s = f16::from_f32(sum as f32 * d).to_f32();
     }
 }
 
@@ -115,9 +123,9 @@ pub trait Activation: Copy + Send + Sync + Default {
     fn q(&self, j: usize) -> i32;
 }
 
-impl Activation for Q8_0 {
+impl Activation for A8_0 {
     fn d(&self) -> f32 {
-        h2f(self.d)
+        self.d
     }
     fn q(&self, j: usize) -> i32 {
         self.qs[j] as i32
@@ -126,10 +134,10 @@ impl Activation for Q8_0 {
 
 impl Activation for Q8_1 {
     fn d(&self) -> f32 {
-        h2f(self.d)
+        self.d
     }
     fn s(&self) -> f32 {
-        h2f(self.s)
+        self.s
     }
     fn q(&self, j: usize) -> i32 {
         self.qs[j] as i32
@@ -169,16 +177,6 @@ pub trait Kernel: Copy + Send + Sync + 'static {
 impl Default for Q8_0 {
     fn default() -> Self {
         Self { d: 0, qs: [0; 32] }
-    }
-}
-
-impl Default for Q8_1 {
-    fn default() -> Self {
-        Self {
-            d: 0,
-            s: 0,
-            qs: [0; 32],
-        }
     }
 }
 
@@ -253,8 +251,8 @@ impl Kernel for Q4_1 {
 }
 
 impl Kernel for Q5_0 {
-    type A = Q8_0;
-    fn quantize(x: &[f32], out: &mut [Q8_0]) {
+    type A = A8_0;
+    fn quantize(x: &[f32], out: &mut [A8_0]) {
         quantize_q8_0(x, out)
     }
     fn d(&self) -> f32 {
@@ -284,8 +282,8 @@ impl Kernel for Q5_1 {
 }
 
 impl Kernel for Q8_0 {
-    type A = Q8_0;
-    fn quantize(x: &[f32], out: &mut [Q8_0]) {
+    type A = A8_0;
+    fn quantize(x: &[f32], out: &mut [A8_0]) {
         quantize_q8_0(x, out)
     }
     fn d(&self) -> f32 {
@@ -299,7 +297,7 @@ impl Kernel for Q8_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Activation, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
+    use super::{A8_0, Activation, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -379,9 +377,9 @@ mod avx2 {
                         for r in 0..R {
                             let y = &a[r][b];
                             let p = $dot(q, load(&y.qs));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y.d)), p, acc[r]);
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y.d), p, acc[r]);
                             if $with_min {
-                                mins[r] += mx * Activation::s(y);
+                                mins[r] += mx * y.s();
                             }
                         }
                     }
@@ -405,7 +403,7 @@ mod avx2 {
     kernel!(
         q5_0,
         Q5_0,
-        Q8_0,
+        A8_0,
         |x| (
             _mm256_or_si256(
                 nibbles(&x.qs),
@@ -435,7 +433,7 @@ mod avx2 {
     kernel!(
         q8_0,
         Q8_0,
-        Q8_0,
+        A8_0,
         |x| (load(&x.qs), h2f(x.d), 0.0),
         dot_i8_i8,
         false
