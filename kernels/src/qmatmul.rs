@@ -82,31 +82,42 @@ fn h2f(h: u16) -> f32 {
     f16::from_bits(h).to_f32()
 }
 
-/// Activations quantized to Q8_0, as llama.cpp's `quantize_row_q8_0`.
+/// One block of 32 activations as llama.cpp's AVX2 path quantizes it (round half to even, so
+/// the scalar fallback gives the same values): the values, the f32 scale and their sum.
+fn quantize_block(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; xs holds 32 values.
+        return unsafe { avx2::quantize_block(xs, qs) };
+    }
+    quantize_block_scalar(xs, qs)
+}
+
+fn quantize_block_scalar(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0;
+    for (q, v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
+}
+
+/// Activations quantized to Q8_0 (llama.cpp's `quantize_row_q8_0`).
 pub fn quantize_q8_0(x: &[f32], out: &mut [A8_0]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
-        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (d, _) = quantize_block(xs, &mut b.qs);
         b.d = f16::from_f32(d).to_f32();
-        for (q, v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-        }
     }
 }
 
-/// Activations quantized to Q8_1, as llama.cpp's `quantize_row_q8_1` (`s` from the f32 scale).
+/// Activations quantized to Q8_1 (llama.cpp's `quantize_row_q8_1`: `s` from the f32 scale).
 pub fn quantize_q8_1(x: &[f32], out: &mut [Q8_1]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
-        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (d, sum) = quantize_block(xs, &mut b.qs);
         b.d = f16::from_f32(d).to_f32();
-        let mut sum = 0i32;
-        for (q, v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
         b.s = f16::from_f32(sum as f32 * d).to_f32();
     }
 }
@@ -361,6 +372,55 @@ mod avx2 {
     #[inline(always)]
     unsafe fn load(qs: &[i8; 32]) -> __m256i {
         unsafe { _mm256_loadu_si256(qs.as_ptr() as *const __m256i) }
+    }
+
+    /// See [`super::quantize_block`]; llama.cpp's AVX2 `quantize_row_q8_0` / `_q8_1`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+        unsafe {
+            let p = xs.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let sign = _mm256_set1_ps(-0.0);
+            let mut m = _mm256_andnot_ps(sign, v[0]);
+            for x in &v[1..] {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+            }
+            let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+            let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            let amax = _mm_cvtss_f32(m4);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            let round = |x: __m256| {
+                _mm256_cvtps_epi32(_mm256_round_ps(
+                    _mm256_mul_ps(x, id),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                ))
+            };
+            let i = [round(v[0]), round(v[1]), round(v[2]), round(v[3])];
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let t4 = _mm_add_epi32(
+                _mm256_extracti128_si256(total, 1),
+                _mm256_castsi256_si128(total),
+            );
+            let t4 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
+            let t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b01));
+            let sum = _mm_cvtsi128_si32(t4);
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(i[0], i[1]),
+                _mm256_packs_epi32(i[2], i[3]),
+            );
+            let ordered =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
+            (d, sum)
+        }
     }
 
     /// One kernel: `$decode` turns a weight block into (32 values as bytes, scale, minimum),
@@ -702,6 +762,22 @@ mod tests {
         }
     }
 
+    /// The AVX2 activation quantizer gives the scalar one's values, scale and sum.
+    #[test]
+    fn activation_quantizers_agree() {
+        let mut x = random(32 * 64, 5);
+        // Ties at .5 after scaling, zeros and a block of zeros.
+        x[3] = 0.0;
+        x[4] = -x[5];
+        x[64..96].fill(0.0);
+        for xs in x.chunks_exact(32) {
+            let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+            let fast = quantize_block(xs, &mut a);
+            let slow = quantize_block_scalar(xs, &mut b);
+            assert_eq!((a, fast.0.to_bits(), fast.1), (b, slow.0.to_bits(), slow.1));
+        }
+    }
+
     fn check<K: Kernel>(w: &[K], a: &[Vec<K::A>]) {
         let rows: Vec<&[K::A]> = a.iter().map(|r| r.as_slice()).collect();
         let mut fast = vec![0f32; rows.len()];
@@ -767,6 +843,40 @@ mod tests {
                     "{dtype:?}: {g} vs {w}"
                 );
             }
+        }
+    }
+
+    /// The same products as candle's quantized matmul (Q5_0 / Q8_0 to the last bits; Q4_1 /
+    /// Q5_1 within the rounding of the activation block sum, which llama.cpp takes from the
+    /// f32 scale and candle from the f16 one).
+    #[test]
+    fn products_match_candle() {
+        use candle_core::Module;
+        use candle_core::quantized::QMatMul;
+        let (n, k) = (64, 576);
+        let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(random(k, 2), (1, k), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let ours = QMatrix::from_qtensor(&q)
+                .unwrap()
+                .unwrap()
+                .forward(&x)
+                .unwrap();
+            let theirs = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
+            let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 5e-3, "{dtype:?}: worst difference {worst}");
         }
     }
 }

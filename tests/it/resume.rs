@@ -229,7 +229,8 @@ fn quiet_runs_print_nothing_and_cache_off_recomputes() {
 /// the run must still lose only what was at the model, not the whole batch.
 #[test]
 fn a_kill_with_default_batches_loses_only_rows_in_flight() {
-    const N: usize = 160;
+    // Enough rows that the run lasts several commit intervals (0.5 s) on a fast machine.
+    const N: usize = 960;
     let dir = tempfile::tempdir().unwrap();
     let prompts: String = (0..N)
         .map(|i| format!("{{\"id\": {i}, \"prompt\": \"Tell me about the number {i}.\"}}\n"))
