@@ -3,5 +3,7 @@
 //!
 //! - [`qmatmul`]: quantized (GGUF) matrix products, batched and batch-invariant, with AVX2
 //!   dot products for the 32-wide block types.
+//! - [`attention`]: decode-step attention for every sequence and head of a step at once.
 
+pub mod attention;
 pub mod qmatmul;

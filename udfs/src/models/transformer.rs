@@ -706,6 +706,29 @@ impl Transformer {
             } else {
                 None
             };
+            // A decode step on the CPU: every sequence's attention in one kernel call (see
+            // prefflow_kernels::attention) instead of ~10 tensor operations per sequence.
+            if let Some((qb, kb, vb)) = &together
+                && self.device.is_cpu()
+                && qb.dtype() == DType::F32
+            {
+                for (i, s) in steps.iter_mut().enumerate() {
+                    s.cache.append(l, &kb.get(i)?, &vb.get(i)?)?;
+                }
+                let queries = qb.flatten_all()?.to_vec1::<f32>()?;
+                let attn = decode_attention(
+                    &queries,
+                    steps,
+                    &spans,
+                    l,
+                    block.window,
+                    (h, kvh, d),
+                    c.attn_scale as f32,
+                )?;
+                let attn = Tensor::from_vec(attn, (steps.len(), h * d), &self.device)?;
+                x = self.feed(block, x, &attn)?;
+                continue;
+            }
             let mut outs = Vec::with_capacity(steps.len());
             for (i, (s, &(off, t, pos))) in steps.iter_mut().zip(&spans).enumerate() {
                 let (qi, ki, vi) = match &together {
@@ -751,27 +774,32 @@ impl Transformer {
                 outs.push(o);
             }
             let attn = Tensor::cat(&outs, 0)?;
-            let mut y = rows_forward(&block.o, &attn)?;
-            if let Some(n) = &block.post_attn_norm {
-                y = n.forward(&y)?;
-            }
-            x = (x + y)?;
-            let f = block.ffn_norm.forward(&x)?;
-            let gate = rows_forward(&block.gate, &f)?;
-            let act = match c.family {
-                Family::Gemma3 => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
-                _ => candle_nn::ops::silu(&gate)?,
-            };
-            let mut y = rows_forward(&block.down, &(act * rows_forward(&block.up, &f)?)?)?;
-            if let Some(n) = &block.post_ffn_norm {
-                y = n.forward(&y)?;
-            }
-            x = (x + y)?;
+            x = self.feed(block, x, &attn)?;
         }
         for (s, &(_, t, _)) in steps.iter_mut().zip(&spans) {
             s.cache.len += t;
         }
         self.norm.forward(&x)
+    }
+
+    /// The rest of a block after attention: output projection, residual, feed-forward.
+    fn feed(&self, block: &Block, x: Tensor, attn: &Tensor) -> Result<Tensor> {
+        let mut y = rows_forward(&block.o, attn)?;
+        if let Some(n) = &block.post_attn_norm {
+            y = n.forward(&y)?;
+        }
+        let x = (x + y)?;
+        let f = block.ffn_norm.forward(&x)?;
+        let gate = rows_forward(&block.gate, &f)?;
+        let act = match self.config.family {
+            Family::Gemma3 => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
+            _ => candle_nn::ops::silu(&gate)?,
+        };
+        let mut y = rows_forward(&block.down, &(act * rows_forward(&block.up, &f)?)?)?;
+        if let Some(n) = &block.post_ffn_norm {
+            y = n.forward(&y)?;
+        }
+        x + y
     }
 
     /// RoPE on (batch, heads, tokens, head_dim) with the model's pairing of dimensions.
@@ -787,6 +815,52 @@ impl Transformer {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         rows_forward(&self.output, hidden)
     }
+}
+
+/// Decode-step attention on the CPU for every step (one new token each, already appended to
+/// its cache at layer `layer`): the caches' f32 buffers read in place.
+fn decode_attention(
+    queries: &[f32],
+    steps: &[Step<'_>],
+    spans: &[(usize, usize, usize)],
+    layer: usize,
+    window: Option<usize>,
+    (heads, kv_heads, head_dim): (usize, usize, usize),
+    scale: f32,
+) -> Result<Vec<f32>> {
+    let buffers: Vec<&(Tensor, Tensor)> = steps
+        .iter()
+        .map(|s| {
+            s.cache.layers[layer]
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::Msg("cache layer not filled".into()))
+        })
+        .collect::<Result<_>>()?;
+    let guards: Vec<_> = buffers
+        .iter()
+        .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()))
+        .collect();
+    fn f32s<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Result<&'a [f32]> {
+        match s {
+            candle_core::Storage::Cpu(c) => Ok(&c.as_slice::<f32>()?[l.start_offset()..]),
+            _ => bail!("decode attention runs on the CPU"),
+        }
+    }
+    let mut sequences = Vec::with_capacity(steps.len());
+    for ((kg, vg), &(_, _, pos)) in guards.iter().zip(spans) {
+        let end = pos + 1;
+        let start = window.map_or(0, |w| end.saturating_sub(w));
+        sequences.push(prefflow_kernels::attention::Sequence {
+            keys: f32s(&kg.0, kg.1)?,
+            values: f32s(&vg.0, vg.1)?,
+            plane_stride: kg.1.stride()[0],
+            start,
+            end,
+        });
+    }
+    Ok(prefflow_kernels::attention::decode(
+        queries, &sequences, heads, kv_heads, head_dim, scale,
+    ))
 }
 
 /// The additive mask of `t` new tokens at `pos` over all `pos + t` positions: causal, and
