@@ -4,6 +4,8 @@
 //! - [`qmatmul`]: quantized (GGUF) matrix products, batched and batch-invariant, with AVX2
 //!   dot products for the 32-wide block types.
 //! - [`attention`]: decode-step attention for every sequence and head of a step at once.
+//! - [`blas`]: f32 products through the system's OpenBLAS when it is installed; fast GELU.
 
 pub mod attention;
+pub mod blas;
 pub mod qmatmul;

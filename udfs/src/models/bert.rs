@@ -42,14 +42,63 @@ fn default_eps() -> f64 {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_out: Linear,
+    /// Query, key and value projections as one (3 * hidden, hidden) matrix: one product.
+    qkv: Dense,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    out: Linear,
+    intermediate: Dense,
+    out: Dense,
     out_norm: LayerNorm,
+}
+
+/// A linear layer: OpenBLAS on the CPU when it is installed (see prefflow_kernels::blas, about
+/// 2x candle's f32 GEMM on these shapes), candle's matmul otherwise.
+struct Dense {
+    linear: Linear,
+    /// (out, in) weights and the bias, row-major, when OpenBLAS runs the product.
+    blas: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Dense {
+    fn new(linear: Linear) -> Result<Self> {
+        let blas = if prefflow_kernels::blas::available() && linear.weight().device().is_cpu() {
+            let w = linear.weight().flatten_all()?.to_vec1::<f32>()?;
+            let b = match linear.bias() {
+                Some(b) => b.to_vec1::<f32>()?,
+                None => vec![0.0; linear.weight().dim(0)?],
+            };
+            Some((w, b))
+        } else {
+            None
+        };
+        Ok(Self { linear, blas })
+    }
+
+    /// Concatenates layers with the same input along their outputs.
+    fn stacked(layers: &[Linear]) -> Result<Self> {
+        let w = Tensor::cat(&layers.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0)?;
+        let b = layers
+            .iter()
+            .map(|l| l.bias().cloned())
+            .collect::<Option<Vec<_>>>()
+            .map(|b| Tensor::cat(&b, 0))
+            .transpose()?;
+        Self::new(Linear::new(w, b))
+    }
+
+    /// `x · wᵀ + b`, with BERT's erf GELU applied in the same pass when `gelu`.
+    fn forward(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        if let Some((w, b)) = &self.blas {
+            let (m, k) = x.dims2()?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let threads = rayon::current_num_threads();
+            if let Some(y) = prefflow_kernels::blas::dense(&xs, w, b, m, k, threads, gelu) {
+                return Tensor::from_vec(y, (m, b.len()), x.device());
+            }
+        }
+        let y = self.linear.forward(x)?;
+        if gelu { y.gelu_erf() } else { Ok(y) }
+    }
 }
 
 /// BERT embeddings and encoder layers.
@@ -72,17 +121,23 @@ impl Encoder {
                 let l = vb.pp(format!("encoder.layer.{i}"));
                 let h = c.hidden_size;
                 Ok(Layer {
-                    query: linear(h, h, l.pp("attention.self.query"))?,
-                    key: linear(h, h, l.pp("attention.self.key"))?,
-                    value: linear(h, h, l.pp("attention.self.value"))?,
-                    attention_out: linear(h, h, l.pp("attention.output.dense"))?,
+                    qkv: Dense::stacked(&[
+                        linear(h, h, l.pp("attention.self.query"))?,
+                        linear(h, h, l.pp("attention.self.key"))?,
+                        linear(h, h, l.pp("attention.self.value"))?,
+                    ])?,
+                    attention_out: Dense::new(linear(h, h, l.pp("attention.output.dense"))?)?,
                     attention_norm: layer_norm(
                         h,
                         c.layer_norm_eps,
                         l.pp("attention.output.LayerNorm"),
                     )?,
-                    intermediate: linear(h, c.intermediate_size, l.pp("intermediate.dense"))?,
-                    out: linear(c.intermediate_size, h, l.pp("output.dense"))?,
+                    intermediate: Dense::new(linear(
+                        h,
+                        c.intermediate_size,
+                        l.pp("intermediate.dense"),
+                    )?)?,
+                    out: Dense::new(linear(c.intermediate_size, h, l.pp("output.dense"))?)?,
                     out_norm: layer_norm(h, c.layer_norm_eps, l.pp("output.LayerNorm"))?,
                 })
             })
@@ -136,17 +191,24 @@ impl Encoder {
             t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
         };
         for layer in &self.layers {
-            let q = split(layer.query.forward(&x)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
+            let qkv = layer.qkv.forward(&x, false)?;
+            let q = split(qkv.narrow(1, 0, h)?)?;
+            let k = split(qkv.narrow(1, h, h)?)?;
+            let v = split(qkv.narrow(1, 2 * h, h)?)?;
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * l, h))?;
             let a = layer
                 .attention_norm
-                .forward(&layer.attention_out.forward(&context)?.add(&x)?)?;
-            let i = self.activation(&layer.intermediate.forward(&a)?)?;
-            x = layer.out_norm.forward(&layer.out.forward(&i)?.add(&a)?)?;
+                .forward(&layer.attention_out.forward(&context, false)?.add(&x)?)?;
+            let i = if self.act == "gelu" {
+                layer.intermediate.forward(&a, true)?
+            } else {
+                self.activation(&layer.intermediate.forward(&a, false)?)?
+            };
+            x = layer
+                .out_norm
+                .forward(&layer.out.forward(&i, false)?.add(&a)?)?;
         }
         x.reshape((b, l, h))
     }
