@@ -22,7 +22,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::function_args::{SharedRegistry, model_err, planned_model, resolved_model};
+use crate::common::function_args::{SharedRegistry, planned_model, resolved_model};
 use crate::common::text::string_arg;
 use crate::models::ModelRegistry;
 use crate::models::encoding as embedding;
@@ -76,22 +76,8 @@ impl ScalarUDFImpl for AiEmbed {
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let spec = planned_model(self.name(), &self.registry.0, &args)?;
         crate::common::function_args::text_args(self.name(), &args, &[(1, "the text")])?;
-        let width = match self.registry.0.remote(&spec).map_err(|e| model_err(self.name(), e))? {
-            // A server's embedding width is not known before asking it.
-            Some(remote) => remote.settings.dimensions.ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "ai_embed: remote model '{}' needs OPTIONS (dimensions 'N'), its embedding width",
-                    spec.name
-                ))
-            })?,
-            None => {
-                self.registry
-                    .0
-                    .info(&spec)
-                    .map_err(|e| model_err(self.name(), e))?
-                    .hidden_size
-            }
-        };
+        let width = embedding::width(&self.registry.0, &spec)
+            .map_err(|e| DataFusionError::Plan(format!("ai_embed: {e}")))?;
         Ok(Arc::new(Field::new(
             self.name(),
             embedding_type(width),

@@ -9,6 +9,7 @@ use minijinja::context;
 
 use super::chat::ChatPrompts;
 use super::encode::{Encoded, Task};
+use super::error::ModelError;
 use super::model::{Capability, Model};
 use super::remote::{OnError, RemoteModel};
 use super::types::{ModelInfo, ModelSpec};
@@ -16,6 +17,26 @@ use crate::common::boundary::{blocking, model_err};
 
 /// Texts per request to a remote embeddings endpoint.
 const REMOTE_CHUNK: usize = 64;
+
+/// How many values a model's embeddings have, known before any row runs: a local encoder's
+/// hidden size, or a remote model's declared `dimensions` (a server's width is not known before
+/// asking it).
+pub fn width(
+    registry: &super::registry::ModelRegistry,
+    spec: &ModelSpec,
+) -> Result<usize, ModelError> {
+    match registry.remote(spec)? {
+        Some(remote) => remote
+            .settings
+            .dimensions
+            .ok_or_else(|| ModelError::Unsupported {
+                model: spec.name.clone(),
+                problem: "a remote model needs OPTIONS (dimensions 'N'), its embedding width"
+                    .into(),
+            }),
+        None => Ok(registry.info(spec)?.hidden_size),
+    }
+}
 
 /// Embeddings for `texts` (None stays None), each `dim` values wide.
 pub async fn embed(
