@@ -18,11 +18,15 @@ use std::mem::size_of_val;
 
 use datafusion::arrow::array::make_comparator;
 use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::array::{BooleanArray, Float64Array};
 use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
 
 /// Which end of the key order wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,6 +120,17 @@ impl AggregateUDFImpl for ArgBest {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(BestAccumulator::new(self.direction, types(&args))))
+    }
+
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        numeric_key(args.expr_fields[1].data_type())
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(BestGroups::new(self.direction, types(&args))))
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
@@ -272,6 +287,187 @@ impl Accumulator for BestAccumulator {
     }
 }
 
+/// Key types whose values a f64 holds exactly (the common score columns): these get the
+/// grouped accumulator below; other keys use [`BestAccumulator`] per group.
+fn numeric_key(key: &DataType) -> bool {
+    matches!(
+        key,
+        DataType::Float64
+            | DataType::Float32
+            | DataType::Int32
+            | DataType::Int16
+            | DataType::Int8
+            | DataType::UInt32
+            | DataType::UInt16
+            | DataType::UInt8
+    )
+}
+
+/// The best (key, value) of every group in flat vectors: a `GROUP BY` over many small groups
+/// compares one f64 per row instead of slicing the batch per group and building scalars (the
+/// row accumulator's cost). Values are copied only when a group's best changes; ties compare
+/// values as [`better`] does, so results equal [`BestAccumulator`]'s.
+#[derive(Debug)]
+pub struct BestGroups {
+    direction: Direction,
+    /// (value, key) types.
+    types: (DataType, DataType),
+    /// Best key per group; meaningful where `values[g]` is Some.
+    keys: Vec<f64>,
+    /// Best value per group (a NULL value is a typed NULL scalar); None: no key seen yet.
+    values: Vec<Option<ScalarValue>>,
+}
+
+impl BestGroups {
+    /// No groups yet.
+    pub fn new(direction: Direction, types: (DataType, DataType)) -> Self {
+        Self {
+            direction,
+            types,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn offer(
+        &mut self,
+        values: &ArrayRef,
+        keys: &ArrayRef,
+        groups: &[usize],
+        filter: Option<&BooleanArray>,
+        total: usize,
+    ) -> Result<()> {
+        self.keys.resize(total, 0.0);
+        self.values.resize(total, None);
+        let keys = cast(keys, &DataType::Float64)?;
+        let keys = keys
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("cast to Float64 gives a Float64Array");
+        for (row, &g) in groups.iter().enumerate() {
+            if keys.is_null(row) || filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+                continue;
+            }
+            let key = keys.value(row);
+            let replace = match &self.values[g] {
+                None => true,
+                Some(best) => {
+                    let by_key = key.total_cmp(&self.keys[g]);
+                    let by_key = match self.direction {
+                        Direction::Max => by_key,
+                        Direction::Min => by_key.reverse(),
+                    };
+                    match by_key {
+                        Ordering::Greater => true,
+                        Ordering::Less => false,
+                        Ordering::Equal => {
+                            value_before(&ScalarValue::try_from_array(values, row)?, best)
+                        }
+                    }
+                }
+            };
+            if replace {
+                self.keys[g] = key;
+                self.values[g] = Some(ScalarValue::try_from_array(values, row)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The emitted groups' values as one array (NULL where a group saw no key).
+    fn emit_values(&self, values: Vec<Option<ScalarValue>>) -> Result<ArrayRef> {
+        let null = ScalarValue::try_from(&self.types.0)?;
+        ScalarValue::iter_to_array(
+            values
+                .into_iter()
+                .map(|v| v.unwrap_or_else(|| null.clone())),
+        )
+    }
+}
+
+impl GroupsAccumulator for BestGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.offer(
+            &values[0],
+            &values[1],
+            group_indices,
+            opt_filter,
+            total_num_groups,
+        )
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        // State columns are [key, value].
+        self.offer(
+            &values[1],
+            &values[0],
+            group_indices,
+            None,
+            total_num_groups,
+        )
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Each input row is its own group's state: [key, value], the key NULL where the row
+        // is filtered out (a NULL key is ignored when merged).
+        let keys = match opt_filter {
+            Some(f) => datafusion::arrow::compute::nullif(
+                &values[1],
+                &datafusion::arrow::compute::not(
+                    &datafusion::arrow::compute::prep_null_mask_filter(f),
+                )?,
+            )?,
+            None => std::sync::Arc::clone(&values[1]),
+        };
+        Ok(vec![keys, std::sync::Arc::clone(&values[0])])
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let _ = emit_to.take_needed(&mut self.keys);
+        let values = emit_to.take_needed(&mut self.values);
+        self.emit_values(values)
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let keys = emit_to.take_needed(&mut self.keys);
+        let values = emit_to.take_needed(&mut self.values);
+        let keys: Float64Array = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| v.as_ref().map(|_| *k))
+            .collect();
+        let keys = cast(&(std::sync::Arc::new(keys) as ArrayRef), &self.types.1)?;
+        Ok(vec![keys, self.emit_values(values)?])
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+            + self.keys.capacity() * 8
+            + self.values.capacity() * std::mem::size_of::<Option<ScalarValue>>()
+            + self
+                .values
+                .iter()
+                .flatten()
+                .map(|v| v.size())
+                .sum::<usize>()
+    }
+}
+
 /// For window frames that slide: keeps the frame's rows so rows leaving it can be retracted.
 #[derive(Debug)]
 pub struct SlidingBestAccumulator {
@@ -362,5 +558,71 @@ impl SlidingBestAccumulator {
             };
         }
         best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use std::sync::Arc;
+
+    /// The grouped accumulator picks what the row accumulator picks, group by group, across
+    /// batches, with ties, NULL keys and NULL values, and through state + merge.
+    #[test]
+    fn grouped_equals_per_group() {
+        let types = (DataType::Utf8, DataType::Float64);
+        let mut seed = 9u64;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let groups = 50;
+        let batches: Vec<(Vec<usize>, ArrayRef, ArrayRef)> = (0..4)
+            .map(|_| {
+                let n = 200;
+                let g: Vec<usize> = (0..n).map(|_| next(groups) as usize).collect();
+                let values: ArrayRef = Arc::new(StringArray::from(
+                    (0..n)
+                        .map(|_| (next(10) > 0).then(|| format!("v{}", next(5))))
+                        .collect::<Vec<_>>(),
+                ));
+                let keys: ArrayRef = Arc::new(Float64Array::from(
+                    (0..n)
+                        .map(|_| (next(8) > 0).then(|| next(4) as f64 / 2.0))
+                        .collect::<Vec<_>>(),
+                ));
+                (g, values, keys)
+            })
+            .collect();
+        for direction in [Direction::Max, Direction::Min] {
+            let mut grouped = BestGroups::new(direction, types.clone());
+            let mut rows: Vec<BestAccumulator> = (0..groups)
+                .map(|_| BestAccumulator::new(direction, types.clone()))
+                .collect();
+            for (g, values, keys) in &batches {
+                grouped
+                    .update_batch(&[values.clone(), keys.clone()], g, None, groups as usize)
+                    .unwrap();
+                for (row, &group) in g.iter().enumerate() {
+                    rows[group]
+                        .update_batch(&[values.slice(row, 1), keys.slice(row, 1)])
+                        .unwrap();
+                }
+            }
+            // Through state and merge into a second accumulator.
+            let state = grouped.state(EmitTo::All).unwrap();
+            let mut merged = BestGroups::new(direction, types.clone());
+            let ids: Vec<usize> = (0..groups as usize).collect();
+            merged.merge_batch(&state, &ids, groups as usize).unwrap();
+            let got = merged.evaluate(EmitTo::All).unwrap();
+            for (g, acc) in rows.iter_mut().enumerate() {
+                let want = acc.evaluate().unwrap();
+                let have = ScalarValue::try_from_array(&got, g).unwrap();
+                assert_eq!(have, want, "{direction:?} group {g}");
+            }
+        }
     }
 }
