@@ -171,18 +171,19 @@ pub trait Kernel: Copy + Send + Sync + 'static {
     /// Weight value `j` of 32 (before scale and minimum).
     fn q(&self, j: usize) -> i32;
     /// Portable dot products (the reference): llama.cpp's scalar arithmetic.
-    fn dots_scalar(w: &[Self], a: &[&[Self::A]], out: &mut [f32]) {
+    fn dots_scalar(w: &[Self], sc: &[[f32; 2]], a: &[&[Self::A]], out: &mut [f32]) {
         for (o, a) in out.iter_mut().zip(a) {
             let mut sum = 0f32;
-            for (x, y) in w.iter().zip(a.iter()) {
+            for ((x, s), y) in w.iter().zip(sc).zip(a.iter()) {
                 let sumi: i32 = (0..32).map(|j| x.q(j) * y.q(j)).sum();
-                sum += x.d() * y.d() * sumi as f32 + x.m() * y.s();
+                sum += s[0] * y.d() * sumi as f32 + s[1] * y.s();
             }
             *o = sum;
         }
     }
     /// The fastest dot products this CPU has; same per-row arithmetic for any number of rows.
-    fn dots(w: &[Self], a: &[&[Self::A]], out: &mut [f32]);
+    /// `sc` holds each block's (scale, minimum) as f32, converted once at load.
+    fn dots(w: &[Self], sc: &[[f32; 2]], a: &[&[Self::A]], out: &mut [f32]);
 }
 
 impl Default for Q8_0 {
@@ -206,7 +207,7 @@ fn has_avx2() -> bool {
 /// arithmetic per row whatever the group), the scalar reference otherwise.
 macro_rules! dispatch {
     ($kernel:ident) => {
-        fn dots(w: &[Self], a: &[&[Self::A]], out: &mut [f32]) {
+        fn dots(w: &[Self], sc: &[[f32; 2]], a: &[&[Self::A]], out: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 let mut r = 0;
@@ -215,17 +216,17 @@ macro_rules! dispatch {
                     // SAFETY: the CPU has AVX2, FMA and F16C (has_avx2).
                     unsafe {
                         match left {
-                            1 => avx2::$kernel::<1>(w, &a[r..r + 1], &mut out[r..r + 1]),
-                            2 => avx2::$kernel::<2>(w, &a[r..r + 2], &mut out[r..r + 2]),
-                            3 => avx2::$kernel::<3>(w, &a[r..r + 3], &mut out[r..r + 3]),
-                            _ => avx2::$kernel::<4>(w, &a[r..r + 4], &mut out[r..r + 4]),
+                            1 => avx2::$kernel::<1>(w, sc, &a[r..r + 1], &mut out[r..r + 1]),
+                            2 => avx2::$kernel::<2>(w, sc, &a[r..r + 2], &mut out[r..r + 2]),
+                            3 => avx2::$kernel::<3>(w, sc, &a[r..r + 3], &mut out[r..r + 3]),
+                            _ => avx2::$kernel::<4>(w, sc, &a[r..r + 4], &mut out[r..r + 4]),
                         }
                     }
                     r += left.min(4);
                 }
                 return;
             }
-            Self::dots_scalar(w, a, out)
+            Self::dots_scalar(w, sc, a, out)
         }
     };
 }
@@ -310,11 +311,6 @@ impl Kernel for Q8_0 {
 mod avx2 {
     use super::{A8_0, Activation, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn h2f(h: u16) -> f32 {
-        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32))) }
-    }
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -426,13 +422,18 @@ mod avx2 {
     /// One kernel: `$decode` turns a weight block into (32 values as bytes, scale, minimum),
     /// `$dot` multiplies them with an activation block's values; each row sums on its own.
     macro_rules! kernel {
-        ($name:ident, $w:ty, $a:ty, |$x:ident| $decode:expr, $dot:ident, $with_min:expr) => {
+        ($name:ident, $w:ty, $a:ty, |$x:ident, $s:ident| $decode:expr, $dot:ident, $with_min:expr) => {
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub unsafe fn $name<const R: usize>(w: &[$w], a: &[&[$a]], out: &mut [f32]) {
+            pub unsafe fn $name<const R: usize>(
+                w: &[$w],
+                sc: &[[f32; 2]],
+                a: &[&[$a]],
+                out: &mut [f32],
+            ) {
                 unsafe {
                     let mut acc = [_mm256_setzero_ps(); R];
                     let mut mins = [0f32; R];
-                    for (b, $x) in w.iter().enumerate() {
+                    for (b, ($x, $s)) in w.iter().zip(sc).enumerate() {
                         let (q, dx, mx): (__m256i, f32, f32) = $decode;
                         for r in 0..R {
                             let y = &a[r][b];
@@ -455,7 +456,7 @@ mod avx2 {
         q4_1,
         Q4_1,
         Q8_1,
-        |x| (nibbles(&x.qs), h2f(x.d), h2f(x.m)),
+        |x, s| (nibbles(&x.qs), s[0], s[1]),
         dot_u8_i8,
         true
     );
@@ -464,12 +465,12 @@ mod avx2 {
         q5_0,
         Q5_0,
         A8_0,
-        |x| (
+        |x, s| (
             _mm256_or_si256(
                 nibbles(&x.qs),
                 _mm256_andnot_si256(bits(x.qh), _mm256_set1_epi8(0xF0u8 as i8))
             ),
-            h2f(x.d),
+            s[0],
             0.0
         ),
         dot_i8_i8,
@@ -479,13 +480,13 @@ mod avx2 {
         q5_1,
         Q5_1,
         Q8_1,
-        |x| (
+        |x, s| (
             _mm256_or_si256(
                 nibbles(&x.qs),
                 _mm256_and_si256(bits(x.qh), _mm256_set1_epi8(0x10))
             ),
-            h2f(x.d),
-            h2f(x.m)
+            s[0],
+            s[1]
         ),
         dot_u8_i8,
         true
@@ -494,18 +495,32 @@ mod avx2 {
         q8_0,
         Q8_0,
         A8_0,
-        |x| (load(&x.qs), h2f(x.d), 0.0),
+        |x, s| (load(&x.qs), s[0], 0.0),
         dot_i8_i8,
         false
     );
 }
 
+/// Blocks of one of this module's kernels with each block's (scale, minimum) as f32, converted
+/// once at load instead of in every product.
+struct Packed<K> {
+    blocks: Vec<K>,
+    scales: Vec<[f32; 2]>,
+}
+
+impl<K: Kernel> Packed<K> {
+    fn new(blocks: Vec<K>) -> Self {
+        let scales = blocks.iter().map(|b| [b.d(), b.m()]).collect();
+        Self { blocks, scales }
+    }
+}
+
 /// The weights of one matrix, as stored.
 enum Blocks {
-    Q4_1(Vec<Q4_1>),
-    Q5_0(Vec<Q5_0>),
-    Q5_1(Vec<Q5_1>),
-    Q8_0(Vec<Q8_0>),
+    Q4_1(Packed<Q4_1>),
+    Q5_0(Packed<Q5_0>),
+    Q5_1(Packed<Q5_1>),
+    Q8_0(Packed<Q8_0>),
     Q4_0(Vec<BlockQ4_0>),
     Q2K(Vec<BlockQ2K>),
     Q3K(Vec<BlockQ3K>),
@@ -562,23 +577,23 @@ impl QMatrix {
         }
         let bytes = q.data()?;
         let blocks = match dtype {
-            GgmlDType::Q4_1 => Blocks::Q4_1(blocks_from(
+            GgmlDType::Q4_1 => Blocks::Q4_1(Packed::new(blocks_from(
                 &bytes,
                 Q4_1 {
                     d: 0,
                     m: 0,
                     qs: [0; 16],
                 },
-            )),
-            GgmlDType::Q5_0 => Blocks::Q5_0(blocks_from(
+            ))),
+            GgmlDType::Q5_0 => Blocks::Q5_0(Packed::new(blocks_from(
                 &bytes,
                 Q5_0 {
                     d: 0,
                     qh: [0; 4],
                     qs: [0; 16],
                 },
-            )),
-            GgmlDType::Q5_1 => Blocks::Q5_1(blocks_from(
+            ))),
+            GgmlDType::Q5_1 => Blocks::Q5_1(Packed::new(blocks_from(
                 &bytes,
                 Q5_1 {
                     d: 0,
@@ -586,8 +601,8 @@ impl QMatrix {
                     qh: [0; 4],
                     qs: [0; 16],
                 },
-            )),
-            GgmlDType::Q8_0 => Blocks::Q8_0(blocks_from(&bytes, Q8_0::default())),
+            ))),
+            GgmlDType::Q8_0 => Blocks::Q8_0(Packed::new(blocks_from(&bytes, Q8_0::default()))),
             GgmlDType::Q4_0 => Blocks::Q4_0(candle_blocks(&bytes)),
             GgmlDType::Q2K => Blocks::Q2K(candle_blocks(&bytes)),
             GgmlDType::Q3K => Blocks::Q3K(candle_blocks(&bytes)),
@@ -642,7 +657,7 @@ fn columns_per_task(n: usize) -> usize {
 }
 
 /// `x · wᵀ` with one of this module's kernels; returns (m, n) row-major.
-fn multiply<K: Kernel>(w: &[K], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+fn multiply<K: Kernel>(w: &Packed<K>, x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let kb = k / 32;
     let mut a = vec![K::A::default(); m * kb];
     for (row, out) in x.chunks_exact(k).zip(a.chunks_exact_mut(kb)) {
@@ -650,7 +665,8 @@ fn multiply<K: Kernel>(w: &[K], x: &[f32], m: usize, k: usize, n: usize) -> Vec<
     }
     let rows: Vec<&[K::A]> = a.chunks_exact(kb).collect();
     columns(n, m, |col, out| {
-        K::dots(&w[col * kb..(col + 1) * kb], &rows, out)
+        let cols = col * kb..(col + 1) * kb;
+        K::dots(&w.blocks[cols.clone()], &w.scales[cols], &rows, out)
     })
 }
 
@@ -778,12 +794,12 @@ mod tests {
         }
     }
 
-    fn check<K: Kernel>(w: &[K], a: &[Vec<K::A>]) {
+    fn check<K: Kernel>(w: &[K], sc: &[[f32; 2]], a: &[Vec<K::A>]) {
         let rows: Vec<&[K::A]> = a.iter().map(|r| r.as_slice()).collect();
         let mut fast = vec![0f32; rows.len()];
         let mut slow = vec![0f32; rows.len()];
-        K::dots(w, &rows, &mut fast);
-        K::dots_scalar(w, &rows, &mut slow);
+        K::dots(w, sc, &rows, &mut fast);
+        K::dots_scalar(w, sc, &rows, &mut slow);
         for (f, s) in fast.iter().zip(&slow) {
             assert!((f - s).abs() <= 1e-4 * s.abs().max(1.0), "{f} vs {s}");
         }
@@ -811,7 +827,8 @@ mod tests {
                             out
                         })
                         .collect();
-                    check(&w[col * kb..(col + 1) * kb], &a);
+                    let cols = col * kb..(col + 1) * kb;
+                    check(&w.blocks[cols.clone()], &w.scales[cols], &a);
                 }
             }};
         }
