@@ -2,15 +2,12 @@
 //!
 //! candle asks for its thread count on every f32 matmul (attention runs one per sequence and
 //! layer), and without `RAYON_NUM_THREADS` each ask reads the CPU topology from /proc: measured
-//! at a fifth of a batched decode step on 2 cores. candle's barrier pool (elementwise ops) keeps
-//! workers that spin before parking, competing with the model thread's rayon pool
-//! (`prefflow.threads`), which runs the heavy kernels. Setting both once at start removes the
-//! first cost and the second contention: measured on the 2-core machine, SmolLM2 Q4_1, 16
-//! sequences, 64 tokens each: 23.3 s -> 18.5 s (RAYON_NUM_THREADS) -> 17.8 s (also
-//! CANDLE_NUM_THREADS=1).
+//! at a fifth of a batched decode step on 2 cores (SmolLM2 Q4_1, 16 sequences, 64 tokens each:
+//! 23.3 s -> 18.5 s). candle's barrier pool (its elementwise ops) is left at the same size:
+//! shrinking it to the calling thread (CANDLE_NUM_THREADS=1) gained 4% in generation but cost
+//! a fifth of an embedding run without OpenBLAS (GELU, softmax and norms on one core).
 
-/// Sets `RAYON_NUM_THREADS` (the machine's cores) and `CANDLE_NUM_THREADS` (1: candle's
-/// elementwise ops run on the calling thread) unless the user set them.
+/// Sets `RAYON_NUM_THREADS` (the machine's cores) unless the user set it.
 ///
 /// # Safety
 /// Call before any other thread starts (it writes the process environment): the `prefflow`
@@ -21,9 +18,5 @@ pub unsafe fn configure_math_threads() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: the caller guarantees no other thread runs.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", cores.to_string()) };
-    }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: as above.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
 }
