@@ -142,11 +142,18 @@ pub fn dense(
     threads: usize,
     gelu: bool,
 ) -> Option<Vec<f32>> {
-    let n = b.len();
-    let mut y = linear(x, w, m, n, k, threads)?;
-    // Bias and GELU over the pool too: on one thread they were a tenth of an embedding run.
-    y.par_chunks_mut(n.max(1) * 16).for_each(|rows| {
-        for row in rows.chunks_exact_mut(n.max(1)) {
+    let mut y = linear(x, w, m, b.len(), k, threads)?;
+    bias_gelu(&mut y, b, gelu);
+    Some(y)
+}
+
+/// Adds the bias `b` to every row of `y` (rows of `b.len()`) and applies BERT's erf GELU when
+/// `gelu`, over the calling rayon pool: candle's erf is libm's scalar erff, and bias, GELU as
+/// separate tensor ops each pass over the whole activation.
+pub fn bias_gelu(y: &mut [f32], b: &[f32], gelu: bool) {
+    let n = b.len().max(1);
+    y.par_chunks_mut(n * 16).for_each(|rows| {
+        for row in rows.chunks_exact_mut(n) {
             for (v, bias) in row.iter_mut().zip(b) {
                 *v += bias;
             }
@@ -155,7 +162,6 @@ pub fn dense(
             }
         }
     });
-    Some(y)
 }
 
 /// `gelu(x)` with the error function (BERT's "gelu"), in place, vectorisable (libm's erff

@@ -55,13 +55,15 @@ struct Layer {
 /// 2x candle's f32 GEMM on these shapes), candle's matmul otherwise.
 struct Dense {
     linear: Linear,
-    /// (out, in) weights and the bias, row-major, when OpenBLAS runs the product.
-    blas: Option<(Vec<f32>, Vec<f32>)>,
+    /// (out, in) weights and the bias, row-major, for the CPU paths.
+    cpu: Option<(Vec<f32>, Vec<f32>)>,
+    /// The weights transposed (in, out), for candle's matmul.
+    transposed: Tensor,
 }
 
 impl Dense {
     fn new(linear: Linear) -> Result<Self> {
-        let blas = if prefflow_kernels::blas::available() && linear.weight().device().is_cpu() {
+        let cpu = if linear.weight().device().is_cpu() {
             let w = linear.weight().flatten_all()?.to_vec1::<f32>()?;
             let b = match linear.bias() {
                 Some(b) => b.to_vec1::<f32>()?,
@@ -71,7 +73,12 @@ impl Dense {
         } else {
             None
         };
-        Ok(Self { linear, blas })
+        let transposed = linear.weight().t()?.contiguous()?;
+        Ok(Self {
+            linear,
+            cpu,
+            transposed,
+        })
     }
 
     /// Concatenates layers with the same input along their outputs.
@@ -86,18 +93,28 @@ impl Dense {
         Self::new(Linear::new(w, b))
     }
 
-    /// `x · wᵀ + b`, with BERT's erf GELU applied in the same pass when `gelu`.
+    /// `x · wᵀ + b`, with BERT's erf GELU applied in the same pass when `gelu`: OpenBLAS when
+    /// installed, else candle's matmul, then bias and GELU in one pass over the pool.
     fn forward(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
-        if let Some((w, b)) = &self.blas {
-            let (m, k) = x.dims2()?;
-            let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            let threads = rayon::current_num_threads();
-            if let Some(y) = prefflow_kernels::blas::dense(&xs, w, b, m, k, threads, gelu) {
-                return Tensor::from_vec(y, (m, b.len()), x.device());
+        let Some((w, b)) = &self.cpu else {
+            let y = self.linear.forward(x)?;
+            return if gelu { y.gelu_erf() } else { Ok(y) };
+        };
+        let (m, k) = x.dims2()?;
+        let threads = rayon::current_num_threads();
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let y = match prefflow_kernels::blas::dense(&xs, w, b, m, k, threads, gelu) {
+            Some(y) => y,
+            None => {
+                let mut y = x
+                    .matmul(&self.transposed)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                prefflow_kernels::blas::bias_gelu(&mut y, b, gelu);
+                y
             }
-        }
-        let y = self.linear.forward(x)?;
-        if gelu { y.gelu_erf() } else { Ok(y) }
+        };
+        Tensor::from_vec(y, (m, b.len()), x.device())
     }
 }
 
