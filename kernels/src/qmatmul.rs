@@ -48,7 +48,7 @@ pub struct Q5_1 {
 }
 
 /// A 32-wide block of 8-bit values with a scale (weights, and activations for Q5_0 / Q8_0).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 #[repr(C)]
 pub struct Q8_0 {
     d: u16,
@@ -184,12 +184,6 @@ pub trait Kernel: Copy + Send + Sync + 'static {
     /// The fastest dot products this CPU has; same per-row arithmetic for any number of rows.
     /// `sc` holds each block's (scale, minimum) as f32, converted once at load.
     fn dots(w: &[Self], sc: &[[f32; 2]], a: &[&[Self::A]], out: &mut [f32]);
-}
-
-impl Default for Q8_0 {
-    fn default() -> Self {
-        Self { d: 0, qs: [0; 32] }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

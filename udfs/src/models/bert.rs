@@ -110,7 +110,7 @@ impl Dense {
                     .matmul(&self.transposed)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                prefflow_kernels::blas::bias_gelu(&mut y, b, gelu);
+                prefflow_kernels::activation::bias_gelu(&mut y, b, gelu);
                 y
             }
         };
