@@ -105,25 +105,10 @@ fn quantize_block_scalar(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
     (d, sum)
 }
 
-/// Activations quantized to Q8_0 (llama.cpp's `quantize_row_q8_0`).
-pub fn quantize_q8_0(x: &[f32], out: &mut [A8_0]) {
-    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
-        let (d, _) = quantize_block(xs, &mut b.qs);
-        b.d = f16::from_f32(d).to_f32();
-    }
-}
-
-/// Activations quantized to Q8_1 (llama.cpp's `quantize_row_q8_1`: `s` from the f32 scale).
-pub fn quantize_q8_1(x: &[f32], out: &mut [Q8_1]) {
-    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
-        let (d, sum) = quantize_block(xs, &mut b.qs);
-        b.d = f16::from_f32(d).to_f32();
-        b.s = f16::from_f32(sum as f32 * d).to_f32();
-    }
-}
-
 /// An activation block: its scale, its `d * sum` (Q8_1 only) and values.
 pub trait Activation: Copy + Send + Sync + Default {
+    /// Quantizes one activation row into blocks of this kind.
+    fn quantize(x: &[f32], out: &mut [Self]);
     /// The scale.
     fn d(&self) -> f32;
     /// `d * sum(values)` where the block carries it.
@@ -135,6 +120,13 @@ pub trait Activation: Copy + Send + Sync + Default {
 }
 
 impl Activation for A8_0 {
+    /// llama.cpp's `quantize_row_q8_0`.
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+            let (d, _) = quantize_block(xs, &mut b.qs);
+            b.d = f16::from_f32(d).to_f32();
+        }
+    }
     fn d(&self) -> f32 {
         self.d
     }
@@ -144,6 +136,14 @@ impl Activation for A8_0 {
 }
 
 impl Activation for Q8_1 {
+    /// llama.cpp's `quantize_row_q8_1`: `s` from the f32 scale.
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+            let (d, sum) = quantize_block(xs, &mut b.qs);
+            b.d = f16::from_f32(d).to_f32();
+            b.s = f16::from_f32(sum as f32 * d).to_f32();
+        }
+    }
     fn d(&self) -> f32 {
         self.d
     }
@@ -158,10 +158,8 @@ impl Activation for Q8_1 {
 /// One kind of weight block with its activation block and dot products of one weight row with
 /// up to four activation rows (`out[r] = dot(w, a[r])`, each row summed on its own).
 pub trait Kernel: Copy + Send + Sync + 'static {
-    /// The activation block.
+    /// The activation block (its quantizer is the one llama.cpp pairs with this weight type).
     type A: Activation;
-    /// Quantizes one activation row.
-    fn quantize(x: &[f32], out: &mut [Self::A]);
     /// The block's scale.
     fn d(&self) -> f32;
     /// The block's minimum (added to every value), for the types that have one.
@@ -241,9 +239,6 @@ fn nibble(qs: &[u8; 16], j: usize) -> i32 {
 
 impl Kernel for Q4_1 {
     type A = Q8_1;
-    fn quantize(x: &[f32], out: &mut [Q8_1]) {
-        quantize_q8_1(x, out)
-    }
     fn d(&self) -> f32 {
         h2f(self.d)
     }
@@ -258,9 +253,6 @@ impl Kernel for Q4_1 {
 
 impl Kernel for Q5_0 {
     type A = A8_0;
-    fn quantize(x: &[f32], out: &mut [A8_0]) {
-        quantize_q8_0(x, out)
-    }
     fn d(&self) -> f32 {
         h2f(self.d)
     }
@@ -272,9 +264,6 @@ impl Kernel for Q5_0 {
 
 impl Kernel for Q5_1 {
     type A = Q8_1;
-    fn quantize(x: &[f32], out: &mut [Q8_1]) {
-        quantize_q8_1(x, out)
-    }
     fn d(&self) -> f32 {
         h2f(self.d)
     }
@@ -289,9 +278,6 @@ impl Kernel for Q5_1 {
 
 impl Kernel for Q8_0 {
     type A = A8_0;
-    fn quantize(x: &[f32], out: &mut [A8_0]) {
-        quantize_q8_0(x, out)
-    }
     fn d(&self) -> f32 {
         h2f(self.d)
     }
@@ -608,11 +594,6 @@ impl QMatrix {
         Ok(Some(Self { n, k, blocks }))
     }
 
-    /// Output width.
-    pub fn rows(&self) -> usize {
-        self.n
-    }
-
     /// `x · wᵀ` for x of shape (..., k); every output element is computed the same way
     /// whatever the number of rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -655,7 +636,7 @@ fn multiply<K: Kernel>(w: &Packed<K>, x: &[f32], m: usize, k: usize, n: usize) -
     let kb = k / 32;
     let mut a = vec![K::A::default(); m * kb];
     for (row, out) in x.chunks_exact(k).zip(a.chunks_exact_mut(kb)) {
-        K::quantize(row, out);
+        K::A::quantize(row, out);
     }
     let rows: Vec<&[K::A]> = a.chunks_exact(kb).collect();
     columns(n, m, |col, out| {
@@ -817,7 +798,7 @@ mod tests {
                         .chunks_exact(k)
                         .map(|row| {
                             let mut out = vec![Default::default(); kb];
-                            <$variant as Kernel>::quantize(row, &mut out);
+                            <<$variant as Kernel>::A as Activation>::quantize(row, &mut out);
                             out
                         })
                         .collect();

@@ -55,30 +55,29 @@ struct Layer {
 /// 2x candle's f32 GEMM on these shapes), candle's matmul otherwise.
 struct Dense {
     linear: Linear,
-    /// (out, in) weights and the bias, row-major, for the CPU paths.
-    cpu: Option<(Vec<f32>, Vec<f32>)>,
-    /// The weights transposed (in, out), for candle's matmul.
-    transposed: Tensor,
+    /// The bias as a row, on the CPU (added with the GELU in one pass).
+    bias: Option<Vec<f32>>,
+    /// (out, in) weights, row-major, when OpenBLAS runs the product.
+    blas: Option<Vec<f32>>,
 }
 
 impl Dense {
     fn new(linear: Linear) -> Result<Self> {
-        let cpu = if linear.weight().device().is_cpu() {
-            let w = linear.weight().flatten_all()?.to_vec1::<f32>()?;
-            let b = match linear.bias() {
+        let cpu = linear.weight().device().is_cpu();
+        let bias = if cpu {
+            Some(match linear.bias() {
                 Some(b) => b.to_vec1::<f32>()?,
                 None => vec![0.0; linear.weight().dim(0)?],
-            };
-            Some((w, b))
+            })
         } else {
             None
         };
-        let transposed = linear.weight().t()?.contiguous()?;
-        Ok(Self {
-            linear,
-            cpu,
-            transposed,
-        })
+        let blas = if cpu && prefflow_kernels::blas::available() {
+            Some(linear.weight().flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        Ok(Self { linear, bias, blas })
     }
 
     /// Concatenates layers with the same input along their outputs.
@@ -96,20 +95,24 @@ impl Dense {
     /// `x · wᵀ + b`, with BERT's erf GELU applied in the same pass when `gelu`: OpenBLAS when
     /// installed, else candle's matmul, then bias and GELU in one pass over the pool.
     fn forward(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
-        let Some((w, b)) = &self.cpu else {
+        let Some(b) = &self.bias else {
             let y = self.linear.forward(x)?;
             return if gelu { y.gelu_erf() } else { Ok(y) };
         };
         let (m, k) = x.dims2()?;
         let threads = rayon::current_num_threads();
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let y = match prefflow_kernels::blas::dense(&xs, w, b, m, k, threads, gelu) {
+        let blas = match &self.blas {
+            Some(w) => {
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                prefflow_kernels::blas::dense(&xs, w, b, m, k, threads, gelu)
+            }
+            None => None,
+        };
+        let y = match blas {
             Some(y) => y,
             None => {
-                let mut y = x
-                    .matmul(&self.transposed)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
+                let w = self.linear.weight().t()?;
+                let mut y = x.matmul(&w)?.flatten_all()?.to_vec1::<f32>()?;
                 prefflow_kernels::activation::bias_gelu(&mut y, b, gelu);
                 y
             }

@@ -384,20 +384,15 @@ pub enum Matrix {
 }
 
 impl Matrix {
-    /// `x · wᵀ`.
+    /// `x · wᵀ`: every row's result is independent of the other rows in the batch (prefflow's
+    /// quantized kernels compute each output element the same way for one row or many; float
+    /// matrices run candle's matmul).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Matrix::Quantized(m) => m.forward(x),
             Matrix::Candle(w) => w.forward(x),
         }
     }
-}
-
-/// `x · wᵀ`: every row's result is independent of the other rows in the batch (prefflow's
-/// quantized kernels compute each output element the same way for one row or many; float
-/// matrices run candle's matmul).
-fn rows_forward(w: &Matrix, x: &Tensor) -> Result<Tensor> {
-    w.forward(x)
 }
 
 struct Linear {
@@ -407,7 +402,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = rows_forward(&self.w, x)?;
+        let y = self.w.forward(x)?;
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -784,18 +779,18 @@ impl Transformer {
 
     /// The rest of a block after attention: output projection, residual, feed-forward.
     fn feed(&self, block: &Block, x: Tensor, attn: &Tensor) -> Result<Tensor> {
-        let mut y = rows_forward(&block.o, attn)?;
+        let mut y = block.o.forward(attn)?;
         if let Some(n) = &block.post_attn_norm {
             y = n.forward(&y)?;
         }
         let x = (x + y)?;
         let f = block.ffn_norm.forward(&x)?;
-        let gate = rows_forward(&block.gate, &f)?;
+        let gate = block.gate.forward(&f)?;
         let act = match self.config.family {
             Family::Gemma3 => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
             _ => candle_nn::ops::silu(&gate)?,
         };
-        let mut y = rows_forward(&block.down, &(act * rows_forward(&block.up, &f)?)?)?;
+        let mut y = block.down.forward(&(act * block.up.forward(&f)?)?)?;
         if let Some(n) = &block.post_ffn_norm {
             y = n.forward(&y)?;
         }
@@ -813,7 +808,7 @@ impl Transformer {
 
     /// Next-token logits (rows, vocab) of hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        rows_forward(&self.output, hidden)
+        self.output.forward(hidden)
     }
 }
 
