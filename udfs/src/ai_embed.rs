@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array};
+use datafusion::arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{DataFusionError, Result, internal_err};
@@ -102,9 +102,6 @@ impl AsyncScalarUDFImpl for AiEmbed {
         let (model, settings) =
             resolved_model(name, &self.registry.0, &args, Capability::Embed).await?;
         let texts = string_arg(&args.args[1], rows)?;
-        let texts = (0..rows)
-            .map(|i| (!texts.is_null(i)).then(|| texts.value(i).to_string()))
-            .collect();
         let vectors = embedding::embed(name, &model, texts, dim, settings.max_batch_tokens).await?;
         let valid: Vec<bool> = vectors.iter().map(Option::is_some).collect();
         let values: Vec<f32> = vectors

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Float64Array};
+use datafusion::arrow::array::Float64Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
@@ -100,13 +100,8 @@ impl AsyncScalarUDFImpl for AiReward {
             resolved_model(name, &self.registry.0, &args, Capability::Score).await?;
         let prompts = string_arg(&args.args[1], rows)?;
         let responses = string_arg(&args.args[2], rows)?;
-        let pairs = (0..rows)
-            .map(|i| {
-                (!prompts.is_null(i) && !responses.is_null(i))
-                    .then(|| (prompts.value(i).to_string(), responses.value(i).to_string()))
-            })
-            .collect();
-        let scores = encoding::score(name, &model, pairs, settings.max_batch_tokens).await?;
+        let scores =
+            encoding::score(name, &model, prompts, responses, settings.max_batch_tokens).await?;
         Ok(ColumnarValue::Array(Arc::new(Float64Array::from(scores))))
     }
 }

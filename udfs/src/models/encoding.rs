@@ -4,6 +4,7 @@
 //! back to rows live here; the SQL functions (`ai_embed`, `ai_reward`) parse arguments and build
 //! Arrow arrays. NULL inputs give NULL outputs and never reach the model.
 
+use datafusion::arrow::array::{Array, StringArray};
 use datafusion::common::{DataFusionError, Result};
 use minijinja::context;
 
@@ -38,11 +39,11 @@ pub fn width(
     }
 }
 
-/// Embeddings for `texts` (None stays None), each `dim` values wide.
+/// Embeddings for `texts` (NULL gives None), each `dim` values wide.
 pub async fn embed(
     function: &str,
     model: &Model,
-    texts: Vec<Option<String>>,
+    texts: StringArray,
     dim: usize,
     max_batch_tokens: usize,
 ) -> Result<Vec<Option<Vec<f32>>>> {
@@ -55,13 +56,13 @@ pub async fn embed(
     let tokenizer = std::sync::Arc::clone(&encoder.tokenizer);
     let f = function.to_string();
     let (present, encoded) = blocking(function, move || {
-        let present: Vec<bool> = texts.iter().map(Option::is_some).collect();
+        let present: Vec<bool> = texts.iter().map(|t| t.is_some()).collect();
         let encoded = texts
             .iter()
             .flatten()
             .map(|t| {
                 tokenizer
-                    .encode(t.as_str(), true)
+                    .encode(t, true)
                     .map(|e| Encoded {
                         ids: e.get_ids().to_vec(),
                         type_ids: e.get_type_ids().to_vec(),
@@ -113,13 +114,13 @@ async fn run(
 async fn embed_remote(
     function: &str,
     remote: &RemoteModel,
-    texts: Vec<Option<String>>,
+    texts: StringArray,
     dim: usize,
 ) -> Result<Vec<Option<Vec<f32>>>> {
-    let present: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
+    let present: Vec<usize> = (0..texts.len()).filter(|&i| texts.is_valid(i)).collect();
     let chunks: Vec<&[usize]> = present.chunks(REMOTE_CHUNK).collect();
     let requests = chunks.iter().map(|rows| {
-        let batch: Vec<String> = rows.iter().filter_map(|&i| texts[i].clone()).collect();
+        let batch: Vec<String> = rows.iter().map(|&i| texts.value(i).to_string()).collect();
         async move { remote.embed(&batch).await }
     });
     let answers = futures::future::join_all(requests).await;
@@ -185,13 +186,14 @@ pub fn label_index(spec: &ModelSpec, info: &ModelInfo) -> Result<usize, String> 
     }
 }
 
-/// Reward scores for (prompt, response) pairs (None stays None): encoders read the pair as a
+/// Reward scores for (prompt, response) pairs (a NULL in either gives None): encoders read the pair as a
 /// sentence pair, decoder reward models the conversation [user, assistant] through their chat
 /// template.
 pub async fn score(
     function: &str,
     model: &Model,
-    pairs: Vec<Option<(String, String)>>,
+    prompts: StringArray,
+    responses: StringArray,
     max_batch_tokens: usize,
 ) -> Result<Vec<Option<f64>>> {
     let encoder = model
@@ -219,9 +221,9 @@ pub async fn score(
             }
             _ => None,
         };
-        let present: Vec<bool> = pairs.iter().map(Option::is_some).collect();
+        let pairs = prompts.iter().zip(responses.iter()).map(|(p, r)| p.zip(r));
+        let present: Vec<bool> = pairs.clone().map(|p| p.is_some()).collect();
         let encoded = pairs
-            .iter()
             .flatten()
             .map(|(p, r)| {
                 let e = match &chat {
@@ -232,7 +234,7 @@ pub async fn score(
                         ]);
                         tokenizer.encode(c.render(&f, conversation, false)?, false)
                     }
-                    None => tokenizer.encode((p.as_str(), r.as_str()), true),
+                    None => tokenizer.encode((p, r), true),
                 }
                 .map_err(|e| DataFusionError::Execution(format!("{f}: tokenizer: {e}")))?;
                 Ok(Encoded {
