@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use serde_json::Value;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int8Type, SchemaRef};
 
 use super::Format;
-use super::rows::{Row, text_len};
+use super::rows;
 use crate::error::{PrefflowError, Result};
 
 /// Running min / mean / max.
@@ -85,26 +85,39 @@ impl Stats {
         *self.dropped.entry(reason).or_default() += 1;
     }
 
-    /// Counts a written row.
-    pub fn add(&mut self, row: &Row, validation: bool) {
-        if validation {
-            self.validation += 1;
-        } else {
-            self.train += 1;
-        }
-        if let (Some(c), Some(r)) = (
-            row.get("score_chosen").and_then(Value::as_f64),
-            row.get("score_rejected").and_then(Value::as_f64),
-        ) {
-            self.margin.add(c - r);
-        }
-        for (name, summary) in &mut self.lengths {
-            if let Some(n) = row.get(name).and_then(text_len) {
-                summary.add(n as f64);
+    /// Counts the written rows of a batch; `validation` marks those in the validation split.
+    pub fn add(&mut self, batch: &RecordBatch, validation: Option<&BooleanArray>) {
+        let n = batch.num_rows() as u64;
+        let in_validation = validation.map_or(0, |m| m.true_count() as u64);
+        self.validation += in_validation;
+        self.train += n - in_validation;
+        let score = |name| {
+            batch
+                .column_by_name(name)
+                .and_then(|a| a.as_primitive_opt::<Float64Type>())
+        };
+        if let (Some(c), Some(r)) = (score("score_chosen"), score("score_rejected")) {
+            for i in 0..batch.num_rows() {
+                if c.is_valid(i) && r.is_valid(i) {
+                    self.margin.add(c.value(i) - r.value(i));
+                }
             }
         }
-        if let Some(label) = row.get("label").filter(|v| !v.is_null()) {
-            *self.labels.entry(label.to_string()).or_default() += 1;
+        for (name, summary) in &mut self.lengths {
+            if let Some(a) = batch.column_by_name(name) {
+                for n in rows::lengths(a.as_ref()).into_iter().flatten() {
+                    summary.add(n as f64);
+                }
+            }
+        }
+        if let Some(labels) = batch.column_by_name("label") {
+            let text = |i: usize| match labels.data_type() {
+                DataType::Boolean => labels.as_boolean().value(i).to_string(),
+                _ => labels.as_primitive::<Int8Type>().value(i).to_string(),
+            };
+            for i in (0..labels.len()).filter(|&i| labels.is_valid(i)) {
+                *self.labels.entry(text(i)).or_default() += 1;
+            }
         }
     }
 

@@ -10,18 +10,16 @@
 //! response, a tie (equal best and worst scores), a margin below `min_margin`, and a pair
 //! whose chosen and rejected text is the same are dropped and counted.
 
-use serde_json::Value;
+use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 
-use super::rows::{self, Columns, Kind, Row, Shape};
-use super::{Format, Options};
+use super::rows::{self, Columns, Kind, Shape, Texts};
+use super::{Converted, Format, Options, Picks, take_column};
 use crate::error::Result;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::error::DataFusionError;
 
 pub struct Dpo {
     shape: Shape,
     scores: bool,
-    prompt_id: bool,
     num_responses: bool,
     min_margin: f64,
     schema: SchemaRef,
@@ -79,21 +77,17 @@ impl Dpo {
         }
         fields.extend(["prompt", "chosen", "rejected"].map(|c| shape.field(c)));
         if scores {
-            fields.push(datafusion::arrow::datatypes::Field::new(
-                "score_chosen",
-                datafusion::arrow::datatypes::DataType::Float64,
-                true,
-            ));
-            fields.push(datafusion::arrow::datatypes::Field::new(
-                "score_rejected",
-                datafusion::arrow::datatypes::DataType::Float64,
-                true,
-            ));
+            for name in ["score_chosen", "score_rejected"] {
+                fields.push(datafusion::arrow::datatypes::Field::new(
+                    name,
+                    DataType::Float64,
+                    true,
+                ));
+            }
         }
         Ok(Self {
             shape,
             scores,
-            prompt_id: prompt_id.is_some(),
             num_responses,
             min_margin,
             schema: rows::schema(fields),
@@ -106,67 +100,94 @@ impl Format for Dpo {
         self.schema.clone()
     }
 
-    fn convert(&mut self, mut row: Row, out: &mut Vec<Row>) -> Result<Option<&'static str>> {
-        if rows::is_null(&row, "prompt") {
-            return Ok(Some("NULL prompt"));
-        }
-        if rows::is_null(&row, "chosen") || rows::is_null(&row, "rejected") {
-            return Ok(Some("no scored response (chosen or rejected is NULL)"));
-        }
-        if self.num_responses
-            && row
-                .get("num_responses")
-                .and_then(Value::as_i64)
-                .is_some_and(|n| n < 2)
-        {
-            return Ok(Some("one response only"));
-        }
-        if self.scores {
-            let (Some(c), Some(r)) = (
-                row.get("score_chosen").and_then(Value::as_f64),
-                row.get("score_rejected").and_then(Value::as_f64),
-            ) else {
-                return Ok(Some("no scored response (chosen or rejected is NULL)"));
-            };
-            if c < r {
-                return Err(DataFusionError::Execution(format!(
-                    "dpo: score_chosen {c} is below score_rejected {r} for prompt {}: are chosen and rejected swapped?",
-                    rows::key_text(&row["prompt"])
-                ))
-                .into());
+    fn convert(&mut self, batch: &RecordBatch) -> Result<Converted> {
+        let prompt = Texts::new(batch, "dpo", "prompt")?;
+        let chosen = Texts::new(batch, "dpo", "chosen")?;
+        let rejected = Texts::new(batch, "dpo", "rejected")?;
+        let num_responses = if self.num_responses {
+            Some(rows::cast_column(
+                batch,
+                "dpo",
+                "num_responses",
+                &DataType::Int64,
+            )?)
+        } else {
+            None
+        };
+        let num_responses = num_responses
+            .as_ref()
+            .map(|a| a.as_primitive::<Int64Type>());
+        let scores = if self.scores {
+            Some((
+                rows::cast_column(batch, "dpo", "score_chosen", &DataType::Float64)?,
+                rows::cast_column(batch, "dpo", "score_rejected", &DataType::Float64)?,
+            ))
+        } else {
+            None
+        };
+        let scores = scores.as_ref().map(|(c, r)| {
+            (
+                c.as_primitive::<Float64Type>(),
+                r.as_primitive::<Float64Type>(),
+            )
+        });
+        let mut picks = Picks::default();
+        for i in 0..batch.num_rows() {
+            if prompt.is_null(i) {
+                picks.drop("NULL prompt");
+                continue;
             }
-            if c == r {
-                return Ok(Some("tie (best and worst scores equal)"));
+            if chosen.is_null(i) || rejected.is_null(i) {
+                picks.drop("no scored response (chosen or rejected is NULL)");
+                continue;
             }
-            if c - r < self.min_margin {
-                return Ok(Some("margin below min_margin"));
+            if num_responses.is_some_and(|n| n.is_valid(i) && n.value(i) < 2) {
+                picks.drop("one response only");
+                continue;
             }
-        }
-        if row["chosen"] == row["rejected"] {
-            return Ok(Some("chosen and rejected identical"));
-        }
-        let mut o = Row::new();
-        if self.prompt_id {
-            o.insert(
-                "prompt_id".into(),
-                row.remove("prompt_id").unwrap_or(Value::Null),
-            );
-        }
-        for (name, role) in [
-            ("prompt", "user"),
-            ("chosen", "assistant"),
-            ("rejected", "assistant"),
-        ] {
-            let v = row.remove(name).unwrap_or(Value::Null);
-            o.insert(name.into(), self.shape.value(v, role));
-        }
-        if self.scores {
-            for name in ["score_chosen", "score_rejected"] {
-                o.insert(name.into(), row.remove(name).unwrap_or(Value::Null));
+            if let Some((c, r)) = scores {
+                let score =
+                    |a: &Float64Array| (a.is_valid(i) && !a.value(i).is_nan()).then(|| a.value(i));
+                let (Some(c), Some(r)) = (score(c), score(r)) else {
+                    picks.drop("no scored response (chosen or rejected is NULL)");
+                    continue;
+                };
+                if c < r {
+                    return Err(rows::exec_err(
+                        "dpo",
+                        format!(
+                            "score_chosen {c} is below score_rejected {r} for prompt {}: are chosen and rejected swapped?",
+                            prompt.describe(i)
+                        ),
+                    ));
+                }
+                if c == r {
+                    picks.drop("tie (best and worst scores equal)");
+                    continue;
+                }
+                if c - r < self.min_margin {
+                    picks.drop("margin below min_margin");
+                    continue;
+                }
             }
+            if chosen.same(i, &rejected) {
+                picks.drop("chosen and rejected identical");
+                continue;
+            }
+            picks.keep(i);
         }
-        out.push(o);
-        Ok(None)
+        let kept = picks.indices();
+        let mut columns = Vec::new();
+        for field in self.schema.fields() {
+            let name = field.name().as_str();
+            columns.push(match name {
+                "prompt" => rows::reshape(&prompt, self.shape, &kept, "user")?,
+                "chosen" => rows::reshape(&chosen, self.shape, &kept, "assistant")?,
+                "rejected" => rows::reshape(&rejected, self.shape, &kept, "assistant")?,
+                _ => take_column(batch, "dpo", field, &kept)?,
+            });
+        }
+        Ok(picks.into_converted(columns))
     }
 
     fn describe(&self) -> String {

@@ -6,18 +6,21 @@
 //! `style 'pmpo'` writes the label as +1 / -1 (positive / negative samples, as PMPO's
 //! weighting reads them) instead of true / false.
 
-use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
-use serde_json::Value;
+use std::sync::Arc;
 
-use super::rows::{self, Columns, Kind, Row, Shape};
-use super::{Format, Options};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+
+use super::rows::{self, Columns, Kind, Output, Shape, Texts};
+use super::{Converted, Format, Options, Picks, take_column};
 use crate::error::Result;
 
 pub struct Kto {
     paired: bool,
     shape: Shape,
     pmpo: bool,
-    prompt_id: bool,
     schema: SchemaRef,
 }
 
@@ -58,34 +61,8 @@ impl Kto {
             paired,
             shape,
             pmpo,
-            prompt_id: prompt_id.is_some(),
             schema: rows::schema(fields),
         })
-    }
-
-    fn push(&self, row: &Row, completion: Value, good: bool, out: &mut Vec<Row>) {
-        let mut o = Row::new();
-        if self.prompt_id {
-            o.insert(
-                "prompt_id".into(),
-                row.get("prompt_id").cloned().unwrap_or(Value::Null),
-            );
-        }
-        o.insert(
-            "prompt".into(),
-            self.shape.value(row["prompt"].clone(), "user"),
-        );
-        o.insert(
-            "completion".into(),
-            self.shape.value(completion, "assistant"),
-        );
-        let label = if self.pmpo {
-            Value::from(if good { 1 } else { -1 })
-        } else {
-            Value::Bool(good)
-        };
-        o.insert("label".into(), label);
-        out.push(o);
     }
 }
 
@@ -94,29 +71,73 @@ impl Format for Kto {
         self.schema.clone()
     }
 
-    fn convert(&mut self, row: Row, out: &mut Vec<Row>) -> Result<Option<&'static str>> {
-        if rows::is_null(&row, "prompt") {
-            return Ok(Some("NULL prompt"));
-        }
+    fn convert(&mut self, batch: &RecordBatch) -> Result<Converted> {
+        let prompt = Texts::new(batch, "kto", "prompt")?;
+        let mut picks = Picks::default();
+        // The written completions and labels, built as rows are kept.
+        let mut completion = Output::new(self.shape);
+        let mut labels: Vec<bool> = Vec::new();
         if self.paired {
-            if rows::is_null(&row, "chosen") || rows::is_null(&row, "rejected") {
-                return Ok(Some("NULL chosen or rejected"));
+            let chosen = Texts::new(batch, "kto", "chosen")?;
+            let rejected = Texts::new(batch, "kto", "rejected")?;
+            for i in 0..batch.num_rows() {
+                if prompt.is_null(i) {
+                    picks.drop("NULL prompt");
+                } else if chosen.is_null(i) || rejected.is_null(i) {
+                    picks.drop("NULL chosen or rejected");
+                } else if chosen.same(i, &rejected) {
+                    picks.drop("chosen and rejected identical");
+                } else {
+                    // unpair_preference_dataset: the chosen answer desirable, the rejected not.
+                    for (answer, good) in [(&chosen, true), (&rejected, false)] {
+                        picks.keep(i);
+                        answer.write(i, "assistant", &mut completion);
+                        labels.push(good);
+                    }
+                }
             }
-            if row["chosen"] == row["rejected"] {
-                return Ok(Some("chosen and rejected identical"));
+        } else {
+            let answers = Texts::new(batch, "kto", "completion")?;
+            let label = rows::cast_column(batch, "kto", "label", &DataType::Boolean)?;
+            let label = label.as_boolean();
+            for i in 0..batch.num_rows() {
+                if prompt.is_null(i) {
+                    picks.drop("NULL prompt");
+                } else if answers.is_null(i) {
+                    picks.drop("NULL completion");
+                } else if label.is_null(i) {
+                    picks.drop("NULL label");
+                } else {
+                    picks.keep(i);
+                    answers.write(i, "assistant", &mut completion);
+                    labels.push(label.value(i));
+                }
             }
-            self.push(&row, row["chosen"].clone(), true, out);
-            self.push(&row, row["rejected"].clone(), false, out);
-            return Ok(None);
         }
-        if rows::is_null(&row, "completion") {
-            return Ok(Some("NULL completion"));
-        }
-        let Some(label) = row.get("label").and_then(Value::as_bool) else {
-            return Ok(Some("NULL label"));
+        let kept = picks.indices();
+        let label: ArrayRef = if self.pmpo {
+            Arc::new(Int8Array::from_iter_values(
+                labels.iter().map(|&good| if good { 1 } else { -1 }),
+            ))
+        } else {
+            Arc::new(BooleanArray::from(labels))
         };
-        self.push(&row, row["completion"].clone(), label, out);
-        Ok(None)
+        let mut completion = Some(completion.finish());
+        let mut label = Some(label);
+        let mut columns = Vec::new();
+        for field in self.schema.fields() {
+            columns.push(match field.name().as_str() {
+                "prompt" => rows::reshape(&prompt, self.shape, &kept, "user")?,
+                "completion" => completion
+                    .take()
+                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
+                "label" => label
+                    .take()
+                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
+                _ => take_column(batch, "kto", field, &kept)?,
+            });
+        }
+        Ok(picks.into_converted(columns))
     }
 
     fn describe(&self) -> String {

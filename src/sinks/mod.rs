@@ -9,8 +9,9 @@
 //! into a hidden folder beside the target, and moves it into place only when everything
 //! succeeded: a failed run leaves the previous output as it was.
 //!
-//! Rows travel through the format as JSON objects (the shape TRL documents its formats in),
-//! and the output schema is fixed per format, so JSONL and Parquet outputs hold the same types.
+//! Formats read and build Arrow arrays directly (a kept text column is a `take` of the input,
+//! a reshaped one is built with list builders), and the output schema is fixed per format, so
+//! JSONL and Parquet outputs hold the same types.
 //!
 //! Each format is a DataFusion `FileFormat` whose writer is a `DataSinkExec` over a
 //! [`TrainingSink`]: DataFusion plans and runs the COPY (so `EXPLAIN COPY … STORED AS dpo` shows
@@ -30,7 +31,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::GetExt;
@@ -56,7 +59,6 @@ use crate::error::{PrefflowError, Result};
 use crate::target::{Output, commit, plan_inputs, remove_path, temp_sibling};
 
 pub use card::Stats;
-pub use rows::Row;
 
 /// The training formats, as written after `STORED AS`.
 pub const FORMATS: [&str; 5] = ["dpo", "kto", "sft", "sharegpt", "tokenized"];
@@ -75,16 +77,67 @@ pub fn format_of(copy: &CopyTo) -> Option<&'static str> {
     FORMATS.into_iter().find(|f| *f == ext)
 }
 
-/// One training format: checks the input schema at planning time, then turns input rows into
-/// output rows (or a reason to drop them).
+/// One training format: checks the input schema at planning time, then turns input batches
+/// into output columns (and reasons for the rows it drops).
 pub(crate) trait Format: Send {
     /// The schema of the written files.
     fn schema(&self) -> SchemaRef;
-    /// Appends the output rows for one input row to `out`; returns why the row was dropped
-    /// instead, for the card.
-    fn convert(&mut self, row: Row, out: &mut Vec<Row>) -> Result<Option<&'static str>>;
+    /// The written columns for one input batch, with the input row of each written row.
+    fn convert(&mut self, batch: &RecordBatch) -> Result<Converted>;
     /// Lines for the card describing the format and how to load it.
     fn describe(&self) -> String;
+}
+
+/// A format's output for one input batch.
+pub(crate) struct Converted {
+    /// The written columns, in the order of [`Format::schema`].
+    pub columns: Vec<ArrayRef>,
+    /// For each written row, the input row it came from: its split follows that row's prompt.
+    pub sources: Vec<u32>,
+    /// Why each dropped input row was dropped, for the card.
+    pub dropped: Vec<&'static str>,
+}
+
+/// The input rows a format keeps (in output order; one may repeat) and the reasons of those
+/// it drops.
+#[derive(Default)]
+pub(crate) struct Picks {
+    pub rows: Vec<u32>,
+    pub dropped: Vec<&'static str>,
+}
+
+impl Picks {
+    pub fn keep(&mut self, i: usize) {
+        self.rows.push(i as u32);
+    }
+
+    pub fn drop(&mut self, reason: &'static str) {
+        self.dropped.push(reason);
+    }
+
+    /// The kept rows as `take` indices.
+    pub fn indices(&self) -> UInt32Array {
+        UInt32Array::from(self.rows.clone())
+    }
+
+    pub fn into_converted(self, columns: Vec<ArrayRef>) -> Converted {
+        Converted {
+            columns,
+            sources: self.rows,
+            dropped: self.dropped,
+        }
+    }
+}
+
+/// The kept rows of an optional id column, cast to its written type.
+pub(crate) fn take_column(
+    batch: &RecordBatch,
+    format: &str,
+    field: &datafusion::arrow::datatypes::Field,
+    rows: &UInt32Array,
+) -> Result<ArrayRef> {
+    let a = rows::cast_column(batch, format, field.name(), field.data_type())?;
+    Ok(datafusion::arrow::compute::take(&a, rows, None).map_err(DataFusionError::from)?)
 }
 
 /// Options every format takes; the rest are the format's own (taken out as they are read,
@@ -446,33 +499,35 @@ async fn write_splits(
         let batch = batch?;
         // Conversion (and, for `tokenized`, tokenizing) is CPU work: off the async runtime.
         let (back, converted) = tokio::task::spawn_blocking(move || {
-            let r = convert_batch(fmt.as_mut(), &batch);
+            let r = convert_batch(fmt.as_mut(), &batch, validation_fraction);
             (fmt, r)
         })
         .await
         .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
         fmt = back;
-        let (rows, dropped) = converted?;
-        for reason in dropped {
+        let (out, in_validation) = converted?;
+        for reason in &out.dropped {
             stats.drop(reason);
         }
-        let (mut to_train, mut to_validation) = (Vec::new(), Vec::new());
-        for (row, fraction) in rows {
-            let validation_row = validation.is_some() && fraction < validation_fraction;
-            stats.add(&row, validation_row);
-            if validation_row {
-                to_validation.push(row);
-            } else {
-                to_train.push(row);
+        let in_validation = in_validation.filter(|_| validation.is_some());
+        let out = RecordBatch::try_new(Arc::clone(&schema), out.columns)
+            .map_err(DataFusionError::from)?;
+        stats.add(&out, in_validation.as_ref());
+        match (in_validation, validation.as_mut()) {
+            (Some(mask), Some(w)) => {
+                let to_validation =
+                    filter_record_batch(&out, &mask).map_err(DataFusionError::from)?;
+                let not = datafusion::arrow::compute::not(&mask).map_err(DataFusionError::from)?;
+                let to_train = filter_record_batch(&out, &not).map_err(DataFusionError::from)?;
+                if to_train.num_rows() > 0 {
+                    train.write(&to_train)?;
+                }
+                if to_validation.num_rows() > 0 {
+                    w.write(&to_validation)?;
+                }
             }
-        }
-        if !to_train.is_empty() {
-            train.write(&rows::to_batch(&schema, &to_train)?)?;
-        }
-        if let Some(w) = validation.as_mut()
-            && !to_validation.is_empty()
-        {
-            w.write(&rows::to_batch(&schema, &to_validation)?)?;
+            _ if out.num_rows() > 0 => train.write(&out)?,
+            _ => {}
         }
     }
     train.finish()?;
@@ -491,39 +546,62 @@ async fn write_splits(
     Ok((stats, fmt))
 }
 
-/// Converts one batch: its kept output rows, each with where its prompt falls in [0, 1) for
-/// the split, and the reasons of the dropped ones.
-#[allow(clippy::type_complexity)]
+/// Converts one batch: the format's output, and which written rows fall in the validation
+/// split (None when no row does).
 fn convert_batch(
     fmt: &mut dyn Format,
     batch: &RecordBatch,
-) -> Result<(Vec<(Row, f64)>, Vec<&'static str>)> {
-    let mut out = Vec::with_capacity(batch.num_rows());
-    let mut dropped = Vec::new();
-    let mut converted = Vec::new();
-    for row in rows::from_batch(batch)? {
-        let fraction = split_fraction(&split_key(&row));
-        if let Some(reason) = fmt.convert(row, &mut converted)? {
-            dropped.push(reason);
-        }
-        out.extend(converted.drain(..).map(|r| (r, fraction)));
+    validation_fraction: f64,
+) -> Result<(Converted, Option<BooleanArray>)> {
+    let out = fmt.convert(batch)?;
+    if validation_fraction <= 0.0 || out.sources.is_empty() {
+        return Ok((out, None));
     }
-    Ok((out, dropped))
+    let fractions = split_fractions(batch)?;
+    let mask: BooleanArray = out
+        .sources
+        .iter()
+        .map(|&i| Some(fractions[i as usize] < validation_fraction))
+        .collect();
+    Ok((out, Some(mask)))
 }
 
-/// The text an input row's split is decided by: its prompt, or for a conversation every
-/// message before the last, so all the answers to one prompt share a split.
-fn split_key(row: &Row) -> String {
-    if let Some(p) = row.get("prompt") {
-        return rows::key_text(p);
+/// Where each input row's prompt falls in [0, 1), for the split. The key is the prompt's text,
+/// or for a conversation every message before the last (as JSON), so all the answers to one
+/// prompt share a split.
+fn split_fractions(batch: &RecordBatch) -> Result<Vec<f64>> {
+    let n = batch.num_rows();
+    if let Some(p) = batch.column_by_name("prompt") {
+        if matches!(
+            p.data_type(),
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        ) {
+            let p = datafusion::arrow::compute::cast(p, &DataType::Utf8)
+                .map_err(DataFusionError::from)?;
+            let p = p.as_string::<i32>();
+            return Ok((0..n)
+                .map(|i| split_fraction(if p.is_null(i) { "null" } else { p.value(i) }))
+                .collect());
+        }
+        return Ok(rows::json_values(batch, "prompt")?
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => split_fraction(s),
+                other => split_fraction(&other.to_string()),
+            })
+            .collect());
     }
-    let messages = row
-        .get("messages")
-        .and_then(serde_json::Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let n = messages.len().saturating_sub(1);
-    serde_json::Value::Array(messages[..n].to_vec()).to_string()
+    Ok(rows::json_values(batch, "messages")?
+        .into_iter()
+        .map(|v| {
+            let mut messages = match v {
+                serde_json::Value::Array(a) => a,
+                _ => Vec::new(),
+            };
+            messages.truncate(messages.len().saturating_sub(1));
+            split_fraction(&serde_json::Value::Array(messages).to_string())
+        })
+        .collect())
 }
 
 /// Where a prompt falls in [0, 1): FNV-1a of its text, mixed (splitmix64's finaliser) so

@@ -6,11 +6,11 @@
 //! assistant's); `style 'prompt_completion'` splits a conversation before its last message,
 //! which must be the assistant's. Optional prompt_id is kept.
 
+use datafusion::arrow::array::{RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::SchemaRef;
-use serde_json::Value;
 
-use super::rows::{self, Columns, Kind, Row, Shape};
-use super::{Format, Options};
+use super::rows::{self, Columns, Kind, Message, MessagesBuilder, Shape, Texts};
+use super::{Converted, Format, Options, Picks, take_column};
 use crate::error::Result;
 
 /// Where a conversation comes from: a messages column, or prompt and completion.
@@ -36,16 +36,33 @@ impl Source {
         ))
     }
 
-    /// The whole conversation of a row (None when a needed column is NULL or empty).
-    pub(crate) fn conversation(&self, row: &Row) -> Option<Vec<Value>> {
+    /// Reads the columns of a batch.
+    pub(crate) fn read(&self, batch: &RecordBatch, format: &str) -> Result<Conversations> {
+        Ok(match self {
+            Source::Messages => Conversations::Messages(Texts::new(batch, format, "messages")?),
+            Source::PromptCompletion(_) => Conversations::PromptCompletion(
+                Texts::new(batch, format, "prompt")?,
+                Texts::new(batch, format, "completion")?,
+            ),
+        })
+    }
+}
+
+/// A batch's conversations, read in place.
+pub(crate) enum Conversations {
+    Messages(Texts),
+    PromptCompletion(Texts, Texts),
+}
+
+impl Conversations {
+    /// The whole conversation of row `i` (None when a needed column is NULL or it is empty):
+    /// a text prompt is a user turn, a text completion the assistant's.
+    pub(crate) fn get(&self, i: usize) -> Option<Vec<Message<'_>>> {
         let messages = match self {
-            Source::Messages => rows::clean_messages(row.get("messages")?),
-            Source::PromptCompletion(_) => {
-                if rows::is_null(row, "prompt") || rows::is_null(row, "completion") {
-                    return None;
-                }
-                let mut m = rows::messages(row["prompt"].clone(), "user");
-                m.extend(rows::messages(row["completion"].clone(), "assistant"));
+            Conversations::Messages(m) => m.messages(i, "user")?,
+            Conversations::PromptCompletion(p, c) => {
+                let mut m = p.messages(i, "user")?;
+                m.extend(c.messages(i, "assistant")?);
                 m
             }
         };
@@ -56,7 +73,6 @@ impl Source {
 pub struct Sft {
     source: Source,
     to_messages: bool,
-    prompt_id: bool,
     schema: SchemaRef,
 }
 
@@ -86,7 +102,6 @@ impl Sft {
         Ok(Self {
             source,
             to_messages,
-            prompt_id: prompt_id.is_some(),
             schema: rows::schema(fields),
         })
     }
@@ -97,43 +112,63 @@ impl Format for Sft {
         self.schema.clone()
     }
 
-    fn convert(&mut self, mut row: Row, out: &mut Vec<Row>) -> Result<Option<&'static str>> {
-        let mut o = Row::new();
-        if self.prompt_id {
-            o.insert(
-                "prompt_id".into(),
-                row.remove("prompt_id").unwrap_or(Value::Null),
+    fn convert(&mut self, batch: &RecordBatch) -> Result<Converted> {
+        let mut picks = Picks::default();
+        let mut columns = Vec::new();
+        if let (Source::PromptCompletion(Shape::Text), false) = (&self.source, self.to_messages) {
+            let prompt = Texts::new(batch, "sft", "prompt")?;
+            let completion = Texts::new(batch, "sft", "completion")?;
+            for i in 0..batch.num_rows() {
+                if prompt.is_null(i) || completion.is_null(i) {
+                    picks.drop("NULL prompt or completion");
+                } else {
+                    picks.keep(i);
+                }
+            }
+            let kept = picks.indices();
+            for field in self.schema.fields() {
+                columns.push(match field.name().as_str() {
+                    "prompt" => rows::reshape(&prompt, Shape::Text, &kept, "user")?,
+                    "completion" => rows::reshape(&completion, Shape::Text, &kept, "assistant")?,
+                    _ => take_column(batch, "sft", field, &kept)?,
+                });
+            }
+            return Ok(picks.into_converted(columns));
+        }
+        let conversations = self.source.read(batch, "sft")?;
+        let mut messages = MessagesBuilder::new("role", "content");
+        let mut completions = MessagesBuilder::new("role", "content");
+        for i in 0..batch.num_rows() {
+            let Some(m) = conversations.get(i) else {
+                picks.drop("NULL or empty conversation");
+                continue;
+            };
+            if self.to_messages {
+                messages.push(&m);
+            } else {
+                let Some((last, prompt)) = m.split_last().filter(|(l, _)| l.0 == "assistant")
+                else {
+                    picks.drop("last message is not the assistant's");
+                    continue;
+                };
+                messages.push(prompt);
+                completions.push(std::slice::from_ref(last));
+            }
+            picks.keep(i);
+        }
+        let kept = picks.indices();
+        let (mut messages, mut completions) = (Some(messages), Some(completions));
+        for field in self.schema.fields() {
+            columns.push(
+                match field.name().as_str() {
+                    "messages" | "prompt" => messages.take().map(MessagesBuilder::finish),
+                    "completion" => completions.take().map(MessagesBuilder::finish),
+                    _ => Some(take_column(batch, "sft", field, &kept)?),
+                }
+                .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
             );
         }
-        match (&self.source, self.to_messages) {
-            (Source::PromptCompletion(Shape::Text), false) => {
-                if rows::is_null(&row, "prompt") || rows::is_null(&row, "completion") {
-                    return Ok(Some("NULL prompt or completion"));
-                }
-                o.insert("prompt".into(), row.remove("prompt").unwrap_or_default());
-                o.insert(
-                    "completion".into(),
-                    row.remove("completion").unwrap_or_default(),
-                );
-            }
-            (_, to_messages) => {
-                let Some(mut messages) = self.source.conversation(&row) else {
-                    return Ok(Some("NULL or empty conversation"));
-                };
-                if to_messages {
-                    o.insert("messages".into(), Value::Array(messages));
-                } else {
-                    if messages.last().and_then(|m| m["role"].as_str()) != Some("assistant") {
-                        return Ok(Some("last message is not the assistant's"));
-                    }
-                    let completion = messages.split_off(messages.len() - 1);
-                    o.insert("prompt".into(), Value::Array(messages));
-                    o.insert("completion".into(), Value::Array(completion));
-                }
-            }
-        }
-        out.push(o);
-        Ok(None)
+        Ok(picks.into_converted(columns))
     }
 
     fn describe(&self) -> String {

@@ -4,18 +4,16 @@
 //! Columns read: messages, or prompt and completion (as for `sft`). Optional prompt_id is
 //! kept.
 
+use datafusion::arrow::array::{RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::SchemaRef;
-use serde_json::{Map, Value};
 
-use super::rows::{self, Columns, Kind, Row};
+use super::rows::{self, Columns, Kind, MessagesBuilder};
 use super::sft::Source;
-use super::{Format, Options};
+use super::{Converted, Format, Options, Picks, take_column};
 use crate::error::Result;
-use datafusion::error::DataFusionError;
 
 pub struct ShareGpt {
     source: Source,
-    prompt_id: bool,
     schema: SchemaRef,
 }
 
@@ -31,7 +29,6 @@ impl ShareGpt {
         fields.push(rows::message_list_field("conversations", "from", "value"));
         Ok(Self {
             source,
-            prompt_id: prompt_id.is_some(),
             schema: rows::schema(fields),
         })
     }
@@ -53,34 +50,41 @@ impl Format for ShareGpt {
         self.schema.clone()
     }
 
-    fn convert(&mut self, row: Row, out: &mut Vec<Row>) -> Result<Option<&'static str>> {
-        let Some(messages) = self.source.conversation(&row) else {
-            return Ok(Some("NULL or empty conversation"));
-        };
-        let mut turns = Vec::with_capacity(messages.len());
-        for m in messages {
-            let role = m["role"].as_str().unwrap_or_default();
-            let Some(name) = from(role) else {
-                return Err(DataFusionError::Execution(format!(
-                    "sharegpt: unknown role '{role}' (known: system, user, assistant, tool)"
-                ))
-                .into());
+    fn convert(&mut self, batch: &RecordBatch) -> Result<Converted> {
+        let conversations = self.source.read(batch, "sharegpt")?;
+        let mut picks = Picks::default();
+        let mut turns = MessagesBuilder::new("from", "value");
+        for i in 0..batch.num_rows() {
+            let Some(messages) = conversations.get(i) else {
+                picks.drop("NULL or empty conversation");
+                continue;
             };
-            let mut t = Map::new();
-            t.insert("from".into(), Value::String(name.into()));
-            t.insert("value".into(), m["content"].clone());
-            turns.push(Value::Object(t));
+            let mut named = Vec::with_capacity(messages.len());
+            for (role, content) in messages {
+                let Some(name) = from(role) else {
+                    return Err(rows::exec_err(
+                        "sharegpt",
+                        format!("unknown role '{role}' (known: system, user, assistant, tool)"),
+                    ));
+                };
+                named.push((name, content));
+            }
+            turns.push(&named);
+            picks.keep(i);
         }
-        let mut o = Row::new();
-        if self.prompt_id {
-            o.insert(
-                "prompt_id".into(),
-                row.get("prompt_id").cloned().unwrap_or(Value::Null),
-            );
+        let kept = picks.indices();
+        let mut turns = Some(turns);
+        let mut columns = Vec::new();
+        for field in self.schema.fields() {
+            columns.push(match field.name().as_str() {
+                "conversations" => turns
+                    .take()
+                    .map(MessagesBuilder::finish)
+                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
+                _ => take_column(batch, "sharegpt", field, &kept)?,
+            });
         }
-        o.insert("conversations".into(), Value::Array(turns));
-        out.push(o);
-        Ok(None)
+        Ok(picks.into_converted(columns))
     }
 
     fn describe(&self) -> String {

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, Int64Builder, ListBuilder, RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::error::DataFusionError;
 use prefflow_udfs::models::chat::ChatPrompts;
@@ -21,9 +22,9 @@ use prefflow_udfs::models::decode::DecoderInfo;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::rows::{self, Columns, Kind, Row, Shape};
-use super::sft::Source;
-use super::{Format, Options};
+use super::rows::{self, Columns, Kind, Message, Shape, Texts};
+use super::sft::{Conversations, Source};
+use super::{Converted, Format, Options, Picks, take_column};
 use crate::error::Result;
 
 /// What the rows hold.
@@ -39,7 +40,6 @@ pub struct Tokenized {
     info: DecoderInfo,
     eos: Option<u32>,
     max_length: usize,
-    prompt_id: bool,
     schema: SchemaRef,
 }
 
@@ -123,7 +123,6 @@ impl Tokenized {
             info,
             eos,
             max_length,
-            prompt_id: prompt_id.is_some(),
             schema: rows::schema(fields),
         })
     }
@@ -136,13 +135,20 @@ impl Tokenized {
     }
 
     /// The prompt's text and the answer's text as the model reads them.
-    fn texts(&self, prompt: &Value, answer: &Value) -> Result<(String, String)> {
+    fn texts(&self, prompt: &[Message<'_>], answer: &[Message<'_>]) -> Result<(String, String)> {
         let Some(chat) = &self.chat else {
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            // Without a chat template prompt and answer are text (checked at planning): one
+            // message each.
+            let text = |m: &[Message<'_>]| m.first().map(|m| m.1).unwrap_or_default().to_string();
             return Ok((text(prompt), text(answer)));
         };
-        let prompt = rows::messages(prompt.clone(), "user");
-        let answer = rows::messages(answer.clone(), "assistant");
+        let values = |m: &[Message<'_>]| -> Vec<Value> {
+            m.iter()
+                .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+                .collect()
+        };
+        let prompt = values(prompt);
+        let answer = values(answer);
         let p = chat.render("tokenized", minijinja::Value::from_serialize(&prompt), true)?;
         let whole: Vec<Value> = prompt.into_iter().chain(answer).collect();
         let full = chat.render("tokenized", minijinja::Value::from_serialize(&whole), false)?;
@@ -154,8 +160,13 @@ impl Tokenized {
         }
     }
 
-    /// input_ids, attention_mask and labels of prompt + answer; None when over max_length.
-    fn sequence(&self, prompt: &Value, answer: &Value) -> Result<Option<[Value; 3]>> {
+    /// input_ids and labels of prompt + answer (the attention mask is all ones); None when
+    /// over max_length.
+    fn sequence(
+        &self,
+        prompt: &[Message<'_>],
+        answer: &[Message<'_>],
+    ) -> Result<Option<(Vec<i64>, Vec<i64>)>> {
         let (p, a) = self.texts(prompt, answer)?;
         let mut ids = self.encode(&p)?;
         if self.chat.is_none()
@@ -179,12 +190,30 @@ impl Tokenized {
             .enumerate()
             .map(|(i, &t)| if i < prompt_len { -100 } else { t as i64 })
             .collect();
-        let ids_v: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        Ok(Some([
-            Value::from(ids_v),
-            Value::from(vec![1i64; ids.len()]),
-            Value::from(labels),
-        ]))
+        Ok(Some((ids.iter().map(|&t| t as i64).collect(), labels)))
+    }
+}
+
+/// input_ids, attention_mask and labels columns being built.
+struct Sequences([ListBuilder<Int64Builder>; 3]);
+
+impl Sequences {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| {
+            ListBuilder::new(Int64Builder::new())
+        }))
+    }
+
+    fn push(&mut self, (ids, labels): (Vec<i64>, Vec<i64>)) {
+        let mask = vec![1i64; ids.len()];
+        for (b, v) in self.0.iter_mut().zip([ids, mask, labels]) {
+            b.values().append_slice(&v);
+            b.append(true);
+        }
+    }
+
+    fn finish(self) -> [ArrayRef; 3] {
+        self.0.map(|mut b| Arc::new(b.finish()) as ArrayRef)
     }
 }
 
@@ -193,61 +222,89 @@ impl Format for Tokenized {
         self.schema.clone()
     }
 
-    fn convert(&mut self, row: Row, out: &mut Vec<Row>) -> Result<Option<&'static str>> {
-        let mut o = Row::new();
-        if self.prompt_id {
-            o.insert(
-                "prompt_id".into(),
-                row.get("prompt_id").cloned().unwrap_or(Value::Null),
-            );
-        }
-        let names = ["input_ids", "attention_mask", "labels"];
+    fn convert(&mut self, batch: &RecordBatch) -> Result<Converted> {
+        let mut picks = Picks::default();
+        let mut built = Vec::new();
         match &self.input {
             Input::Paired => {
-                if ["prompt", "chosen", "rejected"]
-                    .iter()
-                    .any(|c| rows::is_null(&row, c))
-                {
-                    return Ok(Some("NULL prompt, chosen or rejected"));
-                }
-                for side in ["chosen", "rejected"] {
-                    let Some(seq) = self.sequence(&row["prompt"], &row[side])? else {
-                        return Ok(Some("longer than max_length"));
+                let [prompt, chosen, rejected] =
+                    ["prompt", "chosen", "rejected"].map(|c| Texts::new(batch, "tokenized", c));
+                let (prompt, chosen, rejected) = (prompt?, chosen?, rejected?);
+                let (mut c, mut r) = (Sequences::new(), Sequences::new());
+                'rows: for i in 0..batch.num_rows() {
+                    let (Some(p), Some(ch), Some(rj)) = (
+                        prompt.messages(i, "user"),
+                        chosen.messages(i, "assistant"),
+                        rejected.messages(i, "assistant"),
+                    ) else {
+                        picks.drop("NULL prompt, chosen or rejected");
+                        continue;
                     };
-                    for (name, v) in names.iter().zip(seq) {
-                        o.insert(format!("{side}_{name}"), v);
+                    let mut both = Vec::with_capacity(2);
+                    for answer in [ch, rj] {
+                        let Some(seq) = self.sequence(&p, &answer)? else {
+                            picks.drop("longer than max_length");
+                            continue 'rows;
+                        };
+                        both.push(seq);
                     }
+                    let mut both = both.into_iter();
+                    c.push(both.next().unwrap_or_default());
+                    r.push(both.next().unwrap_or_default());
+                    picks.keep(i);
                 }
+                built.extend(c.finish());
+                built.extend(r.finish());
             }
             Input::Single(source) => {
-                let (prompt, answer) = match source {
-                    Source::PromptCompletion(_) => {
-                        if rows::is_null(&row, "prompt") || rows::is_null(&row, "completion") {
-                            return Ok(Some("NULL prompt or completion"));
+                let conversations = source.read(batch, "tokenized")?;
+                let mut seqs = Sequences::new();
+                for i in 0..batch.num_rows() {
+                    let (prompt, answer) = match &conversations {
+                        Conversations::PromptCompletion(p, c) => {
+                            match (p.messages(i, "user"), c.messages(i, "assistant")) {
+                                (Some(p), Some(c)) => (p, c),
+                                _ => {
+                                    picks.drop("NULL prompt or completion");
+                                    continue;
+                                }
+                            }
                         }
-                        (row["prompt"].clone(), row["completion"].clone())
-                    }
-                    Source::Messages => {
-                        let Some(mut m) = source.conversation(&row) else {
-                            return Ok(Some("NULL or empty conversation"));
-                        };
-                        if m.last().and_then(|x| x["role"].as_str()) != Some("assistant") {
-                            return Ok(Some("last message is not the assistant's"));
+                        Conversations::Messages(_) => {
+                            let Some(mut m) = conversations.get(i) else {
+                                picks.drop("NULL or empty conversation");
+                                continue;
+                            };
+                            if m.last().map(|x| x.0) != Some("assistant") {
+                                picks.drop("last message is not the assistant's");
+                                continue;
+                            }
+                            let last = m.split_off(m.len() - 1);
+                            (m, last)
                         }
-                        let last = m.split_off(m.len() - 1);
-                        (Value::Array(m), Value::Array(last))
-                    }
-                };
-                let Some(seq) = self.sequence(&prompt, &answer)? else {
-                    return Ok(Some("longer than max_length"));
-                };
-                for (name, v) in names.iter().zip(seq) {
-                    o.insert(name.to_string(), v);
+                    };
+                    let Some(seq) = self.sequence(&prompt, &answer)? else {
+                        picks.drop("longer than max_length");
+                        continue;
+                    };
+                    seqs.push(seq);
+                    picks.keep(i);
                 }
+                built.extend(seqs.finish());
             }
         }
-        out.push(o);
-        Ok(None)
+        let kept = picks.indices();
+        let mut built = built.into_iter();
+        let mut columns = Vec::new();
+        for field in self.schema.fields() {
+            columns.push(match field.name().as_str() {
+                "prompt_id" => take_column(batch, "tokenized", field, &kept)?,
+                _ => built
+                    .next()
+                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
+            });
+        }
+        Ok(picks.into_converted(columns))
     }
 
     fn describe(&self) -> String {
