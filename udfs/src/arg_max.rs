@@ -16,6 +16,7 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::mem::size_of_val;
 
+use crate::common::picked_rows::PickedRows;
 use datafusion::arrow::array::make_comparator;
 use datafusion::arrow::array::{Array, ArrayRef};
 use datafusion::arrow::array::{BooleanArray, Float64Array};
@@ -305,17 +306,18 @@ fn numeric_key(key: &DataType) -> bool {
 
 /// The best (key, value) of every group in flat vectors: a `GROUP BY` over many small groups
 /// compares one f64 per row instead of slicing the batch per group and building scalars (the
-/// row accumulator's cost). Values are copied only when a group's best changes; ties compare
-/// values as [`better`] does, so results equal [`BestAccumulator`]'s.
+/// row accumulator's cost), and a group's best value is a reference to its input row
+/// ([`PickedRows`]), so nothing is copied until the output is built. Ties compare values as
+/// [`better`] does, so results equal [`BestAccumulator`]'s.
 #[derive(Debug)]
 pub struct BestGroups {
     direction: Direction,
-    /// (value, key) types.
-    types: (DataType, DataType),
-    /// Best key per group; meaningful where `values[g]` is Some.
+    /// The key type (for the state).
+    key_type: DataType,
+    /// Best key per group; meaningful where the group has a pick.
     keys: Vec<f64>,
-    /// Best value per group (a NULL value is a typed NULL scalar); None: no key seen yet.
-    values: Vec<Option<ScalarValue>>,
+    /// Best value per group.
+    values: PickedRows,
 }
 
 impl BestGroups {
@@ -323,9 +325,9 @@ impl BestGroups {
     pub fn new(direction: Direction, types: (DataType, DataType)) -> Self {
         Self {
             direction,
-            types,
+            key_type: types.1,
             keys: Vec::new(),
-            values: Vec::new(),
+            values: PickedRows::new(types.0),
         }
     }
 
@@ -338,7 +340,7 @@ impl BestGroups {
         total: usize,
     ) -> Result<()> {
         self.keys.resize(total, 0.0);
-        self.values.resize(total, None);
+        self.values.begin(total);
         let keys = cast(keys, &DataType::Float64)?;
         let keys = keys
             .as_any()
@@ -349,39 +351,29 @@ impl BestGroups {
                 continue;
             }
             let key = keys.value(row);
-            let replace = match &self.values[g] {
-                None => true,
-                Some(best) => {
-                    let by_key = key.total_cmp(&self.keys[g]);
-                    let by_key = match self.direction {
-                        Direction::Max => by_key,
-                        Direction::Min => by_key.reverse(),
-                    };
-                    match by_key {
-                        Ordering::Greater => true,
-                        Ordering::Less => false,
-                        Ordering::Equal => {
-                            value_before(&ScalarValue::try_from_array(values, row)?, best)
-                        }
-                    }
+            let replace = if !self.values.is_set(g) {
+                true
+            } else {
+                let by_key = key.total_cmp(&self.keys[g]);
+                let by_key = match self.direction {
+                    Direction::Max => by_key,
+                    Direction::Min => by_key.reverse(),
+                };
+                match by_key {
+                    Ordering::Greater => true,
+                    Ordering::Less => false,
+                    Ordering::Equal => value_before(
+                        &ScalarValue::try_from_array(values, row)?,
+                        &self.values.value(g)?,
+                    ),
                 }
             };
             if replace {
                 self.keys[g] = key;
-                self.values[g] = Some(ScalarValue::try_from_array(values, row)?);
+                self.values.pick(g, values, row);
             }
         }
-        Ok(())
-    }
-
-    /// The emitted groups' values as one array (NULL where a group saw no key).
-    fn emit_values(&self, values: Vec<Option<ScalarValue>>) -> Result<ArrayRef> {
-        let null = ScalarValue::try_from(&self.types.0)?;
-        ScalarValue::iter_to_array(
-            values
-                .into_iter()
-                .map(|v| v.unwrap_or_else(|| null.clone())),
-        )
+        self.values.end()
     }
 }
 
@@ -439,32 +431,23 @@ impl GroupsAccumulator for BestGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let _ = emit_to.take_needed(&mut self.keys);
-        let values = emit_to.take_needed(&mut self.values);
-        self.emit_values(values)
+        self.values.emit(emit_to)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let set = self.values.set_flags(emit_to);
         let keys = emit_to.take_needed(&mut self.keys);
-        let values = emit_to.take_needed(&mut self.values);
         let keys: Float64Array = keys
             .iter()
-            .zip(&values)
-            .map(|(k, v)| v.as_ref().map(|_| *k))
+            .zip(set)
+            .map(|(k, set)| set.then_some(*k))
             .collect();
-        let keys = cast(&(std::sync::Arc::new(keys) as ArrayRef), &self.types.1)?;
-        Ok(vec![keys, self.emit_values(values)?])
+        let keys = cast(&(std::sync::Arc::new(keys) as ArrayRef), &self.key_type)?;
+        Ok(vec![keys, self.values.emit(emit_to)?])
     }
 
     fn size(&self) -> usize {
-        size_of_val(self)
-            + self.keys.capacity() * 8
-            + self.values.capacity() * std::mem::size_of::<Option<ScalarValue>>()
-            + self
-                .values
-                .iter()
-                .flatten()
-                .map(|v| v.size())
-                .sum::<usize>()
+        size_of_val(self) + self.keys.capacity() * 8 + self.values.size()
     }
 }
 

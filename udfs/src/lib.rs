@@ -17,6 +17,7 @@ pub mod common;
 pub mod docs;
 pub mod extract_boxed;
 pub mod extract_tag;
+pub mod first_value;
 pub mod functions;
 pub mod kmeans;
 pub mod models;

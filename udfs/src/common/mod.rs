@@ -4,6 +4,7 @@ pub mod boundary;
 pub mod call_stats;
 pub mod call_wrapper;
 pub mod function_args;
+pub mod picked_rows;
 pub mod result_key;
 pub mod template;
 pub mod text;
