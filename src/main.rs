@@ -1,5 +1,8 @@
 //! The `prefflow` command; everything lives in the library (`prefflow::cli`).
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // SAFETY: nothing else runs yet (no thread has started), so setting the environment
     // cannot race with a reader.

@@ -49,7 +49,6 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::CopyTo;
 use datafusion::object_store::{ObjectMeta, ObjectStore};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr_common::sort_expr::LexRequirement;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
@@ -249,7 +248,7 @@ impl Writer {
             FileKind::Parquet => {
                 // Small row groups keep the writer's buffer, and so a streaming run's memory,
                 // bounded however large the dataset.
-                let props = WriterProperties::builder()
+                let props = crate::output::parquet_properties()
                     .set_max_row_group_row_count(Some(16 * 1024))
                     .build();
                 Writer::Parquet(
@@ -275,6 +274,53 @@ impl Writer {
                 w.close().map_err(DataFusionError::from)?;
             }
             Writer::Jsonl(mut w) => w.finish().map_err(DataFusionError::from)?,
+        }
+        Ok(())
+    }
+}
+
+/// The open split files.
+struct Splits {
+    train: Writer,
+    validation: Option<Writer>,
+}
+
+impl Splits {
+    fn create(dir: &Path, kind: FileKind, schema: &SchemaRef, validation: bool) -> Result<Self> {
+        let open = |split: &str| {
+            Writer::create(&dir.join(format!("{split}.{}", kind.ext())), kind, schema)
+        };
+        Ok(Self {
+            train: open("train")?,
+            validation: if validation {
+                Some(open("validation")?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Writes a batch's rows, those marked by `validation` to the validation split.
+    fn write(&mut self, out: &RecordBatch, validation: Option<&BooleanArray>) -> Result<()> {
+        let (Some(mask), Some(w)) = (validation, self.validation.as_mut()) else {
+            return self.train.write(out);
+        };
+        let to_validation = filter_record_batch(out, mask).map_err(DataFusionError::from)?;
+        let not = datafusion::arrow::compute::not(mask).map_err(DataFusionError::from)?;
+        let to_train = filter_record_batch(out, &not).map_err(DataFusionError::from)?;
+        if to_train.num_rows() > 0 {
+            self.train.write(&to_train)?;
+        }
+        if to_validation.num_rows() > 0 {
+            w.write(&to_validation)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.train.finish()?;
+        if let Some(w) = self.validation {
+            w.finish()?;
         }
         Ok(())
     }
@@ -485,55 +531,51 @@ async fn write_splits(
 ) -> Result<(Stats, Box<dyn Format>)> {
     let schema = fmt.schema();
     let mut stats = Stats::new(&schema);
-    let mut train = Writer::create(&dir.join(format!("train.{}", kind.ext())), kind, &schema)?;
-    let mut validation = if validation_fraction > 0.0 {
-        Some(Writer::create(
-            &dir.join(format!("validation.{}", kind.ext())),
-            kind,
-            &schema,
-        )?)
-    } else {
-        None
-    };
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        // Conversion (and, for `tokenized`, tokenizing) is CPU work: off the async runtime.
-        let (back, converted) = tokio::task::spawn_blocking(move || {
-            let r = convert_batch(fmt.as_mut(), &batch, validation_fraction);
-            (fmt, r)
-        })
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
-        fmt = back;
-        let (out, in_validation) = converted?;
-        for reason in &out.dropped {
-            stats.drop(reason);
+    let splits = Splits::create(dir, kind, &schema, validation_fraction > 0.0)?;
+    let has_validation = splits.validation.is_some();
+    // Encoding the files runs on its own thread, so it overlaps converting the next batch
+    // (the sink's two halves take about the same time) and stays off the async runtime.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(RecordBatch, Option<BooleanArray>)>(2);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut splits = splits;
+        while let Some((out, mask)) = rx.blocking_recv() {
+            splits.write(&out, mask.as_ref())?;
         }
-        let in_validation = in_validation.filter(|_| validation.is_some());
-        let out = RecordBatch::try_new(Arc::clone(&schema), out.columns)
-            .map_err(DataFusionError::from)?;
-        stats.add(&out, in_validation.as_ref());
-        match (in_validation, validation.as_mut()) {
-            (Some(mask), Some(w)) => {
-                let to_validation =
-                    filter_record_batch(&out, &mask).map_err(DataFusionError::from)?;
-                let not = datafusion::arrow::compute::not(&mask).map_err(DataFusionError::from)?;
-                let to_train = filter_record_batch(&out, &not).map_err(DataFusionError::from)?;
-                if to_train.num_rows() > 0 {
-                    train.write(&to_train)?;
-                }
-                if to_validation.num_rows() > 0 {
-                    w.write(&to_validation)?;
-                }
+        splits.finish()
+    });
+    let sent = async {
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            // Conversion (and, for `tokenized`, tokenizing) is CPU work: off the async runtime.
+            let (back, converted) = tokio::task::spawn_blocking(move || {
+                let r = convert_batch(fmt.as_mut(), &batch, validation_fraction);
+                (fmt, r)
+            })
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+            fmt = back;
+            let (out, in_validation) = converted?;
+            for reason in &out.dropped {
+                stats.drop(reason);
             }
-            _ if out.num_rows() > 0 => train.write(&out)?,
-            _ => {}
+            let in_validation = in_validation.filter(|_| has_validation);
+            let out = RecordBatch::try_new(Arc::clone(&schema), out.columns)
+                .map_err(DataFusionError::from)?;
+            stats.add(&out, in_validation.as_ref());
+            if out.num_rows() > 0 && tx.send((out, in_validation)).await.is_err() {
+                // The writer stopped: its error is the one to report.
+                break;
+            }
         }
+        Ok::<_, PrefflowError>(fmt)
     }
-    train.finish()?;
-    if let Some(w) = validation {
-        w.finish()?;
-    }
+    .await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("sink writer failed: {e}")))?;
+    let fmt = sent?;
+    written?;
     // `datasets` refuses a split with no data: an empty split's file goes (the card says so),
     // unless nothing was written at all.
     let (train_rows, validation_rows) = stats.split_rows();

@@ -226,7 +226,9 @@ pub fn cast_column(
 /// One message: role and content (a NULL field reads as empty, as trainers see it).
 pub type Message<'a> = (&'a str, &'a str);
 
-/// A text-or-conversation input column, read in place.
+/// A text-or-conversation input column, read in place (one per column and batch, so the
+/// variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Texts {
     Text(StringArray),
     Conversation {
@@ -375,7 +377,8 @@ impl Texts {
     }
 }
 
-/// A written text-or-conversation column being built.
+/// A written text-or-conversation column being built (one per column and batch).
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     Text(StringBuilder),
     Conversation(MessagesBuilder),

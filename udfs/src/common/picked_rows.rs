@@ -143,17 +143,15 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{AsArray, StringArray};
 
-    fn strings(v: &[&str]) -> ArrayRef {
-        Arc::new(StringArray::from(v.to_vec()))
-    }
-
     #[test]
     fn picks_survive_compaction_and_partial_emits() {
         let mut p = PickedRows::new(DataType::Utf8);
-        // 3 groups; many batches, each re-picking every group, so compaction runs.
+        // 3 groups; batches of 1000 rows, each re-picking groups 0 and 2, so the kept arrays
+        // outgrow the live picks and compaction runs every few batches.
         let mut last = Vec::new();
-        for b in 0..5000 {
-            let values = strings(&[&format!("a{b}"), &format!("b{b}"), &format!("c{b}")]);
+        for b in 0..200 {
+            let rows: Vec<String> = (0..1000).map(|r| format!("{b}/{r}")).collect();
+            let values: ArrayRef = Arc::new(StringArray::from(rows));
             p.begin(3);
             for g in 0..3 {
                 if g != 1 || b < 10 {
@@ -161,10 +159,10 @@ mod tests {
                 }
             }
             p.end().unwrap();
-            last = vec![format!("a{b}"), "b9".to_string(), format!("c{b}")];
+            last = vec![format!("{b}/0"), "9/1".to_string(), format!("{b}/2")];
         }
         assert!(p.arrays.len() < 20, "compaction keeps few arrays");
-        assert_eq!(p.value(1).unwrap(), ScalarValue::Utf8(Some("b9".into())));
+        assert_eq!(p.value(1).unwrap(), ScalarValue::Utf8(Some("9/1".into())));
         let first = p.emit(EmitTo::First(1)).unwrap();
         assert_eq!(first.as_string::<i32>().value(0), last[0]);
         p.begin(3); // a group appears after the emit: groups 0, 1 are the old 1, 2.
