@@ -77,6 +77,15 @@ impl Engine {
         {
             copy.output_url = crate::shard::shard_path(&copy.output_url, &shard);
         }
+        // A training sink writes the statement into its card's provenance.
+        if let LogicalPlan::Copy(copy) = &mut plan
+            && crate::sinks::format_of(copy).is_some()
+        {
+            copy.options.insert(
+                crate::sinks::provenance::STATEMENT_OPTION.to_string(),
+                sql.to_string(),
+            );
+        }
         if let LogicalPlan::Copy(copy) = &plan {
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
                 // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan

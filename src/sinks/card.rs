@@ -10,6 +10,7 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int8Type, SchemaRef};
 
 use super::Format;
+use super::provenance::Provenance;
 use super::rows;
 use crate::error::{PrefflowError, Result};
 
@@ -159,9 +160,12 @@ pub fn write(
     s: &Settings,
     fmt: &dyn Format,
     stats: &Stats,
+    provenance: &Provenance,
 ) -> Result<()> {
     let path = dir.join("README.md");
-    std::fs::write(&path, render(target, s, fmt, stats)).map_err(|e| PrefflowError::io(&path, e))
+    let mut text = render(target, s, fmt, stats);
+    text.push_str(&provenance.render(stats.written()));
+    std::fs::write(&path, text).map_err(|e| PrefflowError::io(&path, e))
 }
 
 fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> String {

@@ -21,6 +21,7 @@
 pub(crate) mod card;
 mod dpo;
 mod kto;
+pub(crate) mod provenance;
 mod rows;
 mod sft;
 mod sharegpt;
@@ -365,6 +366,10 @@ pub struct TrainingSink {
     planned: std::sync::Mutex<Option<Box<dyn Format>>>,
     /// The query's schema (what the sink reads).
     schema: SchemaRef,
+    /// The card's provenance as planned: the COPY statement's text (None when planned
+    /// without the engine, e.g. through the DataFrame API) and the model calls before it.
+    started: provenance::Started,
+    registry: Arc<prefflow_udfs::models::ModelRegistry>,
 }
 
 impl std::fmt::Debug for TrainingSink {
@@ -400,7 +405,7 @@ impl DisplayAs for TrainingSink {
 impl TrainingSink {
     /// Plans the sink: options and the input schema are checked here, before a row is read.
     fn plan(
-        registry: &prefflow_udfs::models::ModelRegistry,
+        registry: &Arc<prefflow_udfs::models::ModelRegistry>,
         format: &'static str,
         raw_options: &HashMap<String, String>,
         url: &str,
@@ -409,6 +414,7 @@ impl TrainingSink {
     ) -> Result<Self> {
         let target = local_dir(format, url)?;
         let mut options = Options::new(format, raw_options);
+        let statement = options.take(provenance::STATEMENT_OPTION);
         let validation_fraction = options.take_f64("validation_fraction")?.unwrap_or(0.0);
         if !(0.0..1.0).contains(&validation_fraction) {
             return Err(options.err(format!(
@@ -436,12 +442,14 @@ impl TrainingSink {
             inputs,
             planned: std::sync::Mutex::new(Some(fmt)),
             schema: Arc::new(input.clone()),
+            started: provenance::Started::new(statement, registry),
+            registry: Arc::clone(registry),
         })
     }
 
     /// Checks the target, stages, writes splits and card, and commits; a failure leaves the
     /// previous output as it was.
-    async fn write(&self, stream: SendableRecordBatchStream) -> Result<u64> {
+    async fn write(&self, stream: SendableRecordBatchStream, device: String) -> Result<u64> {
         let fmt = self
             .planned
             .lock()
@@ -457,10 +465,26 @@ impl TrainingSink {
         crate::target::check(&self.target, &output, &self.inputs)?;
         let tmp = temp_sibling(&self.target);
         crate::target::stage(&tmp, &self.target, true)?;
+        let started = self.started.clone();
         let result = async {
             let (stats, fmt) =
                 write_splits(stream, fmt, &tmp, self.kind, self.validation_fraction).await?;
-            card::write(&tmp, &self.target, &self.settings, fmt.as_ref(), &stats)?;
+            let registry = Arc::clone(&self.registry);
+            let sink_model = self.settings.options.get("model").cloned();
+            // Model identities may read files the first time: off the runtime.
+            let provenance = tokio::task::spawn_blocking(move || {
+                started.finish(&registry, &device, sink_model.as_deref())
+            })
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+            card::write(
+                &tmp,
+                &self.target,
+                &self.settings,
+                fmt.as_ref(),
+                &stats,
+                &provenance,
+            )?;
             Ok::<_, PrefflowError>(stats)
         }
         .await;
@@ -486,9 +510,13 @@ impl DataSink for TrainingSink {
     async fn write_all(
         &self,
         data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
+        context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
-        Ok(self.write(data).await?)
+        let device = prefflow_udfs::models::settings::PrefflowOptions::from_config(
+            context.session_config().options(),
+        )
+        .device;
+        Ok(self.write(data, device).await?)
     }
 }
 

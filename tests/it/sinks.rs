@@ -297,3 +297,65 @@ async fn training_sinks_are_datafusion_sinks() {
     );
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
 }
+
+/// The card says how the dataset was made: prefflow's version, the statement, each model's
+/// address, identity and options, the seeds, and what the model calls did (a second run is
+/// all cache hits). No secret: a password in an address is masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cards_carry_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::with_options(&SessionOptions {
+        target_partitions: Some(2),
+        cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
+    })
+    .unwrap();
+    e.sql("CREATE MODEL smol FROM 'models/smollm2-135m-instruct' OPTIONS (dtype 'f32')")
+        .await
+        .unwrap();
+    let target = dir.path().join("pairs");
+    let copy = format!(
+        "COPY (SELECT 'Say hi.' AS prompt, 'Hi there!' AS chosen,
+           ai_generate('smol', 'Say hi.', named_struct('seed', 7, 'temperature', 0.8, 'max_tokens', 8)) AS rejected
+           WHERE 'https://user:pw@host/x' <> '') TO '{}' STORED AS dpo",
+        target.display()
+    );
+    for run in 0..2 {
+        e.query(&copy).await.unwrap();
+        let card = std::fs::read_to_string(target.join("README.md")).unwrap();
+        let provenance = card.split("## Provenance").nth(1).expect(&card);
+        assert!(
+            provenance.contains(&format!("- prefflow {}", env!("CARGO_PKG_VERSION"))),
+            "{card}"
+        );
+        assert!(
+            provenance.contains("`seed` options in the query: 7"),
+            "{card}"
+        );
+        let model = provenance
+            .lines()
+            .find(|l| l.starts_with("| smol |"))
+            .expect(&card);
+        let cells: Vec<&str> = model.split('|').map(str::trim).collect();
+        assert!(
+            cells[2].ends_with("models/smollm2-135m-instruct"),
+            "{model}"
+        );
+        assert_eq!(cells[3].len(), 64, "identity is a blake3 hash: {model}");
+        assert_eq!(cells[4], "dtype=f32", "{model}");
+        let hits = if run == 0 { 0 } else { 1 };
+        assert!(
+            provenance.contains(&format!("| ai_generate(smol) | 1 | {hits} |")),
+            "run {run}: {card}"
+        );
+        assert!(
+            provenance.contains("STORED AS dpo"),
+            "the statement: {card}"
+        );
+        assert!(
+            !card.contains("user:pw"),
+            "a password in an address is masked: {card}"
+        );
+        assert!(provenance.contains("https://***@host/x"), "{card}");
+    }
+}

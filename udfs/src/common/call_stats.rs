@@ -239,6 +239,22 @@ impl Activity {
         }
     }
 
+    /// Nodes registered so far.
+    pub fn node_count(&self) -> usize {
+        self.nodes.lock().expect("activity lock").len()
+    }
+
+    /// Every entry of the nodes registered after the first `n` (a statement's own calls).
+    pub fn entries_since(&self, n: usize) -> Vec<Arc<CallStats>> {
+        self.nodes
+            .lock()
+            .expect("activity lock")
+            .iter()
+            .skip(n)
+            .flat_map(|n| n.entries())
+            .collect()
+    }
+
     /// Every entry of every registered node, in registration order.
     pub fn entries(&self) -> Vec<Arc<CallStats>> {
         self.nodes
