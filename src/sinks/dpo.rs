@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use super::rows::{self, Columns, Kind, Shape, Texts};
 use super::{Converted, Format, Options, Picks, take_column};
 use crate::error::Result;
+use datafusion::error::DataFusionError;
 
 pub struct Dpo {
     shape: Shape,
@@ -177,17 +178,21 @@ impl Format for Dpo {
             picks.keep(i);
         }
         let kept = picks.indices();
-        let mut columns = Vec::new();
-        for field in self.schema.fields() {
-            let name = field.name().as_str();
-            columns.push(match name {
-                "prompt" => rows::reshape(&prompt, self.shape, &kept, "user")?,
-                "chosen" => rows::reshape(&chosen, self.shape, &kept, "assistant")?,
-                "rejected" => rows::reshape(&rejected, self.shape, &kept, "assistant")?,
-                _ => take_column(batch, "dpo", field, &kept)?,
-            });
+        let mut columns = vec![
+            rows::reshape(&prompt, self.shape, &kept, "user")?,
+            rows::reshape(&chosen, self.shape, &kept, "assistant")?,
+            rows::reshape(&rejected, self.shape, &kept, "assistant")?,
+        ];
+        if self.scores {
+            for name in ["score_chosen", "score_rejected"] {
+                let field = self
+                    .schema
+                    .field_with_name(name)
+                    .map_err(DataFusionError::from)?;
+                columns.push(take_column(batch, "dpo", field, &kept)?);
+            }
         }
-        Ok(picks.into_converted(columns))
+        picks.into_converted(batch, "dpo", &self.schema, columns)
     }
 
     fn describe(&self) -> String {

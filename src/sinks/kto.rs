@@ -8,13 +8,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, new_null_array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 
 use super::rows::{self, Columns, Kind, Output, Shape, Texts};
-use super::{Converted, Format, Options, Picks, take_column};
+use super::{Converted, Format, Options, Picks};
 use crate::error::Result;
 
 pub struct Kto {
@@ -122,22 +120,13 @@ impl Format for Kto {
         } else {
             Arc::new(BooleanArray::from(labels))
         };
-        let mut completion = Some(completion.finish());
-        let mut label = Some(label);
-        let mut columns = Vec::new();
-        for field in self.schema.fields() {
-            columns.push(match field.name().as_str() {
-                "prompt" => rows::reshape(&prompt, self.shape, &kept, "user")?,
-                "completion" => completion
-                    .take()
-                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
-                "label" => label
-                    .take()
-                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
-                _ => take_column(batch, "kto", field, &kept)?,
-            });
-        }
-        Ok(picks.into_converted(columns))
+        let prompt = rows::reshape(&prompt, self.shape, &kept, "user")?;
+        picks.into_converted(
+            batch,
+            "kto",
+            &self.schema,
+            [prompt, completion.finish(), label],
+        )
     }
 
     fn describe(&self) -> String {

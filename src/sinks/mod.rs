@@ -120,16 +120,29 @@ impl Picks {
         UInt32Array::from(self.rows.clone())
     }
 
-    pub fn into_converted(self, columns: Vec<ArrayRef>) -> Converted {
-        Converted {
-            columns,
+    /// The written columns: the kept rows' prompt_id first where the format writes one (every
+    /// format puts it first), then the format's own `columns` in schema order.
+    pub fn into_converted(
+        self,
+        batch: &RecordBatch,
+        format: &str,
+        schema: &SchemaRef,
+        columns: impl IntoIterator<Item = ArrayRef>,
+    ) -> Result<Converted> {
+        let mut all = Vec::with_capacity(schema.fields().len());
+        if let Some(field) = schema.fields().first().filter(|f| f.name() == "prompt_id") {
+            all.push(take_column(batch, format, field, &self.indices())?);
+        }
+        all.extend(columns);
+        Ok(Converted {
+            columns: all,
             sources: self.rows,
             dropped: self.dropped,
-        }
+        })
     }
 }
 
-/// The kept rows of an optional id column, cast to its written type.
+/// The kept rows of an input column, cast to its written type.
 pub(crate) fn take_column(
     batch: &RecordBatch,
     format: &str,
@@ -560,7 +573,6 @@ async fn write_splits(
     let schema = fmt.schema();
     let mut stats = Stats::new(&schema);
     let splits = Splits::create(dir, kind, &schema, validation_fraction > 0.0)?;
-    let has_validation = splits.validation.is_some();
     // Encoding the files runs on its own thread, so it overlaps converting the next batch
     // (the sink's two halves take about the same time) and stays off the async runtime.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(RecordBatch, Option<BooleanArray>)>(2);
@@ -586,7 +598,6 @@ async fn write_splits(
             for reason in &out.dropped {
                 stats.drop(reason);
             }
-            let in_validation = in_validation.filter(|_| has_validation);
             let out = RecordBatch::try_new(Arc::clone(&schema), out.columns)
                 .map_err(DataFusionError::from)?;
             stats.add(&out, in_validation.as_ref());

@@ -6,11 +6,11 @@
 //! assistant's); `style 'prompt_completion'` splits a conversation before its last message,
 //! which must be the assistant's. Optional prompt_id is kept.
 
-use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::rows::{self, Columns, Kind, Message, MessagesBuilder, Shape, Texts};
-use super::{Converted, Format, Options, Picks, take_column};
+use super::{Converted, Format, Options, Picks};
 use crate::error::Result;
 
 /// Where a conversation comes from: a messages column, or prompt and completion.
@@ -48,7 +48,8 @@ impl Source {
     }
 }
 
-/// A batch's conversations, read in place.
+/// A batch's conversations, read in place (one per batch).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Conversations {
     Messages(Texts),
     PromptCompletion(Texts, Texts),
@@ -114,7 +115,6 @@ impl Format for Sft {
 
     fn convert(&mut self, batch: &RecordBatch) -> Result<Converted> {
         let mut picks = Picks::default();
-        let mut columns = Vec::new();
         if let (Source::PromptCompletion(Shape::Text), false) = (&self.source, self.to_messages) {
             let prompt = Texts::new(batch, "sft", "prompt")?;
             let completion = Texts::new(batch, "sft", "completion")?;
@@ -126,14 +126,11 @@ impl Format for Sft {
                 }
             }
             let kept = picks.indices();
-            for field in self.schema.fields() {
-                columns.push(match field.name().as_str() {
-                    "prompt" => rows::reshape(&prompt, Shape::Text, &kept, "user")?,
-                    "completion" => rows::reshape(&completion, Shape::Text, &kept, "assistant")?,
-                    _ => take_column(batch, "sft", field, &kept)?,
-                });
-            }
-            return Ok(picks.into_converted(columns));
+            let columns = [
+                rows::reshape(&prompt, Shape::Text, &kept, "user")?,
+                rows::reshape(&completion, Shape::Text, &kept, "assistant")?,
+            ];
+            return picks.into_converted(batch, "sft", &self.schema, columns);
         }
         let conversations = self.source.read(batch, "sft")?;
         let mut messages = MessagesBuilder::new("role", "content");
@@ -156,19 +153,12 @@ impl Format for Sft {
             }
             picks.keep(i);
         }
-        let kept = picks.indices();
-        let (mut messages, mut completions) = (Some(messages), Some(completions));
-        for field in self.schema.fields() {
-            columns.push(
-                match field.name().as_str() {
-                    "messages" | "prompt" => messages.take().map(MessagesBuilder::finish),
-                    "completion" => completions.take().map(MessagesBuilder::finish),
-                    _ => Some(take_column(batch, "sft", field, &kept)?),
-                }
-                .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
-            );
+        // messages, or prompt (the conversation before its last message) and completion.
+        let mut columns = vec![messages.finish()];
+        if !self.to_messages {
+            columns.push(completions.finish());
         }
-        Ok(picks.into_converted(columns))
+        picks.into_converted(batch, "sft", &self.schema, columns)
     }
 
     fn describe(&self) -> String {

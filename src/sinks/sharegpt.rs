@@ -4,12 +4,12 @@
 //! Columns read: messages, or prompt and completion (as for `sft`). Optional prompt_id is
 //! kept.
 
-use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::rows::{self, Columns, Kind, MessagesBuilder};
 use super::sft::Source;
-use super::{Converted, Format, Options, Picks, take_column};
+use super::{Converted, Format, Options, Picks};
 use crate::error::Result;
 
 pub struct ShareGpt {
@@ -72,19 +72,7 @@ impl Format for ShareGpt {
             turns.push(&named);
             picks.keep(i);
         }
-        let kept = picks.indices();
-        let mut turns = Some(turns);
-        let mut columns = Vec::new();
-        for field in self.schema.fields() {
-            columns.push(match field.name().as_str() {
-                "conversations" => turns
-                    .take()
-                    .map(MessagesBuilder::finish)
-                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
-                _ => take_column(batch, "sharegpt", field, &kept)?,
-            });
-        }
-        Ok(picks.into_converted(columns))
+        picks.into_converted(batch, "sharegpt", &self.schema, [turns.finish()])
     }
 
     fn describe(&self) -> String {

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Builder, ListBuilder, RecordBatch, new_null_array};
+use datafusion::arrow::array::{ArrayRef, Int64Builder, ListBuilder, RecordBatch};
 use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::error::DataFusionError;
 use prefflow_udfs::models::chat::ChatPrompts;
@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 
 use super::rows::{self, Columns, Kind, Message, Shape, Texts};
 use super::sft::{Conversations, Source};
-use super::{Converted, Format, Options, Picks, take_column};
+use super::{Converted, Format, Options, Picks};
 use crate::error::Result;
 
 /// What the rows hold.
@@ -231,7 +231,7 @@ impl Format for Tokenized {
                     ["prompt", "chosen", "rejected"].map(|c| Texts::new(batch, "tokenized", c));
                 let (prompt, chosen, rejected) = (prompt?, chosen?, rejected?);
                 let (mut c, mut r) = (Sequences::new(), Sequences::new());
-                'rows: for i in 0..batch.num_rows() {
+                for i in 0..batch.num_rows() {
                     let (Some(p), Some(ch), Some(rj)) = (
                         prompt.messages(i, "user"),
                         chosen.messages(i, "assistant"),
@@ -240,17 +240,13 @@ impl Format for Tokenized {
                         picks.drop("NULL prompt, chosen or rejected");
                         continue;
                     };
-                    let mut both = Vec::with_capacity(2);
-                    for answer in [ch, rj] {
-                        let Some(seq) = self.sequence(&p, &answer)? else {
-                            picks.drop("longer than max_length");
-                            continue 'rows;
-                        };
-                        both.push(seq);
-                    }
-                    let mut both = both.into_iter();
-                    c.push(both.next().unwrap_or_default());
-                    r.push(both.next().unwrap_or_default());
+                    let (Some(cs), Some(rs)) = (self.sequence(&p, &ch)?, self.sequence(&p, &rj)?)
+                    else {
+                        picks.drop("longer than max_length");
+                        continue;
+                    };
+                    c.push(cs);
+                    r.push(rs);
                     picks.keep(i);
                 }
                 built.extend(c.finish());
@@ -293,18 +289,7 @@ impl Format for Tokenized {
                 built.extend(seqs.finish());
             }
         }
-        let kept = picks.indices();
-        let mut built = built.into_iter();
-        let mut columns = Vec::new();
-        for field in self.schema.fields() {
-            columns.push(match field.name().as_str() {
-                "prompt_id" => take_column(batch, "tokenized", field, &kept)?,
-                _ => built
-                    .next()
-                    .unwrap_or_else(|| new_null_array(field.data_type(), 0)),
-            });
-        }
-        Ok(picks.into_converted(columns))
+        picks.into_converted(batch, "tokenized", &self.schema, built)
     }
 
     fn describe(&self) -> String {
