@@ -79,7 +79,8 @@ impl Engine {
         }
         // A training sink writes the statement into its card's provenance.
         if let LogicalPlan::Copy(copy) = &mut plan
-            && crate::sinks::format_of(copy).is_some()
+            && (crate::sinks::format_of(copy).is_some()
+                || copy.output_url.starts_with(crate::hf::PREFIX))
         {
             copy.options.insert(
                 crate::sinks::provenance::STATEMENT_OPTION.to_string(),
@@ -87,6 +88,15 @@ impl Engine {
             );
         }
         if let LogicalPlan::Copy(copy) = &plan {
+            if copy.output_url.starts_with(crate::hf::PREFIX) {
+                // The token, repository and branch are checked before the query starts, so
+                // a bad token fails before any model work.
+                crate::sinks::hub::preflight(&copy.output_url, &copy.options).await?;
+                if crate::sinks::format_of(copy).is_none() {
+                    let rows = self.push_plain(copy).await?;
+                    return Ok(self.ctx.read_batches(rows)?);
+                }
+            }
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
                 // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan
                 // are known only here, so a target inside an input folder is refused now.
@@ -97,7 +107,7 @@ impl Engine {
             } else {
                 let scheme = copy.output_url.split("://").next().unwrap_or_default();
                 return Err(PrefflowError::Target(format!(
-                    "COPY TO '{}': writing to {scheme}:// is not supported yet; write to a local path (prefflow reads hf:// datasets, and writes local files and folders)",
+                    "COPY TO '{}': writing to {scheme}:// is not supported; write to a local path or an hf://datasets/ORG/NAME dataset",
                     redact_uri(&copy.output_url)
                 )));
             };
@@ -200,6 +210,34 @@ impl Engine {
                 Ok(self.ctx.read_batch(batch)?)
             }
         }
+    }
+
+    /// `COPY … TO 'hf://…' STORED AS parquet | json`: the query's rows through the Hub sink
+    /// (checkpoints, resume, card); returns the count row a COPY answers with.
+    async fn push_plain(&self, copy: &CopyTo) -> Result<Vec<RecordBatch>> {
+        let state = self.ctx.state();
+        let sink = crate::sinks::TrainingSink::plan_plain(
+            &self.models(),
+            copy,
+            crate::sinks::push_staging(state.config()),
+        )?;
+        let device =
+            prefflow_udfs::models::settings::PrefflowOptions::from_config(state.config_options())
+                .device;
+        let input = (*copy.input).clone();
+        let stream = self
+            .ctx
+            .execute_logical_plan(input)
+            .await?
+            .execute_stream()
+            .await?;
+        let rows = sink.run(stream, device).await?;
+        let batch = RecordBatch::try_from_iter(vec![(
+            "count",
+            Arc::new(datafusion::arrow::array::UInt64Array::from(vec![rows])) as ArrayRef,
+        )])
+        .map_err(DataFusionError::from)?;
+        Ok(vec![batch])
     }
 
     async fn atomic_copy(&self, copy: &CopyTo, target: &Path) -> Result<Vec<RecordBatch>> {

@@ -179,8 +179,9 @@ pub fn split_statements(text: &str) -> std::result::Result<Vec<Statement>, (usiz
     Ok(out)
 }
 
-/// Replaces `${name}` (or `${name:-default}`) with parameter values. A name with neither a
-/// value nor a default is an error naming it, so a typo never runs as an empty string.
+/// Replaces `${name}` (or `${name:-default}`) with parameter values. A default may itself hold
+/// parameters (`${target:-${out_dir:-out}/pairs}`). A name with neither a value nor a default
+/// is an error naming it, so a typo never runs as an empty string.
 pub fn substitute(
     sql: &str,
     params: &HashMap<String, String>,
@@ -190,7 +191,21 @@ pub fn substitute(
     while let Some(at) = rest.find("${") {
         out.push_str(&rest[..at]);
         let after = &rest[at + 2..];
-        let Some(end) = after.find('}') else {
+        // The matching brace: defaults may nest `${…}`.
+        let mut depth = 0usize;
+        let mut end = None;
+        for (i, c) in after.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    end = Some(i);
+                    break;
+                }
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
             return Err("unclosed ${ in statement".to_string());
         };
         let body = &after[..end];
@@ -204,9 +219,10 @@ pub fn substitute(
         if !valid {
             return Err(format!("invalid parameter name '${{{body}}}'"));
         }
-        match params.get(name).map(String::as_str).or(default) {
-            Some(v) => out.push_str(v),
-            None => {
+        match (params.get(name), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(&substitute(d, params)?),
+            (None, None) => {
                 return Err(format!(
                     "unknown parameter '{name}': pass --param {name}=VALUE or write ${{{name}:-default}}"
                 ));
@@ -251,6 +267,10 @@ mod tests {
         assert_eq!(
             substitute("'${out:-x.parquet}'", &p).unwrap(),
             "'x.parquet'"
+        );
+        assert_eq!(
+            substitute("'${target:-${out:-y}/pairs}' ${target:-${n}}", &p).unwrap(),
+            "'y/pairs' 3"
         );
         assert!(
             substitute("${missing}", &p)

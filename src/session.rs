@@ -59,6 +59,8 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
         .clone()
         .unwrap_or_else(crate::cache::default_dir);
     models.set_result_store(Some(Arc::new(crate::cache::RedbStore::new(&dir))));
+    // Hub pushes stage their part files beside the result cache (kept there if a push fails).
+    config = config.with_extension(Arc::new(crate::sinks::PushStaging(dir.join("push"))));
 
     // Model calls keep the input's order and count their work (see model_calls): first, so
     // that every later rule sees the order.

@@ -2,17 +2,12 @@
 //! rows per split, what was dropped and why, score margins and lengths. Kept in running
 //! sums, so a streaming run's memory does not grow with the dataset.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::Path;
-
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int8Type, SchemaRef};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
-use super::Format;
-use super::provenance::Provenance;
 use super::rows;
-use crate::error::{PrefflowError, Result};
 
 /// Running min / mean / max.
 #[derive(Debug, Clone, Default)]
@@ -154,25 +149,28 @@ pub(crate) fn written_as(card: &str, format: &str) -> bool {
     card.contains(&tags(format)) && card.contains("Written by prefflow (`COPY")
 }
 
-pub fn write(
-    dir: &Path,
-    target: &Path,
-    s: &Settings,
-    fmt: &dyn Format,
-    stats: &Stats,
-    provenance: &Provenance,
-) -> Result<()> {
-    let path = dir.join("README.md");
-    let mut text = render(target, s, fmt, stats);
-    text.push_str(&provenance.render(stats.written()));
-    std::fs::write(&path, text).map_err(|e| PrefflowError::io(&path, e))
+/// The split files of a local dataset: each split with rows (train when nothing was written).
+pub(crate) fn local_files(s: &Settings, stats: &Stats) -> Vec<(&'static str, String)> {
+    let mut splits = vec![("train", stats.train)];
+    if s.validation_fraction > 0.0 {
+        splits.push(("validation", stats.validation));
+    }
+    splits
+        .into_iter()
+        .filter(|(split, n)| *n > 0 || (*split == "train" && stats.written() == 0))
+        .map(|(split, _)| (split, format!("{split}.{}", s.file_ext)))
+        .collect()
 }
 
-fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> String {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into());
+/// The card for a dataset named `name`, whose splits are in `files` (split, path or pattern);
+/// the provenance section follows it.
+pub(crate) fn render(
+    name: &str,
+    s: &Settings,
+    description: &str,
+    stats: &Stats,
+    files: &[(&str, String)],
+) -> String {
     let mut splits = vec![("train", stats.train)];
     if s.validation_fraction > 0.0 {
         splits.push(("validation", stats.validation));
@@ -182,11 +180,8 @@ fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> Strin
     // split is left out (its file is not kept, see `write_splits`): `datasets` refuses to
     // load a split with no data.
     out.push_str("---\nconfigs:\n- config_name: default\n  data_files:\n");
-    for (split, _) in splits
-        .iter()
-        .filter(|(s, n)| *n > 0 || (*s == "train" && stats.written() == 0))
-    {
-        let _ = writeln!(out, "  - split: {split}\n    path: {split}.{}", s.file_ext);
+    for (split, path) in files {
+        let _ = writeln!(out, "  - split: {split}\n    path: {path}");
     }
     let _ = writeln!(out, "{}---\n", tags(s.format));
     let _ = writeln!(out, "# {name}\n");
@@ -195,7 +190,7 @@ fn render(target: &Path, s: &Settings, fmt: &dyn Format, stats: &Stats) -> Strin
         "Written by prefflow (`COPY (…) TO '{name}' STORED AS {}`).\n",
         s.format
     );
-    out.push_str(&fmt.describe());
+    out.push_str(description);
     out.push_str("\n\n## Splits\n\n| split | rows |\n|---|---|\n");
     for (split, n) in &splits {
         let _ = writeln!(out, "| {split} | {n} |");

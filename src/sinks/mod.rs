@@ -20,7 +20,9 @@
 
 pub(crate) mod card;
 mod dpo;
+pub(crate) mod hub;
 mod kto;
+mod plain;
 pub(crate) mod provenance;
 mod rows;
 mod sft;
@@ -235,7 +237,7 @@ impl Options {
 
 /// Output file kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileKind {
+pub(crate) enum FileKind {
     Parquet,
     Jsonl,
 }
@@ -353,15 +355,20 @@ fn plan_format(
         "sft" => Box::new(sft::Sft::plan(input, options)?),
         "sharegpt" => Box::new(sharegpt::ShareGpt::plan(input, options)?),
         "tokenized" => Box::new(tokenized::Tokenized::plan(registry, input, options)?),
+        "parquet" | "json" => Box::new(plain::Plain::plan(name, input)),
         other => return Err(options.err(format!("unknown training format {other}"))),
     })
 }
 
-const COMMON_OPTIONS: &str = "validation_fraction, file_format";
+const COMMON_OPTIONS: &str = "validation_fraction, file_format, checkpoint_rows";
 
 /// Checks a `COPY … STORED AS <format>` before anything runs: the target (with the input files
 /// of the logical plan, so a target inside an input folder is refused too).
 pub fn check_copy(copy: &CopyTo, format: &'static str) -> Result<()> {
+    if copy.output_url.starts_with(crate::hf::PREFIX) {
+        // Checked with the Hub when the sink starts, before its input runs.
+        return Ok(());
+    }
     let target = local_dir(format, &copy.output_url)?;
     crate::target::check(&target, &Output::Dataset(format), &plan_inputs(&copy.input))
 }
@@ -370,7 +377,7 @@ pub fn check_copy(copy: &CopyTo, format: &'static str) -> Result<()> {
 /// the target folder. Written once, by [`DataSink::write_all`].
 pub struct TrainingSink {
     format: &'static str,
-    target: PathBuf,
+    target: Destination,
     kind: FileKind,
     validation_fraction: f64,
     settings: card::Settings,
@@ -383,16 +390,32 @@ pub struct TrainingSink {
     /// without the engine, e.g. through the DataFrame API) and the model calls before it.
     started: provenance::Started,
     registry: Arc<prefflow_udfs::models::ModelRegistry>,
+    /// Where Hub pushes stage their part files.
+    staging_root: PathBuf,
 }
+
+/// Where a sink writes.
+enum Destination {
+    Local(PathBuf),
+    Hub(hub::HubTarget),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Local(p) => write!(f, "{}", p.display()),
+            Destination::Hub(t) => write!(f, "{}", t.url),
+        }
+    }
+}
+
+/// Where pushes stage part files: `push/` in the session's cache folder.
+#[derive(Debug, Clone)]
+pub struct PushStaging(pub PathBuf);
 
 impl std::fmt::Debug for TrainingSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "TrainingSink({} -> {})",
-            self.format,
-            self.target.display()
-        )
+        write!(f, "TrainingSink({} -> {})", self.format, self.target)
     }
 }
 
@@ -402,9 +425,15 @@ impl DisplayAs for TrainingSink {
             f,
             "TrainingSink: format={}, target={}, files={}",
             self.format,
-            self.target.display(),
+            self.target,
             self.kind.ext()
         )?;
+        if let Destination::Hub(t) = &self.target {
+            write!(f, ", private={}", t.private)?;
+            if let Some(n) = t.checkpoint_rows {
+                write!(f, ", checkpoint_rows={n}")?;
+            }
+        }
         if self.validation_fraction > 0.0 {
             write!(f, ", validation_fraction={}", self.validation_fraction)?;
         }
@@ -424,10 +453,16 @@ impl TrainingSink {
         url: &str,
         input: &Schema,
         inputs: Vec<PathBuf>,
+        staging_root: PathBuf,
     ) -> Result<Self> {
-        let target = local_dir(format, url)?;
         let mut options = Options::new(format, raw_options);
         let statement = options.take(provenance::STATEMENT_OPTION);
+        let target = if url.starts_with(crate::hf::PREFIX) {
+            Destination::Hub(hub::HubTarget::parse(url, &mut options)?)
+        } else {
+            hub::take_checkpoint_rows(&mut options)?;
+            Destination::Local(local_dir(format, url)?)
+        };
         let validation_fraction = options.take_f64("validation_fraction")?.unwrap_or(0.0);
         if !(0.0..1.0).contains(&validation_fraction) {
             return Err(options.err(format!(
@@ -445,7 +480,14 @@ impl TrainingSink {
             options: options.values.clone(),
         };
         let fmt = plan_format(registry, format, input, &mut options)?;
-        options.finish(&format!("{COMMON_OPTIONS}, {}", known_options(format)))?;
+        let hub_options = match &target {
+            Destination::Hub(_) => format!(", {}", hub::HUB_OPTIONS),
+            Destination::Local(_) => String::new(),
+        };
+        options.finish(&format!(
+            "{COMMON_OPTIONS}, {}{hub_options}",
+            known_options(format)
+        ))?;
         Ok(Self {
             format,
             target,
@@ -457,7 +499,58 @@ impl TrainingSink {
             schema: Arc::new(input.clone()),
             started: provenance::Started::new(statement, registry),
             registry: Arc::clone(registry),
+            staging_root,
         })
+    }
+
+    /// Plans a push of plain rows (`COPY … TO 'hf://…' STORED AS parquet | json`).
+    pub(crate) fn plan_plain(
+        registry: &Arc<prefflow_udfs::models::ModelRegistry>,
+        copy: &CopyTo,
+        staging_root: PathBuf,
+    ) -> Result<Self> {
+        let format = match copy.file_type.get_ext().as_str() {
+            "parquet" => "parquet",
+            "json" => "json",
+            other => {
+                return Err(PrefflowError::Target(format!(
+                    "COPY TO '{}': the Hub takes parquet, json or a training format, not {other}",
+                    copy.output_url
+                )));
+            }
+        };
+        let mut raw = copy.options.clone();
+        if raw
+            .keys()
+            .any(|k| k.trim_start_matches("format.") == "validation_fraction")
+        {
+            return Err(PrefflowError::Target(format!(
+                "COPY TO '{}' STORED AS {format}: validation_fraction splits by prompt and applies to the training formats (dpo, kto, sft, sharegpt, tokenized)",
+                copy.output_url
+            )));
+        }
+        if format == "json" {
+            raw.insert("file_format".into(), "jsonl".into());
+        }
+        let schema = copy.input.schema().as_arrow().clone();
+        Self::plan(
+            registry,
+            format,
+            &raw,
+            &copy.output_url,
+            &schema,
+            Vec::new(),
+            staging_root,
+        )
+    }
+
+    /// Runs a planned sink over `stream` (the engine's path for plain pushes).
+    pub(crate) async fn run(
+        &self,
+        stream: SendableRecordBatchStream,
+        device: String,
+    ) -> Result<u64> {
+        self.write(stream, device).await
     }
 
     /// Checks the target, stages, writes splits and card, and commits; a failure leaves the
@@ -474,10 +567,14 @@ impl TrainingSink {
                     self.format
                 ))
             })?;
+        let target = match &self.target {
+            Destination::Local(p) => p,
+            Destination::Hub(t) => return self.push(t.clone(), stream, fmt, device).await,
+        };
         let output = Output::Dataset(self.format);
-        crate::target::check(&self.target, &output, &self.inputs)?;
-        let tmp = temp_sibling(&self.target);
-        crate::target::stage(&tmp, &self.target, true)?;
+        crate::target::check(target, &output, &self.inputs)?;
+        let tmp = temp_sibling(target);
+        crate::target::stage(&tmp, target, true)?;
         let started = self.started.clone();
         let result = async {
             let (stats, fmt) =
@@ -490,20 +587,21 @@ impl TrainingSink {
             })
             .await
             .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
-            card::write(
-                &tmp,
-                &self.target,
-                &self.settings,
-                fmt.as_ref(),
-                &stats,
-                &provenance,
-            )?;
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dataset".into());
+            let files = card::local_files(&self.settings, &stats);
+            let text = card::render(&name, &self.settings, &fmt.describe(), &stats, &files)
+                + &provenance.render(stats.written());
+            let path = tmp.join("README.md");
+            std::fs::write(&path, text).map_err(|e| PrefflowError::io(&path, e))?;
             Ok::<_, PrefflowError>(stats)
         }
         .await;
         match result {
             Ok(stats) => {
-                commit(&tmp, &self.target, &output)?;
+                commit(&tmp, target, &output)?;
                 Ok(stats.written())
             }
             Err(e) => {
@@ -511,6 +609,153 @@ impl TrainingSink {
                 Err(e)
             }
         }
+    }
+}
+
+impl TrainingSink {
+    /// What identifies this job on the Hub: a run of the same statement, format and options
+    /// resumes what an earlier one pushed; anything else replaces it.
+    fn job(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        let fraction = self.validation_fraction.to_string();
+        let fields = [
+            self.format,
+            self.kind.ext(),
+            fraction.as_str(),
+            self.started.statement().unwrap_or(""),
+        ];
+        for field in fields {
+            h.update(field.as_bytes());
+            h.update(&[0]);
+        }
+        for (k, v) in &self.settings.options {
+            h.update(k.as_bytes());
+            h.update(&[1]);
+            h.update(v.as_bytes());
+            h.update(&[0]);
+        }
+        h.finalize().to_hex()[..32].to_string()
+    }
+
+    /// The Hub card: splits as pushed (one pattern per split that has parts), the stats so far,
+    /// and the provenance.
+    async fn hub_card(
+        &self,
+        push: &hub::Push,
+        description: &str,
+        stats: &Stats,
+        device: &str,
+        new_parts: &[hub::StagedPart],
+        last: bool,
+    ) -> Result<String> {
+        let target = &push.target;
+        let files: Vec<(&str, String)> = ["train", "validation"]
+            .into_iter()
+            .filter(|split| {
+                push.manifest.parts.iter().any(|p| p.split == *split)
+                    || new_parts.iter().any(|p| p.split == *split)
+            })
+            .map(|split| (split, target.split_pattern(split, self.kind)))
+            .collect();
+        let registry = Arc::clone(&self.registry);
+        let started = self.started.clone();
+        let sink_model = self.settings.options.get("model").cloned();
+        let device = device.to_string();
+        let provenance = tokio::task::spawn_blocking(move || {
+            started.finish(&registry, &device, sink_model.as_deref())
+        })
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+        let mut text = card::render(&target.name, &self.settings, description, stats, &files);
+        if !last {
+            let pushed = push.pushed_rows() + new_parts.iter().map(|p| p.rows).sum::<u64>();
+            text.push_str(&format!(
+                "\n## Progress\n\nA checkpoint of a running job: {pushed} rows pushed so far; the counts above are of the rows made so far.\n"
+            ));
+        }
+        text.push_str(&provenance.render(stats.written()));
+        Ok(text)
+    }
+
+    /// Pushes to the Hub: checks first, skips the rows an earlier run of this job pushed, and
+    /// commits the rest in checkpoints.
+    async fn push(
+        &self,
+        target: hub::HubTarget,
+        mut stream: SendableRecordBatchStream,
+        mut fmt: Box<dyn Format>,
+        device: String,
+    ) -> Result<u64> {
+        let every = target.checkpoint_rows;
+        let mut push = hub::Push::open(target, self.job(), self.kind, &self.staging_root).await?;
+        let schema = fmt.schema();
+        let mut pushed = push.pushed(&schema).await?;
+        let mut stats = Stats::new(&schema);
+        let mut parts = hub::PartWriter::new(&push, Arc::clone(&schema), every);
+        let validation_fraction = self.validation_fraction;
+        let mut new_rows = 0usize;
+        while let Some(batch) = stream.next().await {
+            let (back, out, in_validation) =
+                convert_counted(fmt, batch?, &schema, validation_fraction, &mut stats).await?;
+            fmt = back;
+            // Rows an earlier run of this job pushed are counted in the card, not pushed again.
+            let (out, in_validation) = match pushed.new_rows(&out)? {
+                None => (out, in_validation),
+                Some(keep) => {
+                    let mask = match in_validation {
+                        Some(m) => Some(
+                            datafusion::arrow::compute::filter(&m, &keep)
+                                .map_err(DataFusionError::from)?
+                                .as_boolean()
+                                .clone(),
+                        ),
+                        None => None,
+                    };
+                    (
+                        filter_record_batch(&out, &keep).map_err(DataFusionError::from)?,
+                        mask,
+                    )
+                }
+            };
+            if out.num_rows() == 0 {
+                continue;
+            }
+            new_rows += out.num_rows();
+            let (back, written) = tokio::task::spawn_blocking(move || {
+                let r = parts.write(&out, in_validation.as_ref());
+                (parts, r)
+            })
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+            parts = back;
+            for checkpoint in written? {
+                let card = self
+                    .hub_card(&push, &fmt.describe(), &stats, &device, &checkpoint, false)
+                    .await?;
+                push.commit(checkpoint, card, false).await?;
+            }
+        }
+        let last = parts.close()?;
+        if pushed.left() > 0 {
+            return Err(PrefflowError::Hub {
+                url: push.target.url.clone(),
+                message: format!(
+                    "{} rows pushed by an earlier run of this statement are not in its result any more (did its input change?): push to another branch (@BRANCH) or dataset",
+                    pushed.left()
+                ),
+            });
+        }
+        if new_rows == 0 && push.finished() {
+            // The job was pushed whole before: nothing to commit.
+            push.clean();
+            return Ok(stats.written());
+        }
+        let card = self
+            .hub_card(&push, &fmt.describe(), &stats, &device, &last, true)
+            .await?;
+        push.commit(last, card, true).await?;
+        push.clean();
+        Ok(stats.written())
     }
 }
 
@@ -538,7 +783,7 @@ fn known_options(format: &str) -> &'static str {
         "dpo" => "style, min_margin",
         "kto" => "style",
         "sft" => "style",
-        "sharegpt" => "(none)",
+        "sharegpt" | "parquet" | "json" => "(none)",
         _ => "model, max_length, chat",
     }
 }
@@ -585,22 +830,9 @@ async fn write_splits(
     });
     let sent = async {
         while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            // Conversion (and, for `tokenized`, tokenizing) is CPU work: off the async runtime.
-            let (back, converted) = tokio::task::spawn_blocking(move || {
-                let r = convert_batch(fmt.as_mut(), &batch, validation_fraction);
-                (fmt, r)
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+            let (back, out, in_validation) =
+                convert_counted(fmt, batch?, &schema, validation_fraction, &mut stats).await?;
             fmt = back;
-            let (out, in_validation) = converted?;
-            for reason in &out.dropped {
-                stats.drop(reason);
-            }
-            let out = RecordBatch::try_new(Arc::clone(&schema), out.columns)
-                .map_err(DataFusionError::from)?;
-            stats.add(&out, in_validation.as_ref());
             if out.num_rows() > 0 && tx.send((out, in_validation)).await.is_err() {
                 // The writer stopped: its error is the one to report.
                 break;
@@ -625,6 +857,31 @@ async fn write_splits(
         }
     }
     Ok((stats, fmt))
+}
+
+/// Converts one batch off the async runtime (conversion, and for `tokenized` tokenizing, is
+/// CPU work) and counts it in `stats`: the written rows and which fall in the validation split.
+async fn convert_counted(
+    mut fmt: Box<dyn Format>,
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    validation_fraction: f64,
+    stats: &mut Stats,
+) -> Result<(Box<dyn Format>, RecordBatch, Option<BooleanArray>)> {
+    let (fmt, converted) = tokio::task::spawn_blocking(move || {
+        let r = convert_batch(fmt.as_mut(), &batch, validation_fraction);
+        (fmt, r)
+    })
+    .await
+    .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+    let (out, in_validation) = converted?;
+    for reason in &out.dropped {
+        stats.drop(reason);
+    }
+    let out =
+        RecordBatch::try_new(Arc::clone(schema), out.columns).map_err(DataFusionError::from)?;
+    stats.add(&out, in_validation.as_ref());
+    Ok((fmt, out, in_validation))
 }
 
 /// Converts one batch: the format's output, and which written rows fall in the validation
@@ -817,6 +1074,7 @@ impl FileFormat for TrainingFormat {
             &conf.original_url,
             &conf.output_schema,
             physical_inputs(&input),
+            push_staging(state.config()),
         )?;
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
@@ -828,6 +1086,14 @@ impl FileFormat for TrainingFormat {
         // Never used to read (every read path above refuses first); a source is required.
         datafusion::datasource::file_format::json::JsonFormat::default().file_source(table_schema)
     }
+}
+
+/// Where the session stages Hub pushes.
+pub(crate) fn push_staging(config: &datafusion::prelude::SessionConfig) -> PathBuf {
+    config
+        .get_extension::<PushStaging>()
+        .map(|p| p.0.clone())
+        .unwrap_or_else(|| crate::cache::default_dir().join("push"))
 }
 
 /// Local files an executable plan reads.

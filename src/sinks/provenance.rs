@@ -55,6 +55,11 @@ impl Started {
         }
     }
 
+    /// The statement's text (passwords in addresses masked), when the engine passed it.
+    pub fn statement(&self) -> Option<&str> {
+        self.statement.as_deref()
+    }
+
     /// The provenance after the run: the model calls this COPY made, and their models (with
     /// `sink_model`, the model a sink itself used, such as `tokenized`'s tokenizer).
     /// Reads model identities (memoized after the run loaded the models; blocking).

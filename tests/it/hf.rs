@@ -2,7 +2,7 @@
 //! (resolve/ for files with Range requests, api/datasets/…/revision/… for listings).
 //! One test function: HF_* variables are process-wide.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prefflow::Engine;
@@ -11,12 +11,55 @@ use tokio::net::TcpListener;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-struct Hub {
-    /// Repository ("datasets/org/demo", "org/tiny-rm") -> file -> bytes.
-    repos: HashMap<String, HashMap<String, Vec<u8>>>,
-    /// Authorization headers seen, to check the token is sent.
-    auth: Mutex<Vec<String>>,
-    requests: Mutex<usize>,
+/// HF_* variables are process-wide: the tests that set them take turns.
+pub(crate) static HUB_ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One repository: private flag and files per branch.
+#[derive(Default, Clone)]
+pub(crate) struct Repo {
+    pub private: bool,
+    pub branches: HashMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// What the stand-in does with the next commit request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fault {
+    /// Answer with this status.
+    Status(u16),
+    /// Close the connection without an answer.
+    Drop,
+    /// Never answer (the client times out, or the test kills it).
+    Hang,
+}
+
+/// A commit as the stand-in applied it.
+#[derive(Debug, Clone)]
+pub(crate) struct Commit {
+    pub repo: String,
+    pub branch: String,
+    pub summary: String,
+    pub paths: Vec<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct Hub {
+    /// "datasets/org/demo" or "org/tiny-rm" (models).
+    pub repos: Mutex<HashMap<String, Repo>>,
+    /// Authorization headers seen, to check the token is sent as a Bearer header only.
+    pub auth: Mutex<Vec<String>>,
+    pub requests: Mutex<usize>,
+    /// Every request as text (request line, headers but Authorization, body), to check for
+    /// the token.
+    pub log: Mutex<Vec<String>>,
+    /// Bodies of repo-create requests.
+    pub created: Mutex<Vec<serde_json::Value>>,
+    pub commits: Mutex<Vec<Commit>>,
+    /// Commit requests received (applied or not).
+    pub commit_requests: Mutex<usize>,
+    /// Faults for the next commit requests, in order.
+    pub faults: Mutex<VecDeque<Fault>>,
+    /// Told when a commit request hangs.
+    pub hung: tokio::sync::Notify,
 }
 
 fn respond(status: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
@@ -33,54 +76,257 @@ fn respond(status: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn handle(hub: &Hub, request: &str) -> Vec<u8> {
+fn json(status: &str, value: serde_json::Value) -> Vec<u8> {
+    respond(
+        status,
+        &[("Content-Type".into(), "application/json".into())],
+        value.to_string().as_bytes(),
+    )
+}
+
+fn b64(text: &str) -> Vec<u8> {
+    let table = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            _ => 63,
+        }
+    };
+    let clean: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= table(*c) << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+    }
+    out
+}
+
+/// The reply to one request; None: say nothing and close (a dropped connection), or hang.
+fn handle(
+    hub: &Hub,
+    method: &str,
+    path: &str,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> Option<Vec<u8>> {
     *hub.requests.lock().unwrap() += 1;
-    let mut lines = request.split("\r\n");
-    let path = lines
-        .next()
-        .unwrap_or("")
-        .split(' ')
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    if let Some(a) = headers.get("authorization") {
-        hub.auth.lock().unwrap().push(a.clone());
+    let path = path.split('?').next().unwrap_or("").to_string();
+    let token = headers
+        .get("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if path == "/api/whoami-v2" {
+        return Some(match token.as_deref() {
+            None => json("401 Unauthorized", serde_json::json!({"error": "no token"})),
+            Some(t) => {
+                let role = if t.contains("read_only") {
+                    "read"
+                } else {
+                    "write"
+                };
+                json(
+                    "200 OK",
+                    serde_json::json!({"type": "user", "name": "tester",
+                        "auth": {"type": "access_token", "accessToken": {"displayName": "t", "role": role}}}),
+                )
+            }
+        });
+    }
+    if method == "POST" && path == "/api/repos/create" {
+        let req: serde_json::Value = serde_json::from_slice(body).unwrap();
+        hub.created.lock().unwrap().push(req.clone());
+        let key = format!(
+            "datasets/{}/{}",
+            req["organization"].as_str().unwrap(),
+            req["name"].as_str().unwrap()
+        );
+        let mut repos = hub.repos.lock().unwrap();
+        if repos.contains_key(&key) {
+            return Some(json(
+                "409 Conflict",
+                serde_json::json!({"error": "You already created this dataset repo"}),
+            ));
+        }
+        let main = BTreeMap::from([(
+            ".gitattributes".to_string(),
+            b"*.parquet filter=lfs\n".to_vec(),
+        )]);
+        repos.insert(
+            key.clone(),
+            Repo {
+                private: req["private"].as_bool().unwrap_or(false),
+                branches: HashMap::from([("main".to_string(), main)]),
+            },
+        );
+        return Some(json(
+            "200 OK",
+            serde_json::json!({"url": format!("http://hub/{key}")}),
+        ));
     }
     if let Some(api) = path.strip_prefix("/api/") {
-        let repo = api.split("/revision/").next().unwrap_or("");
+        // datasets/ORG/NAME/{preupload,commit,branch}/BRANCH
+        let parts: Vec<&str> = api.splitn(5, '/').collect();
+        if method == "POST" && parts.len() == 5 && parts[0] == "datasets" {
+            let key = format!("datasets/{}/{}", parts[1], parts[2]);
+            let branch = parts[4].replace("%2F", "/");
+            match parts[3] {
+                "preupload" => {
+                    let req: serde_json::Value = serde_json::from_slice(body).unwrap();
+                    let files: Vec<_> = req["files"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| serde_json::json!({"path": f["path"], "uploadMode": "regular", "shouldIgnore": false}))
+                        .collect();
+                    return Some(json("200 OK", serde_json::json!({"files": files})));
+                }
+                "branch" => {
+                    let mut repos = hub.repos.lock().unwrap();
+                    let repo = repos.get_mut(&key)?;
+                    let main = repo.branches.get("main").cloned().unwrap_or_default();
+                    repo.branches.insert(branch, main);
+                    return Some(json("200 OK", serde_json::json!({})));
+                }
+                "commit" => {
+                    *hub.commit_requests.lock().unwrap() += 1;
+                    let fault = hub.faults.lock().unwrap().pop_front();
+                    match fault {
+                        Some(Fault::Status(code)) => {
+                            return Some(json(
+                                &format!("{code} Fault"),
+                                serde_json::json!({"error": "stand-in fault"}),
+                            ));
+                        }
+                        Some(Fault::Drop) => return None,
+                        Some(Fault::Hang) => {
+                            hub.hung.notify_one();
+                            return Some(Vec::new());
+                        }
+                        None => {}
+                    }
+                    let text = String::from_utf8_lossy(body).to_string();
+                    let mut summary = String::new();
+                    let mut paths = Vec::new();
+                    let mut repos = hub.repos.lock().unwrap();
+                    let Some(files) = repos
+                        .get_mut(&key)
+                        .and_then(|r| r.branches.get_mut(&branch))
+                    else {
+                        return Some(json(
+                            "404 Not Found",
+                            serde_json::json!({"error": "no such branch"}),
+                        ));
+                    };
+                    for line in text.lines().filter(|l| !l.is_empty()) {
+                        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                        match v["key"].as_str().unwrap() {
+                            "header" => {
+                                summary = v["value"]["summary"].as_str().unwrap().to_string()
+                            }
+                            "file" => {
+                                let p = v["value"]["path"].as_str().unwrap().to_string();
+                                files.insert(
+                                    p.clone(),
+                                    b64(v["value"]["content"].as_str().unwrap()),
+                                );
+                                paths.push(p);
+                            }
+                            "deletedFile" => {
+                                let p = v["value"]["path"].as_str().unwrap().to_string();
+                                files.remove(&p);
+                                paths.push(format!("-{p}"));
+                            }
+                            other => panic!("unexpected commit entry {other}"),
+                        }
+                    }
+                    hub.commits.lock().unwrap().push(Commit {
+                        repo: key,
+                        branch,
+                        summary,
+                        paths,
+                    });
+                    return Some(json(
+                        "200 OK",
+                        serde_json::json!({"commitOid": COMMIT, "commitUrl": "http://hub/commit"}),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // Repository info: api/[datasets/]ORG/NAME[/revision/REV]
+        let (repo, revision) = match api.split_once("/revision/") {
+            Some((r, rev)) => (r, rev.replace("%2F", "/")),
+            None => (api, "main".to_string()),
+        };
         let repo = repo.strip_prefix("models/").unwrap_or(repo);
-        let Some(files) = hub.repos.get(repo) else {
-            return respond("404 Not Found", &[], b"no such repo");
+        let repos = hub.repos.lock().unwrap();
+        let Some(r) = repos.get(repo) else {
+            return Some(respond(
+                "404 Not Found",
+                &[("X-Error-Code".into(), "RepoNotFound".into())],
+                b"no such repo",
+            ));
+        };
+        let Some(files) = r.branches.get(&revision).or_else(|| {
+            (revision == COMMIT)
+                .then(|| r.branches.get("main"))
+                .flatten()
+        }) else {
+            return Some(respond(
+                "404 Not Found",
+                &[("X-Error-Code".into(), "RevisionNotFound".into())],
+                b"no such revision",
+            ));
         };
         let siblings: Vec<_> = files
             .keys()
-            .map(|f| format!("{{\"rfilename\":\"{f}\"}}"))
+            .map(|f| serde_json::json!({"rfilename": f}))
             .collect();
-        let body = format!(
-            "{{\"sha\":\"{COMMIT}\",\"siblings\":[{}]}}",
-            siblings.join(",")
-        );
-        return respond(
+        return Some(json(
             "200 OK",
-            &[("Content-Type".into(), "application/json".into())],
-            body.as_bytes(),
-        );
+            serde_json::json!({"id": repo, "sha": COMMIT, "private": r.private, "siblings": siblings}),
+        ));
     }
     let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
-        return respond("404 Not Found", &[], b"not found");
+        return Some(respond("404 Not Found", &[], b"not found"));
     };
-    let file = rest.split_once('/').map(|(_rev, f)| f).unwrap_or("");
-    let Some(data) = hub.repos.get(repo).and_then(|files| files.get(file)) else {
-        return respond(
+    let (rev, file) = rest.split_once('/').unwrap_or(("", ""));
+    let repos = hub.repos.lock().unwrap();
+    let data = repos.get(repo).and_then(|r| {
+        r.branches
+            .get(rev)
+            .or_else(|| r.branches.get("main").filter(|_| rev == COMMIT))
+            .and_then(|files| files.get(file))
+    });
+    let Some(data) = data else {
+        return Some(respond(
             "404 Not Found",
             &[("X-Error-Code".into(), "EntryNotFound".into())],
             b"",
-        );
+        ));
     };
+    let etag = format!(
+        "\"etag-{}-{}-{}\"",
+        repo.replace('/', "-"),
+        file.replace('/', "-"),
+        data.len()
+    );
+    if data.is_empty() {
+        return Some(respond(
+            "200 OK",
+            &[
+                ("ETag".into(), etag),
+                ("X-Repo-Commit".into(), COMMIT.into()),
+            ],
+            b"",
+        ));
+    }
     let (start, end) = headers
         .get("range")
         .and_then(|r| r.strip_prefix("bytes="))
@@ -92,12 +338,7 @@ fn handle(hub: &Hub, request: &str) -> Vec<u8> {
             )
         })
         .unwrap_or((0, data.len() - 1));
-    let etag = format!(
-        "\"etag-{}-{}\"",
-        repo.replace('/', "-"),
-        file.replace('/', "-")
-    );
-    respond(
+    let mut reply = respond(
         "206 Partial Content",
         &[
             ("ETag".into(), etag),
@@ -108,29 +349,120 @@ fn handle(hub: &Hub, request: &str) -> Vec<u8> {
             ),
         ],
         &data[start..=end],
-    )
+    );
+    if method == "HEAD" {
+        let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        reply.truncate(head_end);
+    }
+    Some(reply)
 }
 
-async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+/// Reads one request: method, path, headers (lower-case names) and body (Content-Length or
+/// chunked).
+async fn read_request(
+    socket: &mut tokio::net::TcpStream,
+) -> Option<(String, String, HashMap<String, String>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    let mut body = buf[head_end..].to_vec();
+    if let Some(n) = headers
+        .get("content-length")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        while body.len() < n {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => body.extend_from_slice(&chunk[..k]),
+            }
+        }
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        while !body.windows(5).any(|w| w == b"0\r\n\r\n") {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => body.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[i + 2..i + 2 + size]);
+            rest = &rest[i + 4 + size..];
+        }
+        body = out;
+    }
+    Some((method, path, headers, body))
+}
+
+pub(crate) async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             return;
         };
         let hub = Arc::clone(&hub);
         tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match socket.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+            let Some((method, path, headers, body)) = read_request(&mut socket).await else {
+                return;
+            };
+            if let Some(a) = headers.get("authorization") {
+                hub.auth.lock().unwrap().push(a.clone());
             }
-            let reply = handle(&hub, &String::from_utf8_lossy(&buf));
-            let _ = socket.write_all(&reply).await;
-            let _ = socket.shutdown().await;
+            let shown: Vec<String> = headers
+                .iter()
+                .filter(|(k, _)| *k != "authorization")
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            hub.log.lock().unwrap().push(format!(
+                "{method} {path}\n{}\n{}",
+                shown.join("\n"),
+                String::from_utf8_lossy(&body)
+            ));
+            match handle(&hub, &method, &path, &headers, &body) {
+                Some(reply) if reply.is_empty() => {
+                    // Hang: hold the connection open until the client gives up.
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+                Some(reply) => {
+                    let _ = socket.write_all(&reply).await;
+                    let _ = socket.shutdown().await;
+                }
+                None => {}
+            }
         });
     }
+}
+
+/// Starts the stand-in on a free loopback port.
+pub(crate) async fn start(hub: Arc<Hub>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (format!("http://{addr}"), tokio::spawn(serve(listener, hub)))
 }
 
 async fn count(engine: &Engine, sql: &str) -> i64 {
@@ -171,22 +503,21 @@ async fn hf_datasets_through_a_loopback_hub() {
             )
         })
         .collect();
-    let repos = HashMap::from([
-        ("datasets/org/demo".to_string(), dataset),
-        ("org/tiny-rm".to_string(), model),
+    let repo = |files: HashMap<String, Vec<u8>>| Repo {
+        private: false,
+        branches: HashMap::from([("main".to_string(), files.into_iter().collect())]),
+    };
+    let hub = Arc::new(Hub::default());
+    hub.repos.lock().unwrap().extend([
+        ("datasets/org/demo".to_string(), repo(dataset)),
+        ("org/tiny-rm".to_string(), repo(model)),
     ]);
-    let hub = Arc::new(Hub {
-        repos,
-        auth: Mutex::new(Vec::new()),
-        requests: Mutex::new(0),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(serve(listener, Arc::clone(&hub)));
+    let _env = HUB_ENV.lock().await;
+    let (endpoint, server) = start(Arc::clone(&hub)).await;
     let home = tempfile::tempdir().unwrap();
-    // SAFETY: this test binary has one test, and nothing else reads the environment meanwhile.
+    // SAFETY: the tests that set HF_* take turns (HUB_ENV), and no other test reads them.
     unsafe {
-        std::env::set_var("HF_ENDPOINT", format!("http://{addr}"));
+        std::env::set_var("HF_ENDPOINT", &endpoint);
         std::env::set_var("HF_HOME", home.path());
         std::env::set_var("HF_TOKEN", "hf_test_secret");
     }

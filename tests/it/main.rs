@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod generate;
 mod hf;
+mod hub_push;
 mod layout;
 mod models;
 mod queries;

@@ -8,19 +8,21 @@ use hf_hub::api::tokio::{Api, ApiBuilder, ApiError};
 
 /// A Hub client configured from the environment.
 pub fn api() -> Result<Api, ApiError> {
-    let cache = Cache::from_env();
-    // hf-hub reads only the cached login token; HF_TOKEN in the environment wins over it.
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| cache.token());
     let mut builder = ApiBuilder::from_env()
         .with_progress(false)
-        .with_token(token);
+        .with_token(token());
     if let Ok(home) = std::env::var("HF_HOME") {
         builder = builder.with_cache_dir(PathBuf::from(home).join("hub"));
     }
     builder.build()
+}
+
+/// The Hub token: HF_TOKEN, else the cached login token (hf-hub reads only the latter).
+pub fn token() -> Option<String> {
+    std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| Cache::from_env().token())
 }
 
 /// An hf-hub error as one line with its causes. The token is only ever in a request header,
