@@ -83,10 +83,7 @@ impl HubTarget {
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| ["parquet", "json", "jsonl", "csv", "ndjson"].contains(&e));
-        if file_like
-            || hf.path.contains(['*', '?', '['])
-            || hf.path.split('/').any(|s| s == "..")
-        {
+        if file_like || hf.path.contains(['*', '?', '[']) || hf.path.split('/').any(|s| s == "..") {
             return Err(options.err(format!(
                 "'{url}': PATH names a folder in the repository (no file name, glob or ..): the part files go in PATH/data/"
             )));

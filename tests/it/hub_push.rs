@@ -430,6 +430,7 @@ TO '${{target}}' STORED AS parquet OPTIONS (checkpoint_rows 8);",
     .await
     .unwrap();
     assert!(stderr.contains("from cache"), "{stderr}");
+    eprintln!("resumed run:\n{stderr}");
     let resumed = files(&hub, "datasets/org/killed", "main");
     let parts = |f: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
         f.iter()
