@@ -55,6 +55,34 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Run a Ballista scheduler that plans jobs with prefflow's functions (needs a build
+    /// with the `cluster` feature).
+    Scheduler {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+    },
+    /// Run a Ballista executor with every prefflow function (needs the `cluster` feature).
+    Executor {
+        /// The scheduler to join, df://HOST:PORT.
+        #[arg(long, value_name = "df://HOST:PORT")]
+        scheduler: String,
+        /// Host to listen on (and advertise to the scheduler).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// Port for shuffle data (Arrow Flight).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// Port for the scheduler's task calls.
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Tasks run at once.
+        #[arg(long, default_value_t = 1)]
+        concurrent_tasks: usize,
+        /// Folder for shuffle files (default: a temporary folder).
+        #[arg(long)]
+        work_dir: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +118,9 @@ struct Common {
     /// tables) instead of by the whole row.
     #[arg(long, value_name = "COLUMN", requires = "shard")]
     shard_key: Option<String>,
+    /// Run on a Ballista cluster: the scheduler's df://HOST:PORT.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 /// Parses `NAME=VALUE` parameters.
@@ -114,6 +145,25 @@ async fn run(cli: Cli) -> Result<()> {
             common,
         ),
         Command::Sql { statements, common } => (vec![Script::parse("<sql>", &statements)?], common),
+        Command::Scheduler { bind } => return serve_scheduler(bind).await,
+        Command::Executor {
+            scheduler,
+            bind_host,
+            port,
+            grpc_port,
+            concurrent_tasks,
+            work_dir,
+        } => {
+            return serve_executor(
+                &scheduler,
+                bind_host,
+                port,
+                grpc_port,
+                concurrent_tasks,
+                work_dir,
+            )
+            .await;
+        }
     };
     let params = parse_params(&common.param)?;
     let format = Format::choose(common.format, common.output.as_deref())?;
@@ -143,6 +193,7 @@ async fn run(cli: Cli) -> Result<()> {
         cache_dir: common.cache_dir.clone(),
         cache: Some(cache),
         settings,
+        cluster: common.cluster.clone(),
         ..Default::default()
     })?;
     let progress = Progress::start(
@@ -172,6 +223,48 @@ async fn run(cli: Cli) -> Result<()> {
         eprintln!("prefflow: wrote {rows} rows to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(feature = "cluster")]
+async fn serve_scheduler(bind: std::net::SocketAddr) -> Result<()> {
+    crate::cluster::run_scheduler(bind).await
+}
+
+#[cfg(feature = "cluster")]
+async fn serve_executor(
+    scheduler: &str,
+    bind_host: String,
+    port: u16,
+    grpc_port: u16,
+    concurrent_tasks: usize,
+    work_dir: Option<String>,
+) -> Result<()> {
+    crate::cluster::run_executor(crate::cluster::ExecutorOptions {
+        scheduler: crate::cluster::parse_address(scheduler)?,
+        bind_host,
+        port,
+        grpc_port,
+        concurrent_tasks,
+        work_dir,
+    })
+    .await
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn serve_scheduler(_bind: std::net::SocketAddr) -> Result<()> {
+    Err(crate::session::no_cluster())
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn serve_executor(
+    _scheduler: &str,
+    _bind_host: String,
+    _port: u16,
+    _grpc_port: u16,
+    _concurrent_tasks: usize,
+    _work_dir: Option<String>,
+) -> Result<()> {
+    Err(crate::session::no_cluster())
 }
 
 /// Runs the CLI with these arguments; returns the process exit code (1 on any error, 2 on a

@@ -28,6 +28,8 @@ use crate::target::{Output, commit, plan_inputs, remove_path, temp_sibling};
 #[derive(Clone)]
 pub struct Engine {
     ctx: SessionContext,
+    /// Statements run on a Ballista cluster.
+    cluster: bool,
 }
 
 /// The last statement of a script, planned but not yet run, so its rows can be streamed.
@@ -48,6 +50,7 @@ impl Engine {
     pub fn with_options(options: &SessionOptions) -> Result<Self> {
         Ok(Self {
             ctx: build_session(options)?,
+            cluster: options.cluster.is_some(),
         })
     }
 
@@ -67,7 +70,11 @@ impl Engine {
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
         if let Some(statement) = model_statements::parse(sql) {
             let statement = statement.map_err(PrefflowError::Script)?;
-            return self.model_statement(statement).await;
+            let result = self.model_statement(statement).await;
+            if self.cluster {
+                self.share_models()?;
+            }
+            return result;
         }
         let mut plan = self.ctx.state().create_logical_plan(sql).await?;
         // A shard writes its own files, beside the other shards'.
@@ -165,6 +172,25 @@ impl Engine {
         Ok(None)
     }
 
+    /// On a cluster, the declared models travel with every task (`prefflow.models`), so the
+    /// executors load the same ones.
+    #[cfg(feature = "cluster")]
+    fn share_models(&self) -> Result<()> {
+        let declared = crate::cluster::encode_models(&self.models());
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        state
+            .config_mut()
+            .options_mut()
+            .set("prefflow.models", &declared)?;
+        Ok(())
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn share_models(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn model_statement(&self, statement: ModelStatement) -> Result<DataFrame> {
         let models = crate::session::models(&self.ctx);
         let model_error = |e: ModelError| PrefflowError::Model(e.to_string());
@@ -223,6 +249,7 @@ impl Engine {
         )?;
         let device =
             prefflow_udfs::models::settings::PrefflowOptions::from_config(state.config_options())
+                .0
                 .device;
         let input = (*copy.input).clone();
         let stream = self

@@ -33,6 +33,8 @@ pub mod async_args;
 pub mod bom;
 pub mod cache;
 pub mod cli;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod datasets;
 pub mod engine;
 pub mod error;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use datafusion::catalog::{DynamicFileCatalog, UrlTableFactory};
 use datafusion::error::Result;
-use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -25,6 +24,9 @@ pub struct SessionOptions {
     pub batch_size: Option<usize>,
     /// Folder of the result cache; default [`crate::cache::default_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// Run on a Ballista cluster: the scheduler's `df://HOST:PORT` (needs the `cluster`
+    /// feature).
+    pub cluster: Option<String>,
     /// The session's initial `prefflow.cache` mode; default readwrite. Tests that check a
     /// model's outputs turn it off, so the model really runs.
     pub cache: Option<CacheMode>,
@@ -35,13 +37,7 @@ pub struct SessionOptions {
 /// Builds a session with every prefflow function, file format and dataset address.
 pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     let models = Arc::new(ModelRegistry::new());
-    let mut config = SessionConfig::new()
-        // SHOW TABLES / SHOW COLUMNS / SHOW FUNCTIONS for people exploring a dataset.
-        .with_information_schema(true)
-        // SET prefflow.max_batch_tokens / prefflow.device / prefflow.threads.
-        .with_option_extension(PrefflowOptions::default())
-        // The session's models, shared by every model function and query.
-        .with_extension(Arc::clone(&models));
+    let mut config = base_config(SessionConfig::new(), &models);
     if let Some(n) = options.target_partitions {
         config = config.with_target_partitions(n);
     }
@@ -62,50 +58,11 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     // Hub pushes stage their part files beside the result cache (kept there if a push fails).
     config = config.with_extension(Arc::new(crate::sinks::PushStaging(dir.join("push"))));
 
-    // Model calls keep the input's order and count their work (see model_calls): first, so
-    // that every later rule sees the order.
-    let mut rules: Vec<
-        Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
-    > = vec![Arc::new(crate::model_calls::ModelCallsRule::new(
-        Arc::clone(&models),
-    ))];
-    rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
-    let mut state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_default_features()
-        .with_physical_optimizer_rules(rules)
-        // --shard: filters the input tables (see shard).
-        .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
-        // Model calls inside aggregates and windows move to a projection below (async_args).
-        .with_analyzer_rule(Arc::new(crate::async_args::HoistModelCalls))
-        .build();
-
-    // Schemas are inferred from every record of JSON lines and CSV files, not the first
-    // 1,000: a field that first appears later (a `system` prompt only some records have) is
-    // a column, not silently dropped.
-    state.table_options_mut().json.schema_infer_max_rec = Some(usize::MAX);
-    state.table_options_mut().csv.schema_infer_max_rec = Some(usize::MAX);
-    for udf in prefflow_udfs::scalar_functions(&models) {
-        state.register_udf(udf)?;
-    }
-    for udaf in prefflow_udfs::aggregate_functions() {
-        state.register_udaf(udaf)?;
-    }
-    for udwf in prefflow_udfs::window_functions() {
-        state.register_udwf(udwf)?;
-    }
-    // COPY ... TO 'out.jsonl' / 'out.ndjson': JSON lines, as DataFusion writes for .json.
-    for ext in ["jsonl", "ndjson"] {
-        state.register_file_format(Arc::new(JsonLines(ext)), false)?;
-    }
-    // COPY ... STORED AS dpo | kto | sft | sharegpt | tokenized (run by the Engine).
-    crate::sinks::register(&mut state)?;
-    // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
-    for file_type in EXTERNAL_TABLE_TYPES {
-        state
-            .table_factories_mut()
-            .insert(file_type.to_string(), Arc::new(ExternalTables::default()));
-    }
+    let state = build_state(config, &models, options.cluster.is_none())?;
+    let state = match &options.cluster {
+        None => state,
+        Some(url) => on_cluster(state, url, &models)?,
+    };
 
     // Paths and hf:// addresses directly in FROM, like DataFusion's enable_url_table() but
     // recognising .jsonl / .ndjson / .tsv and Hub datasets.
@@ -127,6 +84,121 @@ pub fn build_session(options: &SessionOptions) -> Result<SessionContext> {
     );
     paths.session_store().with_state(ctx.state_weak_ref());
     Ok(ctx)
+}
+
+/// The state planning for the Ballista scheduler at `url`: statements are planned here and
+/// run on the cluster.
+#[cfg(feature = "cluster")]
+fn on_cluster(
+    state: datafusion::execution::session_state::SessionState,
+    url: &str,
+    models: &Arc<ModelRegistry>,
+) -> Result<datafusion::execution::session_state::SessionState> {
+    use ballista_core::extension::SessionStateExt;
+    let (host, port) = crate::cluster::parse_address(url)?;
+    let mut state = state.upgrade_for_ballista(format!("http://{host}:{port}"))?;
+    // Ballista's upgrade resets the function lists to its defaults.
+    register_functions(&mut state, models)?;
+    Ok(state)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn on_cluster(
+    _state: datafusion::execution::session_state::SessionState,
+    _url: &str,
+    _models: &Arc<ModelRegistry>,
+) -> Result<datafusion::execution::session_state::SessionState> {
+    Err(no_cluster().into())
+}
+
+/// The error of a cluster command in a build without the `cluster` feature.
+#[cfg(not(feature = "cluster"))]
+pub(crate) fn no_cluster() -> crate::error::PrefflowError {
+    crate::error::PrefflowError::Usage(
+        "this prefflow was built without the cluster feature: cargo install --path . --features cluster"
+            .to_string(),
+    )
+}
+
+/// Every prefflow scalar, aggregate and window function.
+fn register_functions(
+    state: &mut datafusion::execution::session_state::SessionState,
+    models: &Arc<ModelRegistry>,
+) -> Result<()> {
+    use datafusion::execution::FunctionRegistry;
+    for udf in prefflow_udfs::scalar_functions(models) {
+        state.register_udf(udf)?;
+    }
+    for udaf in prefflow_udfs::aggregate_functions() {
+        state.register_udaf(udaf)?;
+    }
+    for udwf in prefflow_udfs::window_functions() {
+        state.register_udwf(udwf)?;
+    }
+    Ok(())
+}
+
+/// `config` with prefflow's settings and the session's models.
+pub(crate) fn base_config(config: SessionConfig, models: &Arc<ModelRegistry>) -> SessionConfig {
+    config
+        // SHOW TABLES / SHOW COLUMNS / SHOW FUNCTIONS for people exploring a dataset.
+        .with_information_schema(true)
+        // SET prefflow.max_batch_tokens / prefflow.device / prefflow.threads.
+        .with_option_extension(PrefflowOptions::default())
+        // The session's models, shared by every model function and query.
+        .with_extension(Arc::clone(models))
+}
+
+/// A session state with every prefflow function, format, table factory and rule, for
+/// `config` (which carries the model registry). The cluster's scheduler builds its planning
+/// sessions with it too, without the model-calls node (`model_calls`: false), which only a
+/// local run can ship.
+pub(crate) fn build_state(
+    config: SessionConfig,
+    models: &Arc<ModelRegistry>,
+    model_calls: bool,
+) -> Result<datafusion::execution::session_state::SessionState> {
+    // Model calls keep the input's order and count their work (see model_calls): first, so
+    // that every later rule sees the order.
+    let mut rules: Vec<
+        Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
+    > = Vec::new();
+    if model_calls {
+        rules.push(Arc::new(crate::model_calls::ModelCallsRule::new(
+            Arc::clone(models),
+        )));
+    }
+    rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rules(rules)
+        // --shard: filters the input tables (see shard).
+        .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
+        // Model calls inside aggregates and windows move to a projection below (async_args).
+        .with_analyzer_rule(Arc::new(crate::async_args::HoistModelCalls))
+        .build();
+
+    // Schemas are inferred from every record of JSON lines and CSV files, not the first
+    // 1,000: a field that first appears later (a `system` prompt only some records have) is
+    // a column, not silently dropped.
+    state.table_options_mut().json.schema_infer_max_rec = Some(usize::MAX);
+    state.table_options_mut().csv.schema_infer_max_rec = Some(usize::MAX);
+    register_functions(&mut state, models)?;
+    // COPY ... TO 'out.jsonl' / 'out.ndjson': JSON lines, as DataFusion writes for .json.
+    for ext in ["jsonl", "ndjson"] {
+        state.register_file_format(Arc::new(JsonLines(ext)), false)?;
+    }
+    // COPY ... STORED AS dpo | kto | sft | sharegpt | tokenized (run by the Engine).
+    crate::sinks::register(&mut state)?;
+    // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
+    for file_type in EXTERNAL_TABLE_TYPES {
+        state
+            .table_factories_mut()
+            .insert(file_type.to_string(), Arc::new(ExternalTables::default()));
+    }
+
+    Ok(state)
 }
 
 /// DataFusion's JSON lines format under another file extension.

@@ -773,6 +773,7 @@ impl DataSink for TrainingSink {
         let device = prefflow_udfs::models::settings::PrefflowOptions::from_config(
             context.session_config().options(),
         )
+        .0
         .device;
         Ok(self.write(data, device).await?)
     }

@@ -218,6 +218,20 @@ impl ModelRegistry {
         Ok(())
     }
 
+    /// Takes declarations made elsewhere (a cluster client's), already resolved and checked:
+    /// a model declared the same way stays as it is (and loaded), a changed one is replaced.
+    pub fn adopt(&self, specs: Vec<ModelSpec>) {
+        let mut declared = self.declared.write().expect("registry lock");
+        for spec in specs {
+            let same = declared.get(&spec.name).is_some_and(|d| {
+                d.uri == spec.uri && d.path == spec.path && d.options == spec.options
+            });
+            if !same {
+                declared.insert(spec.name.clone(), spec);
+            }
+        }
+    }
+
     /// DROP MODEL [IF EXISTS] name.
     pub fn drop_model(&self, name: &str, if_exists: bool) -> ModelResult<()> {
         let removed = self.declared.write().expect("registry lock").remove(name);

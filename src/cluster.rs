@@ -1,0 +1,222 @@
+//! Scale-out on Apache DataFusion Ballista (`--features cluster`): `prefflow scheduler`,
+//! `prefflow executor`, and `prefflow run --cluster df://HOST:PORT`.
+//!
+//! The client plans a statement with its prefflow session and sends the logical plan to the
+//! scheduler; the scheduler plans it physically with a prefflow session of its own (every
+//! function, format and rule) and hands stages to the executors, which run them with every
+//! prefflow function registered over one model registry per process (a model is loaded once
+//! per executor and kept across queries). The models a client declared travel with each task
+//! (the `prefflow.models` setting) and are adopted by the executor before the stage runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::execution_engine::{
+    DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
+};
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use prefflow_udfs::models::settings::PrefflowOptions;
+use prefflow_udfs::models::{ModelRegistry, ModelSpec};
+
+use crate::error::{PrefflowError, Result};
+use crate::session::{base_config, build_state};
+
+/// The `df://HOST:PORT` of a scheduler, as `(host, port)`.
+pub fn parse_address(url: &str) -> Result<(String, u16)> {
+    let bad = || {
+        PrefflowError::Usage(format!(
+            "--cluster expects df://HOST:PORT (a Ballista scheduler), got '{url}'"
+        ))
+    };
+    let rest = url.strip_prefix("df://").ok_or_else(bad)?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Runs a scheduler on `bind` until the process ends.
+pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
+    // Physical planning only reads model declarations (for EXPLAIN labels); nothing loads.
+    let models = Arc::new(ModelRegistry::new());
+    let builder_models = Arc::clone(&models);
+    let config = SchedulerConfig {
+        bind_host: bind.ip().to_string(),
+        bind_port: bind.port(),
+        external_host: bind.ip().to_string(),
+        override_session_builder: Some(Arc::new(move |config: SessionConfig| {
+            // The job's settings (from the client) are in `config` already.
+            let config = if config
+                .options()
+                .extensions
+                .get::<PrefflowOptions>()
+                .is_some()
+            {
+                config.with_extension(Arc::clone(&builder_models))
+            } else {
+                base_config(config, &builder_models)
+            };
+            adopt(&builder_models, &config)?;
+            build_state(config, &builder_models, false)
+                .map_err(|e| DataFusionError::Plan(e.to_string()))
+        })),
+        override_config_producer: Some(Arc::new(move || {
+            base_config(SessionConfig::new_with_ballista(), &models)
+        })),
+        ..Default::default()
+    };
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| PrefflowError::Target(format!("scheduler on {bind}: {e}")))?;
+    start_server(cluster, bind, Arc::new(config))
+        .await
+        .map_err(|e| PrefflowError::Target(format!("scheduler on {bind}: {e}")))
+}
+
+/// What an executor needs: where it listens and which scheduler it joins.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    pub scheduler: (String, u16),
+    pub bind_host: String,
+    pub port: u16,
+    pub grpc_port: u16,
+    /// Tasks it runs at once (Ballista's vcores).
+    pub concurrent_tasks: usize,
+    pub work_dir: Option<String>,
+}
+
+/// Runs an executor until the process ends.
+pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
+    let models = Arc::new(ModelRegistry::new());
+    let mut functions = BallistaFunctionRegistry::default();
+    for f in prefflow_udfs::scalar_functions(&models) {
+        functions.scalar_functions.insert(f.name().to_string(), f);
+    }
+    for f in prefflow_udfs::aggregate_functions() {
+        functions
+            .aggregate_functions
+            .insert(f.name().to_string(), f);
+    }
+    for f in prefflow_udfs::window_functions() {
+        functions.window_functions.insert(f.name().to_string(), f);
+    }
+    let producer_models = Arc::clone(&models);
+    let config = ExecutorProcessConfig {
+        bind_host: options.bind_host.clone(),
+        external_host: Some(options.bind_host.clone()),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: options.scheduler.0.clone(),
+        scheduler_port: options.scheduler.1,
+        vcores: options.concurrent_tasks,
+        work_dir: options.work_dir.clone(),
+        override_function_registry: Some(Arc::new(functions)),
+        override_config_producer: Some(Arc::new(move || {
+            base_config(SessionConfig::new_with_ballista(), &producer_models)
+        })),
+        override_execution_engine: Some(Arc::new(AdoptModels {
+            inner: DefaultExecutionEngine::new(),
+            models,
+        })),
+        ..Default::default()
+    };
+    start_executor_process(Arc::new(config)).await.map_err(|e| {
+        PrefflowError::Target(format!(
+            "executor for scheduler df://{}:{}: {e}",
+            options.scheduler.0, options.scheduler.1
+        ))
+    })
+}
+
+/// Ballista's execution engine, adopting the client's model declarations (from the task's
+/// `prefflow.models`) into the executor's registry before a stage runs.
+struct AdoptModels {
+    inner: DefaultExecutionEngine,
+    models: Arc<ModelRegistry>,
+}
+
+impl ExecutionEngine for AdoptModels {
+    fn create_query_stage_exec(
+        &self,
+        job_id: ballista_core::JobId,
+        stage_id: usize,
+        task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+        config: &SessionConfig,
+    ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
+        adopt(&self.models, config)?;
+        self.inner.create_query_stage_exec(
+            job_id,
+            stage_id,
+            task_id,
+            global_output_partition_ids,
+            plan,
+            work_dir,
+            config,
+        )
+    }
+}
+
+/// Adopts the models a job's settings declare (`prefflow.models`) into `models`.
+fn adopt(models: &ModelRegistry, config: &SessionConfig) -> datafusion::error::Result<()> {
+    let declared = PrefflowOptions::from_config(config.options()).0.models;
+    if !declared.is_empty() {
+        models.adopt(decode_models(&declared).map_err(DataFusionError::Execution)?);
+    }
+    Ok(())
+}
+
+/// The client's model declarations as the `prefflow.models` setting: name, address, resolved
+/// path and options of each.
+pub fn encode_models(models: &ModelRegistry) -> String {
+    let specs: Vec<serde_json::Value> = models
+        .list()
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "uri": s.uri,
+                "path": s.path,
+                "options": s.options,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(specs).to_string()
+}
+
+fn decode_models(text: &str) -> std::result::Result<Vec<ModelSpec>, String> {
+    let values: Vec<serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| format!("prefflow.models is not a model list: {e}"))?;
+    values
+        .into_iter()
+        .map(|v| {
+            let field = |k: &str| {
+                v[k].as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("prefflow.models: a model lacks '{k}'"))
+            };
+            Ok(ModelSpec {
+                name: field("name")?,
+                uri: field("uri")?,
+                path: field("path")?.into(),
+                options: serde_json::from_value(v["options"].clone())
+                    .map_err(|e| format!("prefflow.models: bad options: {e}"))?,
+            })
+        })
+        .collect()
+}
