@@ -48,6 +48,29 @@ pub fn parse_address(url: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
+/// Fails at once, naming the scheduler, when nothing listens at its address (instead of a
+/// transport error at the first query).
+pub fn check_reachable(host: &str, port: u16) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let unreachable = |why: String| {
+        PrefflowError::Target(format!(
+            "cannot reach the Ballista scheduler at df://{host}:{port}: {why} (start one with `prefflow scheduler --bind HOST:PORT`)"
+        ))
+    };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| unreachable(e.to_string()))?
+        .collect();
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(unreachable(last))
+}
+
 /// Runs a scheduler on `bind` until the process ends.
 pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
     // Physical planning only reads model declarations (for EXPLAIN labels); nothing loads.
@@ -57,6 +80,10 @@ pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
         external_host: bind.ip().to_string(),
+        // A lost executor is noticed in seconds, and its tasks run again on the others.
+        executor_timeout_seconds: 10,
+        expire_dead_executor_interval_seconds: 2,
+        no_executors_grace_period_seconds: 30,
         override_session_builder: Some(Arc::new(move |config: SessionConfig| {
             // The job's settings (from the client) are in `config` already.
             let config = if config
@@ -123,6 +150,8 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         scheduler_port: options.scheduler.1,
         vcores: options.concurrent_tasks,
         work_dir: options.work_dir.clone(),
+        // Heartbeats well inside the scheduler's 10 s executor timeout.
+        executor_heartbeat_interval_seconds: 2,
         override_function_registry: Some(Arc::new(functions)),
         override_config_producer: Some(Arc::new(move || {
             base_config(SessionConfig::new_with_ballista(), &producer_models)

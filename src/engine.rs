@@ -100,9 +100,29 @@ impl Engine {
                 // a bad token fails before any model work.
                 crate::sinks::hub::preflight(&copy.output_url, &copy.options).await?;
                 if crate::sinks::format_of(copy).is_none() {
-                    let rows = self.push_plain(copy).await?;
-                    return Ok(self.ctx.read_batches(rows)?);
+                    let sink = crate::sinks::TrainingSink::plan_plain(
+                        &self.models(),
+                        copy,
+                        crate::sinks::push_staging(self.ctx.state().config()),
+                    )?;
+                    let rows = self.run_sink_here(copy, sink).await?;
+                    return self.frame(rows);
                 }
+            }
+            // On a cluster the query runs there and its rows stream into the sink here, which
+            // writes and commits the dataset as a local run does.
+            if self.cluster
+                && let Some(format) = crate::sinks::format_of(copy)
+            {
+                crate::sinks::check_copy(copy, format)?;
+                let sink = crate::sinks::TrainingSink::plan_copy(
+                    &self.models(),
+                    copy,
+                    format,
+                    crate::sinks::push_staging(self.ctx.state().config()),
+                )?;
+                let rows = self.run_sink_here(copy, sink).await?;
+                return self.frame(rows);
             }
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
                 // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan
@@ -119,7 +139,7 @@ impl Engine {
                 )));
             };
             if let Some(batches) = batches {
-                return Ok(self.ctx.read_batches(batches)?);
+                return self.frame(batches);
             }
         }
         Ok(self.ctx.execute_logical_plan(plan).await?)
@@ -233,20 +253,19 @@ impl Engine {
                     ),
                 ])
                 .map_err(DataFusionError::from)?;
-                Ok(self.ctx.read_batch(batch)?)
+                self.frame(vec![batch])
             }
         }
     }
 
-    /// `COPY … TO 'hf://…' STORED AS parquet | json`: the query's rows through the Hub sink
-    /// (checkpoints, resume, card); returns the count row a COPY answers with.
-    async fn push_plain(&self, copy: &CopyTo) -> Result<Vec<RecordBatch>> {
+    /// Runs a COPY's query (here, or on the cluster) into `sink` in this process; returns the
+    /// count row a COPY answers with.
+    async fn run_sink_here(
+        &self,
+        copy: &CopyTo,
+        sink: crate::sinks::TrainingSink,
+    ) -> Result<Vec<RecordBatch>> {
         let state = self.ctx.state();
-        let sink = crate::sinks::TrainingSink::plan_plain(
-            &self.models(),
-            copy,
-            crate::sinks::push_staging(state.config()),
-        )?;
         let device =
             prefflow_udfs::models::settings::PrefflowOptions::from_config(state.config_options())
                 .0
@@ -265,6 +284,16 @@ impl Engine {
         )])
         .map_err(DataFusionError::from)?;
         Ok(vec![batch])
+    }
+
+    /// Rows computed here as a frame: on a cluster, a frame of the engine's session would be
+    /// sent there to be read back.
+    fn frame(&self, batches: Vec<RecordBatch>) -> Result<DataFrame> {
+        if self.cluster {
+            Ok(SessionContext::new().read_batches(batches)?)
+        } else {
+            Ok(self.ctx.read_batches(batches)?)
+        }
     }
 
     async fn atomic_copy(&self, copy: &CopyTo, target: &Path) -> Result<Vec<RecordBatch>> {

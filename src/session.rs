@@ -96,6 +96,7 @@ fn on_cluster(
 ) -> Result<datafusion::execution::session_state::SessionState> {
     use ballista_core::extension::SessionStateExt;
     let (host, port) = crate::cluster::parse_address(url)?;
+    crate::cluster::check_reachable(&host, port)?;
     let mut state = state.upgrade_for_ballista(format!("http://{host}:{port}"))?;
     // Ballista's upgrade resets the function lists to its defaults.
     register_functions(&mut state, models)?;

@@ -544,6 +544,26 @@ impl TrainingSink {
         )
     }
 
+    /// Plans the sink of a `COPY … STORED AS <format>` outside DataFusion's physical planning
+    /// (the engine's path on a cluster, where the query runs remotely and the sink here).
+    pub(crate) fn plan_copy(
+        registry: &Arc<prefflow_udfs::models::ModelRegistry>,
+        copy: &CopyTo,
+        format: &'static str,
+        staging_root: PathBuf,
+    ) -> Result<Self> {
+        let schema = copy.input.schema().as_arrow().clone();
+        Self::plan(
+            registry,
+            format,
+            &copy.options,
+            &copy.output_url,
+            &schema,
+            plan_inputs(&copy.input),
+            staging_root,
+        )
+    }
+
     /// Runs a planned sink over `stream` (the engine's path for plain pushes).
     pub(crate) async fn run(
         &self,

@@ -4,6 +4,8 @@
 
 mod cache;
 mod cli;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod generate;
 mod hf;
 mod hub_push;
