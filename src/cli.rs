@@ -82,6 +82,10 @@ enum Command {
         /// Folder for shuffle files (default: a temporary folder).
         #[arg(long)]
         work_dir: Option<String>,
+        /// The result cache folder (default: as for `run`; one folder may serve several
+        /// executors).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -153,14 +157,14 @@ async fn run(cli: Cli) -> Result<()> {
             grpc_port,
             concurrent_tasks,
             work_dir,
+            cache_dir,
         } => {
             return serve_executor(
                 &scheduler,
-                bind_host,
-                port,
-                grpc_port,
+                (bind_host, port, grpc_port),
                 concurrent_tasks,
                 work_dir,
+                cache_dir.unwrap_or_else(crate::cache::default_dir),
             )
             .await;
         }
@@ -233,11 +237,10 @@ async fn serve_scheduler(bind: std::net::SocketAddr) -> Result<()> {
 #[cfg(feature = "cluster")]
 async fn serve_executor(
     scheduler: &str,
-    bind_host: String,
-    port: u16,
-    grpc_port: u16,
+    (bind_host, port, grpc_port): (String, u16, u16),
     concurrent_tasks: usize,
     work_dir: Option<String>,
+    cache_dir: PathBuf,
 ) -> Result<()> {
     crate::cluster::run_executor(crate::cluster::ExecutorOptions {
         scheduler: crate::cluster::parse_address(scheduler)?,
@@ -246,6 +249,7 @@ async fn serve_executor(
         grpc_port,
         concurrent_tasks,
         work_dir,
+        cache_dir,
     })
     .await
 }
@@ -258,11 +262,10 @@ async fn serve_scheduler(_bind: std::net::SocketAddr) -> Result<()> {
 #[cfg(not(feature = "cluster"))]
 async fn serve_executor(
     _scheduler: &str,
-    _bind_host: String,
-    _port: u16,
-    _grpc_port: u16,
+    _addresses: (String, u16, u16),
     _concurrent_tasks: usize,
     _work_dir: Option<String>,
+    _cache_dir: PathBuf,
 ) -> Result<()> {
     Err(crate::session::no_cluster())
 }

@@ -123,11 +123,17 @@ pub struct ExecutorOptions {
     /// Tasks it runs at once (Ballista's vcores).
     pub concurrent_tasks: usize,
     pub work_dir: Option<String>,
+    /// The result cache this executor reads and writes (shared folders are fine).
+    pub cache_dir: std::path::PathBuf,
 }
 
 /// Runs an executor until the process ends.
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     let models = Arc::new(ModelRegistry::new());
+    // Model calls reuse and store results as a local run does (per the job's prefflow.cache).
+    models.set_result_store(Some(Arc::new(crate::cache::RedbStore::new(
+        &options.cache_dir,
+    ))));
     let mut functions = BallistaFunctionRegistry::default();
     for f in prefflow_udfs::scalar_functions(&models) {
         functions.scalar_functions.insert(f.name().to_string(), f);

@@ -77,6 +77,13 @@ impl Engine {
             return result;
         }
         let mut plan = self.ctx.state().create_logical_plan(sql).await?;
+        if self.cluster
+            && let LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateMemoryTable(
+                create,
+            )) = &plan
+        {
+            return self.create_table_on_cluster(create).await;
+        }
         // A shard writes its own files, beside the other shards'.
         if let LogicalPlan::Copy(copy) = &mut plan
             && let Some(shard) =
@@ -258,6 +265,47 @@ impl Engine {
         }
     }
 
+    /// `CREATE TABLE name AS query` on a cluster: a memory table cannot be sent to the
+    /// executors, so the query's rows are written as Parquet beside the result cache (by the
+    /// executors) and the table reads that file.
+    async fn create_table_on_cluster(
+        &self,
+        create: &datafusion::logical_expr::CreateMemoryTable,
+    ) -> Result<DataFrame> {
+        let name = create.name.clone();
+        let exists = self.ctx.table_exist(name.clone())?;
+        if exists && create.if_not_exists {
+            return self.frame(Vec::new());
+        }
+        if exists && !create.or_replace {
+            return Err(DataFusionError::Plan(format!("Table '{name}' already exists")).into());
+        }
+        let dir = crate::sinks::push_staging(self.ctx.state().config()).with_file_name("tables");
+        std::fs::create_dir_all(&dir).map_err(|e| PrefflowError::io(&dir, e))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let file = dir.join(format!("{}-{stamp}.parquet", name.table()));
+        let file = file.display().to_string();
+        self.ctx
+            .execute_logical_plan((*create.input).clone())
+            .await?
+            .write_parquet(
+                &file,
+                datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await?;
+        if exists {
+            self.ctx.deregister_table(name.clone())?;
+        }
+        self.ctx
+            .register_parquet(name, &file, datafusion::prelude::ParquetReadOptions::default())
+            .await?;
+        self.frame(Vec::new())
+    }
+
     /// Runs a COPY's query (here, or on the cluster) into `sink` in this process; returns the
     /// count row a COPY answers with.
     async fn run_sink_here(
@@ -289,6 +337,9 @@ impl Engine {
     /// Rows computed here as a frame: on a cluster, a frame of the engine's session would be
     /// sent there to be read back.
     fn frame(&self, batches: Vec<RecordBatch>) -> Result<DataFrame> {
+        if batches.is_empty() {
+            return Ok(SessionContext::new().read_empty()?);
+        }
         if self.cluster {
             Ok(SessionContext::new().read_batches(batches)?)
         } else {

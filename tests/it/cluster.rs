@@ -64,6 +64,8 @@ fn start(executors: usize) -> Cluster {
                 .arg(free_port().to_string())
                 .arg("--grpc-port")
                 .arg(free_port().to_string())
+                .arg("--cache-dir")
+                .arg(logs.path().join("cache"))
                 .stdout(log(&format!("executor{i}.out")))
                 .stderr(log(&format!("executor{i}.err")))
                 .spawn()
@@ -103,7 +105,8 @@ fn start(executors: usize) -> Cluster {
 }
 
 /// A generation + pairing job: two seeded samples per prompt from the tiny qwen2 fixture,
-/// paired into a dpo set, the samples also written as Parquet, the pairs read back.
+/// paired into a dpo set, a third sample kept with CREATE TABLE … AS and written as Parquet,
+/// the pairs read back.
 fn job(dir: &Path, prompts: usize, max_tokens: usize) -> PathBuf {
     let rows: String = (0..prompts)
         .map(|i| format!("{{\"id\": {i}, \"prompt\": \"Question {i}: what is {i} plus 2?\"}}\n"))
@@ -127,7 +130,8 @@ COPY (
   FROM ({} UNION ALL {})
   GROUP BY id ORDER BY prompt_id
 ) TO '${{out}}/dpo' STORED AS dpo;
-COPY ({} ORDER BY id) TO '${{out}}/answers.parquet';
+CREATE TABLE samples AS {};
+COPY (SELECT id, answer FROM samples ORDER BY id) TO '${{out}}/answers.parquet';
 SELECT prompt_id, chosen, rejected FROM '${{out}}/dpo/train.parquet' ORDER BY prompt_id;",
         model.display(),
         sample(1),
@@ -144,6 +148,8 @@ fn run(dir: &Path, out: &str, cluster: Option<&str>) -> std::process::Output {
     c.args(["run", "job.sql", "--cache", "off", "--partitions", "2"])
         .args(["--format", "csv", "--param"])
         .arg(format!("out={}", dir.join(out).display()))
+        .arg("--cache-dir")
+        .arg(dir.join(format!("{out}-cache")))
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -270,6 +276,8 @@ fn a_lost_executor_never_leaves_partial_output() {
     c.args(["run", "job.sql", "--cache", "off", "--partitions", "2"])
         .args(["--format", "csv", "--param"])
         .arg(format!("out={}", d.join("remote").display()))
+        .arg("--cache-dir")
+        .arg(d.join("remote-cache"))
         .args(["--cluster", &cluster.url])
         .current_dir(d)
         .stdout(Stdio::piped())
