@@ -301,7 +301,11 @@ impl Engine {
             self.ctx.deregister_table(name.clone())?;
         }
         self.ctx
-            .register_parquet(name, &file, datafusion::prelude::ParquetReadOptions::default())
+            .register_parquet(
+                name,
+                &file,
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
             .await?;
         self.frame(Vec::new())
     }

@@ -320,3 +320,55 @@ fn a_lost_executor_never_leaves_partial_output() {
         assert!(leftovers.is_empty(), "{leftovers:?}: {err}");
     }
 }
+
+/// queries/data_selection.sql (embeddings, kmeans and near_duplicate windows, a join, a
+/// Parquet COPY) on the cluster and here: the same selection.
+#[test]
+fn data_selection_matches_on_a_cluster() {
+    let cluster = start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |out: &str, url: Option<&str>| {
+        let mut c = prefflow();
+        c.arg("run")
+            .arg(root.join("queries/data_selection.sql"))
+            .args(["--format", "csv", "--partitions", "2", "--cache", "off"])
+            .arg("--param")
+            .arg(format!("data_dir={}", root.join("data").display()))
+            .arg("--param")
+            .arg(format!("models_dir={}", root.join("models").display()))
+            .arg("--param")
+            .arg(format!("out_dir={}", d.join(out).display()))
+            .arg("--cache-dir")
+            .arg(d.join(format!("{out}-cache")))
+            .current_dir(d);
+        if let Some(url) = url {
+            c.args(["--cluster", url]);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let local = run("local", None);
+    assert_eq!(run("remote", Some(&cluster.url)), local);
+    let file = |out: &str| {
+        d.join(out)
+            .join("selection_fewshot.parquet")
+            .display()
+            .to_string()
+    };
+    let differing = text(
+        d,
+        &format!(
+            "SELECT count(*) AS n FROM ((SELECT * FROM '{0}' EXCEPT SELECT * FROM '{1}') UNION ALL (SELECT * FROM '{1}' EXCEPT SELECT * FROM '{0}'))",
+            file("remote"),
+            file("local")
+        ),
+    );
+    assert_eq!(differing.trim(), "n\n0");
+}
