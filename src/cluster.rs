@@ -223,10 +223,18 @@ pub fn encode_models(models: &ModelRegistry) -> String {
         .list()
         .into_iter()
         .map(|s| {
+            // Executors run in their own working folders: a relative model path is sent whole.
+            let path = if s.path.is_relative() && !s.path.as_os_str().is_empty() {
+                std::env::current_dir()
+                    .map(|d| d.join(&s.path))
+                    .unwrap_or(s.path)
+            } else {
+                s.path
+            };
             serde_json::json!({
                 "name": s.name,
                 "uri": s.uri,
-                "path": s.path,
+                "path": path,
                 "options": s.options,
             })
         })
