@@ -165,6 +165,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         override_execution_engine: Some(Arc::new(AdoptModels {
             inner: DefaultExecutionEngine::new(),
             models,
+            host: format!("{}:{}", options.bind_host, options.grpc_port),
         })),
         ..Default::default()
     };
@@ -181,6 +182,8 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
 struct AdoptModels {
     inner: DefaultExecutionEngine,
     models: Arc<ModelRegistry>,
+    /// This executor, named in the errors of its tasks.
+    host: String,
 }
 
 impl ExecutionEngine for AdoptModels {
@@ -195,7 +198,7 @@ impl ExecutionEngine for AdoptModels {
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
         adopt(&self.models, config)?;
-        self.inner.create_query_stage_exec(
+        let inner = self.inner.create_query_stage_exec(
             job_id,
             stage_id,
             task_id,
@@ -203,7 +206,69 @@ impl ExecutionEngine for AdoptModels {
             plan,
             work_dir,
             config,
-        )
+        )?;
+        Ok(Arc::new(NamedErrors {
+            inner,
+            host: self.host.clone(),
+        }))
+    }
+}
+
+/// A stage whose errors name the executor and read as one line (Ballista sends a task's
+/// error to the client in Rust's debug form).
+#[derive(Debug)]
+struct NamedErrors {
+    inner: Arc<dyn QueryStageExecutor>,
+    host: String,
+}
+
+impl std::fmt::Display for NamedErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+#[async_trait::async_trait]
+impl QueryStageExecutor for NamedErrors {
+    async fn execute_query_stage(
+        &self,
+        task_id: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::ShuffleWritePartition>> {
+        self.inner
+            .execute_query_stage(task_id, context)
+            .await
+            .map_err(|e| {
+                let mut message = crate::error::one_line(&e.to_string());
+                // DataFusion's wrappers say nothing the message does not.
+                while let Some(rest) = ["External error: ", "DataFusion error: "]
+                    .iter()
+                    .find_map(|p| message.strip_prefix(p))
+                {
+                    message = rest.to_string();
+                }
+                DataFusionError::Execution(format!("on executor {}: {message}", self.host))
+            })
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<datafusion::physical_plan::metrics::MetricsSet> {
+        self.inner.collect_plan_metrics()
+    }
+
+    fn collect_runtime_stats_reports(
+        &self,
+    ) -> Vec<ballista_core::serde::protobuf::RuntimeStatsReport> {
+        self.inner.collect_runtime_stats_reports()
+    }
+
+    fn collect_window_state_reports(
+        &self,
+    ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::WindowStateReport>> {
+        self.inner.collect_window_state_reports()
+    }
+
+    fn collect_column_stats(&self) -> Vec<ballista_core::serde::protobuf::TaskColumnStats> {
+        self.inner.collect_column_stats()
     }
 }
 

@@ -372,3 +372,48 @@ fn data_selection_matches_on_a_cluster() {
     );
     assert_eq!(differing.trim(), "n\n0");
 }
+
+/// A model file the executors cannot read (here: removed after the client declared the model)
+/// fails the job with the model and the file named, and leaves no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_without_the_model_file_fails_clearly() {
+    let cluster = start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("model");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoders/qwen2");
+    for f in std::fs::read_dir(&fixture).unwrap().flatten() {
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    std::fs::write(d.join("in.jsonl"), "{\"p\": \"hello\"}\n").unwrap();
+    let engine = prefflow::Engine::with_options(&prefflow::SessionOptions {
+        cluster: Some(cluster.url.clone()),
+        cache: Some(prefflow::CacheMode::Off),
+        cache_dir: Some(d.join("cache")),
+        ..Default::default()
+    })
+    .unwrap();
+    engine
+        .sql(&format!("CREATE MODEL tiny FROM '{}'", model.display()))
+        .await
+        .unwrap();
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    let out = d.join("out.parquet");
+    let err = engine
+        .query(&format!(
+            "COPY (SELECT ai_generate('tiny', p, named_struct('max_tokens', 4)) AS a FROM '{}') TO '{}'",
+            d.join("in.jsonl").display(),
+            out.display()
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("{err}");
+    assert!(
+        err.contains("on executor 127.0.0.1:") && err.contains("model 'tiny'"),
+        "{err}"
+    );
+    assert!(err.contains("safetensors"), "{err}");
+    assert!(!out.exists());
+}
