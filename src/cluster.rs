@@ -197,6 +197,16 @@ impl ExecutionEngine for AdoptModels {
         work_dir: &str,
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
+        let client = &PrefflowOptions::from_config(config.options())
+            .0
+            .client_version;
+        if !client.is_empty() && client != env!("CARGO_PKG_VERSION") {
+            return Err(DataFusionError::Execution(format!(
+                "on executor {}: it runs prefflow {} and the client prefflow {client}: run the same version everywhere",
+                self.host,
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
         adopt(&self.models, config)?;
         let inner = self.inner.create_query_stage_exec(
             job_id,

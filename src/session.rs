@@ -98,6 +98,10 @@ fn on_cluster(
     let (host, port) = crate::cluster::parse_address(url)?;
     crate::cluster::check_reachable(&host, port)?;
     let mut state = state.upgrade_for_ballista(format!("http://{host}:{port}"))?;
+    state
+        .config_mut()
+        .options_mut()
+        .set("prefflow.client_version", env!("CARGO_PKG_VERSION"))?;
     // Ballista's upgrade resets the function lists to its defaults.
     register_functions(&mut state, models)?;
     Ok(state)

@@ -416,4 +416,21 @@ async fn an_executor_without_the_model_file_fails_clearly() {
     );
     assert!(err.contains("safetensors"), "{err}");
     assert!(!out.exists());
+
+    // A client of another version: refused by the executor, naming both versions.
+    engine
+        .sql("SET prefflow.client_version = '0.0.1-other'")
+        .await
+        .unwrap();
+    let err = engine
+        .query(&format!("SELECT p FROM '{}'", d.join("in.jsonl").display()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("on executor 127.0.0.1:")
+            && err.contains("client prefflow 0.0.1-other")
+            && err.contains(env!("CARGO_PKG_VERSION")),
+        "{err}"
+    );
 }

@@ -26,6 +26,9 @@ extensions_options! {
         /// On a cluster: the client's CREATE MODEL declarations (JSON), set by the engine, so
         /// executors load the same models.
         pub models: String, default = String::new()
+        /// On a cluster: the client's prefflow version, set by the engine; executors of
+        /// another version refuse its tasks.
+        pub client_version: String, default = String::new()
     }
 }
 
