@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory, UrlTableFactory};
-use datafusion::common::plan_datafusion_err;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::datasource::DefaultTableSource;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -255,6 +255,19 @@ impl UrlTableFactory for PathTables {
             .upgrade()
             .and_then(|s| s.read().as_any().downcast_ref::<SessionState>().cloned())
             .ok_or_else(|| plan_datafusion_err!("the session behind {url} is gone"))?;
+        // On a cluster (the engine sets the client's version), a bare file name with a dot
+        // does not survive Ballista's plan serialization: its column qualifier `x.jsonl` is
+        // read back as schema `x`, table `jsonl`.
+        let on_cluster =
+            !prefflow_udfs::models::settings::PrefflowOptions::from_config(state.config_options())
+                .0
+                .client_version
+                .is_empty();
+        if on_cluster && !url.contains(['/', '\\']) && url.contains('.') {
+            return plan_err!(
+                "on a cluster, name the file with its folder: './{url}' (a bare file name with a dot does not survive the plan's trip to the scheduler)"
+            );
+        }
         let location = resolve_location(url).await?;
         listing_table(&state, &location).await.map(Some)
     }

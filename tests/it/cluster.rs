@@ -112,8 +112,8 @@ fn job(dir: &Path, prompts: usize, max_tokens: usize) -> PathBuf {
         .map(|i| format!("{{\"id\": {i}, \"prompt\": \"Question {i}: what is {i} plus 2?\"}}\n"))
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), rows).unwrap();
-    // Files by absolute path: a bare relative name with a dot ('prompts.jsonl') does not
-    // survive Ballista's plan serialization (its qualifier is re-parsed as schema.table).
+    // Files by path with a folder: a bare name with a dot ('prompts.jsonl') does not survive
+    // Ballista's plan serialization (its qualifier is re-parsed as schema.table).
     let prompts = dir.join("prompts.jsonl").display().to_string();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoders/qwen2");
     let sample = |seed: u32| {
@@ -231,6 +231,32 @@ fn a_cluster_gives_the_rows_of_a_local_run() {
         .unwrap();
     let plan = String::from_utf8_lossy(&explain.stdout);
     assert!(plan.contains("ShuffleWriterExec"), "{plan}");
+
+    // A bare file name with a dot is refused with the spelling that works.
+    let bare = prefflow()
+        .args([
+            "sql",
+            "SELECT count(*) FROM 'prompts.jsonl'",
+            "--cluster",
+            &cluster.url,
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert!(err.contains("'./prompts.jsonl'"), "{err}");
+    let dotted = prefflow()
+        .args([
+            "sql",
+            "SELECT count(*) AS n FROM './prompts.jsonl'",
+            "--cluster",
+            &cluster.url,
+        ])
+        .args(["--format", "csv"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dotted.stdout), "n\n16\n");
 }
 
 #[test]
