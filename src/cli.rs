@@ -32,8 +32,9 @@ ${name:-default} its default.";
 #[derive(Debug, Parser)]
 #[command(name = "prefflow", version, about = "Build LLM training data with SQL", after_help = EXAMPLES)]
 struct Cli {
+    /// Without a command: the interactive shell.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +53,12 @@ enum Command {
     Sql {
         /// One or more statements separated by ';'.
         statements: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// An interactive SQL shell (also what `prefflow` alone opens; reads a pipe too:
+    /// `prefflow shell < job.sql`).
+    Shell {
         #[command(flatten)]
         common: Common,
     },
@@ -89,7 +96,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 struct Common {
     /// Fill ${NAME} in the statements (repeatable).
     #[arg(short, long = "param", value_name = "NAME=VALUE")]
@@ -128,6 +135,22 @@ struct Common {
 }
 
 /// Parses `NAME=VALUE` parameters.
+/// The session options of the shell (no shard, no output file).
+fn session_options(common: &Common) -> Result<SessionOptions> {
+    let cache = if common.cache.is_empty() {
+        CacheMode::ReadWrite
+    } else {
+        CacheMode::parse(&common.cache).map_err(PrefflowError::Usage)?
+    };
+    Ok(SessionOptions {
+        target_partitions: common.partitions,
+        cache_dir: common.cache_dir.clone(),
+        cache: Some(cache),
+        cluster: common.cluster.clone(),
+        ..Default::default()
+    })
+}
+
 fn parse_params(raw: &[String]) -> Result<HashMap<String, String>> {
     raw.iter()
         .map(|p| match p.split_once('=') {
@@ -140,7 +163,14 @@ fn parse_params(raw: &[String]) -> Result<HashMap<String, String>> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let (scripts, common) = match cli.command {
+    let command = cli.command.unwrap_or(Command::Shell {
+        common: Common::default(),
+    });
+    let (scripts, common) = match command {
+        Command::Shell { common } => {
+            let engine = Engine::with_options(&session_options(&common)?)?;
+            return crate::shell::run(engine).await;
+        }
         Command::Run { files, common } => (
             files
                 .iter()

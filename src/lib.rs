@@ -46,6 +46,7 @@ pub mod progress;
 pub mod script;
 pub mod session;
 pub mod shard;
+pub mod shell;
 pub mod sinks;
 pub mod target;
 pub mod threads;

@@ -14,6 +14,7 @@ mod models;
 mod queries;
 mod remote;
 mod resume;
+mod shell;
 mod sinks;
 mod translate;
 mod trl;
