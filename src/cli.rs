@@ -70,30 +70,34 @@ enum Command {
         bind: std::net::SocketAddr,
     },
     /// Run a Ballista executor with every prefflow function (needs the `cluster` feature).
-    Executor {
-        /// The scheduler to join, df://HOST:PORT.
-        #[arg(long, value_name = "df://HOST:PORT")]
-        scheduler: String,
-        /// Host to listen on (and advertise to the scheduler).
-        #[arg(long, default_value = "127.0.0.1")]
-        bind_host: String,
-        /// Port for shuffle data (Arrow Flight).
-        #[arg(long, default_value_t = 50051)]
-        port: u16,
-        /// Port for the scheduler's task calls.
-        #[arg(long, default_value_t = 50052)]
-        grpc_port: u16,
-        /// Tasks run at once.
-        #[arg(long, default_value_t = 1)]
-        concurrent_tasks: usize,
-        /// Folder for shuffle files (default: a temporary folder).
-        #[arg(long)]
-        work_dir: Option<String>,
-        /// The result cache folder (default: as for `run`; one folder may serve several
-        /// executors).
-        #[arg(long, value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
-    },
+    Executor(ExecutorArgs),
+}
+
+/// `prefflow executor`'s options.
+#[derive(Debug, Args)]
+struct ExecutorArgs {
+    /// The scheduler to join, df://HOST:PORT.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    scheduler: String,
+    /// Host to listen on (and advertise to the scheduler).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_host: String,
+    /// Port for shuffle data (Arrow Flight).
+    #[arg(long, default_value_t = 50051)]
+    port: u16,
+    /// Port for the scheduler's task calls.
+    #[arg(long, default_value_t = 50052)]
+    grpc_port: u16,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 1)]
+    concurrent_tasks: usize,
+    /// Folder for shuffle files (default: a temporary folder).
+    #[arg(long)]
+    work_dir: Option<String>,
+    /// The result cache folder (default: as for `run`; one folder may serve several
+    /// executors).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -135,7 +139,8 @@ struct Common {
 }
 
 /// Parses `NAME=VALUE` parameters.
-/// The session options of the shell (no shard, no output file).
+/// The session options the common flags ask for (the shell's `Common::default()` has no
+/// cache mode: readwrite).
 fn session_options(common: &Common) -> Result<SessionOptions> {
     let cache = if common.cache.is_empty() {
         CacheMode::ReadWrite
@@ -180,37 +185,23 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         Command::Sql { statements, common } => (vec![Script::parse("<sql>", &statements)?], common),
         Command::Scheduler { bind } => return serve_scheduler(bind).await,
-        Command::Executor {
-            scheduler,
-            bind_host,
-            port,
-            grpc_port,
-            concurrent_tasks,
-            work_dir,
-            cache_dir,
-        } => {
-            return serve_executor(
-                &scheduler,
-                (bind_host, port, grpc_port),
-                concurrent_tasks,
-                work_dir,
-                cache_dir.unwrap_or_else(crate::cache::default_dir),
-            )
-            .await;
-        }
+        Command::Executor(args) => return serve_executor(args).await,
     };
     let params = parse_params(&common.param)?;
     let format = Format::choose(common.format, common.output.as_deref())?;
-    let cache = CacheMode::parse(&common.cache).map_err(PrefflowError::Usage)?;
-    let mut settings = Vec::new();
+    let mut options = session_options(&common)?;
     let mut output = common.output.clone();
     if let Some(spec) = &common.shard {
         let key = common.shard_key.clone().unwrap_or_default();
         let shard = Shard::parse(spec, &key)
             .map_err(|e| PrefflowError::Usage(format!("--{e}")))?
             .expect("--shard has a value");
-        settings.push(("prefflow.shard".to_string(), spec.clone()));
-        settings.push(("prefflow.shard_key".to_string(), key));
+        options
+            .settings
+            .push(("prefflow.shard".to_string(), spec.clone()));
+        options
+            .settings
+            .push(("prefflow.shard_key".to_string(), key));
         output = output.map(|o| PathBuf::from(shard_path(&o.display().to_string(), &shard)));
     }
     // Refused before any statement runs, not after a long pipeline.
@@ -222,14 +213,7 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(path) = &output {
         crate::target::check(path, &crate::target::Output::File, &[])?;
     }
-    let engine = Engine::with_options(&SessionOptions {
-        target_partitions: common.partitions,
-        cache_dir: common.cache_dir.clone(),
-        cache: Some(cache),
-        settings,
-        cluster: common.cluster.clone(),
-        ..Default::default()
-    })?;
+    let engine = Engine::with_options(&options)?;
     let progress = Progress::start(
         Arc::clone(engine.models().activity()),
         ProgressMode::for_stderr(common.quiet),
@@ -265,21 +249,15 @@ async fn serve_scheduler(bind: std::net::SocketAddr) -> Result<()> {
 }
 
 #[cfg(feature = "cluster")]
-async fn serve_executor(
-    scheduler: &str,
-    (bind_host, port, grpc_port): (String, u16, u16),
-    concurrent_tasks: usize,
-    work_dir: Option<String>,
-    cache_dir: PathBuf,
-) -> Result<()> {
+async fn serve_executor(args: ExecutorArgs) -> Result<()> {
     crate::cluster::run_executor(crate::cluster::ExecutorOptions {
-        scheduler: crate::cluster::parse_address(scheduler)?,
-        bind_host,
-        port,
-        grpc_port,
-        concurrent_tasks,
-        work_dir,
-        cache_dir,
+        scheduler: crate::cluster::parse_address(&args.scheduler)?,
+        bind_host: args.bind_host,
+        port: args.port,
+        grpc_port: args.grpc_port,
+        concurrent_tasks: args.concurrent_tasks,
+        work_dir: args.work_dir,
+        cache_dir: args.cache_dir.unwrap_or_else(crate::cache::default_dir),
     })
     .await
 }
@@ -290,13 +268,7 @@ async fn serve_scheduler(_bind: std::net::SocketAddr) -> Result<()> {
 }
 
 #[cfg(not(feature = "cluster"))]
-async fn serve_executor(
-    _scheduler: &str,
-    _addresses: (String, u16, u16),
-    _concurrent_tasks: usize,
-    _work_dir: Option<String>,
-    _cache_dir: PathBuf,
-) -> Result<()> {
+async fn serve_executor(_args: ExecutorArgs) -> Result<()> {
     Err(crate::session::no_cluster())
 }
 

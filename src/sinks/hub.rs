@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FileKind, Options, Writer};
 use crate::error::{PrefflowError, Result};
-use datafusion::arrow::compute::filter_record_batch;
+use prefflow_udfs::models::hub::describe;
 
 /// Options a Hub target takes besides the format's own.
 pub(crate) const HUB_OPTIONS: &str = "private, commit_message";
@@ -191,21 +191,6 @@ pub(crate) struct Push {
     /// Part files written locally, not yet pushed.
     pub staging: PathBuf,
     pub kind: FileKind,
-}
-
-/// hf-hub's error in one line; the token is only ever in a request header, never in these.
-fn describe(e: &HFError) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !msg.contains(&s_text) {
-            msg.push_str(": ");
-            msg.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 fn timeout() -> Duration {
@@ -493,16 +478,8 @@ impl PartWriter {
             let room = self.every.map_or(left, |n| n - self.rows).min(left) as usize;
             let rows = out.slice(offset, room);
             let mask = validation.map(|m| m.slice(offset, room));
-            match mask {
-                Some(mask) => {
-                    let not =
-                        datafusion::arrow::compute::not(&mask).map_err(DataFusionError::from)?;
-                    for (split, m) in [("train", &not), ("validation", &mask)] {
-                        let part = filter_record_batch(&rows, m).map_err(DataFusionError::from)?;
-                        self.write_split(split, &part)?;
-                    }
-                }
-                None => self.write_split("train", &rows)?,
+            for (split, part) in super::by_split(&rows, mask.as_ref())? {
+                self.write_split(split, &part)?;
             }
             offset += room;
             self.rows += room as u64;

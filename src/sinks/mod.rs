@@ -318,17 +318,11 @@ impl Splits {
 
     /// Writes a batch's rows, those marked by `validation` to the validation split.
     fn write(&mut self, out: &RecordBatch, validation: Option<&BooleanArray>) -> Result<()> {
-        let (Some(mask), Some(w)) = (validation, self.validation.as_mut()) else {
-            return self.train.write(out);
-        };
-        let to_validation = filter_record_batch(out, mask).map_err(DataFusionError::from)?;
-        let not = datafusion::arrow::compute::not(mask).map_err(DataFusionError::from)?;
-        let to_train = filter_record_batch(out, &not).map_err(DataFusionError::from)?;
-        if to_train.num_rows() > 0 {
-            self.train.write(&to_train)?;
-        }
-        if to_validation.num_rows() > 0 {
-            w.write(&to_validation)?;
+        for (split, rows) in by_split(out, validation)? {
+            match (split, self.validation.as_mut()) {
+                ("validation", Some(w)) => w.write(&rows)?,
+                _ => self.train.write(&rows)?,
+            }
         }
         Ok(())
     }
@@ -340,6 +334,26 @@ impl Splits {
         }
         Ok(())
     }
+}
+
+/// A batch's rows per split, those marked by `validation` in the validation split; a split
+/// with no rows is left out.
+pub(crate) fn by_split(
+    out: &RecordBatch,
+    validation: Option<&BooleanArray>,
+) -> Result<Vec<(&'static str, RecordBatch)>> {
+    let Some(mask) = validation else {
+        return Ok(vec![("train", out.clone())]);
+    };
+    let not = datafusion::arrow::compute::not(mask).map_err(DataFusionError::from)?;
+    let mut splits = Vec::with_capacity(2);
+    for (split, m) in [("train", &not), ("validation", mask)] {
+        let rows = filter_record_batch(out, m).map_err(DataFusionError::from)?;
+        if rows.num_rows() > 0 {
+            splits.push((split, rows));
+        }
+    }
+    Ok(splits)
 }
 
 /// Builds the format for `name` from the query's schema and the COPY options, checking both.
@@ -532,16 +546,11 @@ impl TrainingSink {
         if format == "json" {
             raw.insert("file_format".into(), "jsonl".into());
         }
-        let schema = copy.input.schema().as_arrow().clone();
-        Self::plan(
-            registry,
-            format,
-            &raw,
-            &copy.output_url,
-            &schema,
-            Vec::new(),
-            staging_root,
-        )
+        let copy = CopyTo {
+            options: raw,
+            ..copy.clone()
+        };
+        Self::plan_copy(registry, &copy, format, staging_root)
     }
 
     /// Plans the sink of a `COPY … STORED AS <format>` outside DataFusion's physical planning

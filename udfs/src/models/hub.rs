@@ -25,14 +25,17 @@ pub fn token() -> Option<String> {
         .or_else(|| Cache::from_env().token())
 }
 
-/// An hf-hub error as one line with its causes. The token is only ever in a request header,
-/// never in these messages.
-pub fn describe(e: &ApiError) -> String {
+/// A Hub client's error (hf-hub 0.4's for downloads, 1.0's for pushes) as one line with its
+/// causes, each said once. The token is only ever in a request header, never in these messages.
+pub fn describe(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
         source = s.source();
     }
     msg
