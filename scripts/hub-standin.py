@@ -1,8 +1,10 @@
-"""A loopback stand-in for the Hugging Face Hub, for scripts/check-hub-push (not CI).
+"""A loopback stand-in for the Hugging Face Hub, for scripts/check-hub-push and the Python
+package's README example test.
 
 Serves what prefflow's push uses (whoami-v2, repos/create, revision info, branch, preupload,
-commit) and what `datasets.load_dataset` / huggingface_hub read (dataset info, tree,
-paths-info, resolve with HEAD and GET). Files live in memory. Usage: hub-standin.py PORT
+commit) and what `datasets.load_dataset` / huggingface_hub / prefflow's hf:// reader read
+(dataset info, tree, paths-info, resolve with HEAD and GET). Files live in memory.
+Usage: hub-standin.py PORT [ORG/NAME=DIR ...]   (each DIR's files seed a public dataset repo)
 """
 import base64
 import hashlib
@@ -135,4 +137,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.reply(404, {"error": "not found: " + path})
 
 
+def seed(spec):
+    import os
+
+    key, folder = spec.split("=", 1)
+    files = {}
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, folder).replace(os.sep, "/")] = f.read()
+    REPOS[key] = {"private": False, "files": files}
+
+
+for spec in sys.argv[2:]:
+    seed(spec)
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

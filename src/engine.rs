@@ -400,7 +400,7 @@ pub async fn collect(df: DataFrame) -> Result<Vec<RecordBatch>> {
 }
 
 /// Runs a planned statement to the end, dropping its rows.
-async fn drain(df: DataFrame) -> Result<()> {
+pub async fn drain(df: DataFrame) -> Result<()> {
     let plan = df.logical_plan().clone();
     let diagnose =
         |e: DataFusionError| -> PrefflowError { with_plan_json_diagnostics(e, &plan).into() };

@@ -47,11 +47,19 @@ pub struct Progress {
     thread: Option<JoinHandle<()>>,
     activity: Arc<Activity>,
     mode: ProgressMode,
+    /// Nodes registered before this display started (earlier statements of a session).
+    from: usize,
 }
 
 impl Progress {
     /// Starts showing `activity`.
     pub fn start(activity: Arc<Activity>, mode: ProgressMode) -> Self {
+        Self::start_since(activity, mode, 0)
+    }
+
+    /// Starts showing the calls of `activity` registered after its first `from` nodes, so a
+    /// long-lived session (the Python package's engine) shows each statement's own calls.
+    pub fn start_since(activity: Arc<Activity>, mode: ProgressMode, from: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = match mode {
             ProgressMode::Quiet => None,
@@ -59,7 +67,7 @@ impl Progress {
                 let (stop, activity) = (Arc::clone(&stop), Arc::clone(&activity));
                 std::thread::Builder::new()
                     .name("prefflow-progress".to_string())
-                    .spawn(move || show(&activity, mode, &stop))
+                    .spawn(move || show(&activity, mode, &stop, from))
                     .ok()
             }
         };
@@ -68,6 +76,7 @@ impl Progress {
             thread,
             activity,
             mode,
+            from,
         }
     }
 
@@ -78,21 +87,22 @@ impl Progress {
             let _ = t.join();
         }
         if self.mode != ProgressMode::Quiet {
-            for e in self.activity.entries().iter().filter(|e| e.started()) {
+            let entries = self.activity.entries_since(self.from);
+            for e in entries.iter().filter(|e| e.started()) {
                 eprintln!("prefflow: {}", summary(e));
             }
         }
     }
 }
 
-fn show(activity: &Activity, mode: ProgressMode, stop: &AtomicBool) {
+fn show(activity: &Activity, mode: ProgressMode, stop: &AtomicBool, from: usize) {
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5));
     let mut shown: Vec<(Arc<CallStats>, ProgressBar)> = Vec::new();
     let mut last_log = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         let running: Vec<Arc<CallStats>> = activity
-            .entries()
+            .entries_since(from)
             .into_iter()
             .filter(|e| e.started())
             .collect();
