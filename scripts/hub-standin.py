@@ -94,7 +94,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if data is None:
                 return self.reply(404, b"", {"X-Error-Code": "EntryNotFound"}, head=head)
             etag = '"%s"' % hashlib.sha1(data).hexdigest()
-            return self.reply(200, data, {"ETag": etag, "X-Repo-Commit": SHA}, head=head)
+            headers = {"ETag": etag, "X-Repo-Commit": SHA}
+            # hf-hub (prefflow's hf:// reader) downloads in byte ranges.
+            ranged = self.headers.get("Range", "")
+            if ranged.startswith("bytes="):
+                first, _, last = ranged[len("bytes="):].partition("-")
+                first = int(first or 0)
+                last = min(int(last) if last else len(data) - 1, len(data) - 1)
+                headers["Content-Range"] = "bytes %d-%d/%d" % (first, last, len(data))
+                return self.reply(206, data[first:last + 1], headers, head=head)
+            return self.reply(200, data, headers, head=head)
         return self.reply(404, {"error": "not found: " + path}, head=head)
 
     def do_POST(self):

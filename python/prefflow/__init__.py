@@ -62,8 +62,8 @@ class Result:
         # duckdb and others read a result directly.
         return self.to_arrow().__arrow_c_stream__(requested_schema)
 
-    def __len__(self) -> int:
-        return self.to_arrow().num_rows
+    # No __len__: list(result) asks for a length hint, which would compute and keep the rows
+    # that iteration streams.
 
     def __repr__(self) -> str:
         table = self.to_arrow()

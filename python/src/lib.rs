@@ -267,16 +267,17 @@ impl PyEngine {
     /// Registers an Arrow stream (anything with `__arrow_c_stream__`) as table `name`,
     /// replacing a table of that name. The rows are imported once, zero-copy.
     fn register(&self, py: Python<'_>, name: &str, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let in_register = |e: String| Error::new_err(format!("register('{name}'): {e}"));
         let (batches, schema) = Table::from_pyarrow_bound(data)
-            .map_err(|e| e.set_context(py, name))?
+            .map_err(|e| in_register(e.value(py).to_string()))?
             .into_inner();
-        let table = MemTable::try_new(schema, vec![batches])
-            .map_err(|e| error(e.into()).set_context(py, name))?;
+        let table =
+            MemTable::try_new(schema, vec![batches]).map_err(|e| in_register(e.to_string()))?;
         let ctx = self.engine.context();
         ctx.deregister_table(name)
-            .map_err(|e| error(e.into()).set_context(py, name))?;
+            .map_err(|e| in_register(e.to_string()))?;
         ctx.register_table(name, Arc::new(table))
-            .map_err(|e| error(e.into()).set_context(py, name))?;
+            .map_err(|e| in_register(e.to_string()))?;
         Ok(())
     }
 
@@ -311,17 +312,6 @@ impl PyEngine {
             .collect();
         names.sort();
         names
-    }
-}
-
-trait Context {
-    fn set_context(self, py: Python<'_>, name: &str) -> PyErr;
-}
-
-impl Context for PyErr {
-    /// Names the table in a `register` error.
-    fn set_context(self, py: Python<'_>, name: &str) -> PyErr {
-        Error::new_err(format!("register('{name}'): {}", self.value(py)))
     }
 }
 
@@ -367,7 +357,7 @@ impl PyEngine {
             let Some(last) = last else {
                 return Ok::<_, PrefflowError>(None);
             };
-            let location = (file || n_statements(&script) > 1).then_some(last.location);
+            let location = (file || script.statements.len() > 1).then_some(last.location);
             // A COPY or INSERT does its work now, as the statement's caller expects.
             if runs_now(&last.dataframe) {
                 let batches = prefflow::engine::collect(last.dataframe.clone())
@@ -379,12 +369,8 @@ impl PyEngine {
                 return Ok(Some((last.dataframe, location, Some(batches))));
             }
             Ok(Some((last.dataframe, location, None)))
-        });
-        let planned = match planned {
-            Ok(p) => p,
-            Err(e) => return Err(e),
-        };
-        let _ = watch.finish(py);
+        })?;
+        watch.finish(py)?;
         let (dataframe, location, batches) = match planned.map_err(error)? {
             Some(p) => p,
             None => return Err(Error::new_err("no statements to run")),
@@ -397,10 +383,6 @@ impl PyEngine {
             batches: Mutex::new(batches),
         })
     }
-}
-
-fn n_statements(script: &Script) -> usize {
-    script.statements.len()
 }
 
 /// The result of a statement: its rows are computed when first asked for, and kept.

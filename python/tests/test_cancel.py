@@ -52,7 +52,7 @@ def test_interrupted_model_work_stays_in_the_result_cache(tmp_path):
 
     def interrupt_after_first_rows(calls):
         seen.append(calls)
-        if any(c["computed"] > 0 and c["rows"] < 2000 for c in calls):
+        if any(c["computed"] > 0 and c["rows"] < 600 for c in calls):
             raise KeyboardInterrupt
 
     final = []
@@ -63,7 +63,7 @@ def test_interrupted_model_work_stays_in_the_result_cache(tmp_path):
         settings={"prefflow.max_batch_tokens": 256},
     )
     engine.sql(f"CREATE MODEL minilm FROM '{MODELS / 'all-minilm-l6-v2'}'")
-    engine.register("texts", texts(2000))
+    engine.register("texts", texts(600))
     query = "SELECT id, ai_embed('minilm', text) AS e FROM texts"
 
     with pytest.raises(KeyboardInterrupt):
@@ -72,11 +72,11 @@ def test_interrupted_model_work_stays_in_the_result_cache(tmp_path):
 
     handler[0] = final.append
     table = engine.sql(query).to_arrow()
-    assert table.num_rows == 2000
+    assert table.num_rows == 600
     last = final[-1][0]
-    assert last["finished"] and last["rows"] == 2000
-    assert 0 < last["cache_hits"] < 2000
-    assert last["computed"] == 2000 - last["cache_hits"]
+    assert last["finished"] and last["rows"] == 600
+    assert 0 < last["cache_hits"] < 600
+    assert last["computed"] == 600 - last["cache_hits"]
 
 
 def test_the_gil_is_released_while_the_engine_works(engine):

@@ -3,6 +3,7 @@
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import prefflow
@@ -34,8 +35,8 @@ def test_rows_are_computed_once_and_shared_zero_copy(engine):
     assert result._inner.computed()
     second = result.to_arrow()
     # The same Arrow buffers reach Python twice (C data interface, no copy, no re-run).
-    a = first.column("text").chunk(0).buffers()[2]
-    b = second.column("text").chunk(0).buffers()[2]
+    a = first.column("id").chunk(0).buffers()[1]
+    b = second.column("id").chunk(0).buffers()[1]
     assert a.address == b.address
     assert first.equals(second)
 
@@ -51,7 +52,6 @@ def test_pandas_polars_pylist(engine):
     assert pldf["text"].to_list()[:2] == ["row 1", "row 2"]
     rows = result.to_pylist()
     assert rows[0] == {"id": 1, "text": "row 1", "score": 0.25, "pair": [1, 2]}
-    assert len(result) == 10
 
 
 def test_arrow_pycapsule_protocol(engine):
@@ -92,7 +92,7 @@ def test_statements_run_at_once_and_the_last_result_is_returned(engine, tmp_path
     # COPY ran inside sql(): the file exists before the result is read.
     assert out.exists()
     assert result.to_pylist() == [{"count": 3}]
-    assert pa.parquet.read_table(out).num_rows == 3 if hasattr(pa, "parquet") else True
+    assert pq.read_table(out).num_rows == 3
     assert "t" in engine.tables()
     assert engine.deregister("t") is True
     assert "t" not in engine.tables()
