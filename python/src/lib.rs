@@ -271,6 +271,17 @@ impl PyEngine {
         let (batches, schema) = Table::from_pyarrow_bound(data)
             .map_err(|e| in_register(e.value(py).to_string()))?
             .into_inner();
+        // Batches of the session's batch size (a DataFrame arrives as one batch), so model
+        // calls over it stream, checkpoint and report progress as over a file's rows.
+        let size = self.engine.context().state().config().batch_size().max(1);
+        let batches = batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows())
+                    .step_by(size)
+                    .map(move |start| b.slice(start, size.min(b.num_rows() - start)))
+            })
+            .collect();
         let table =
             MemTable::try_new(schema, vec![batches]).map_err(|e| in_register(e.to_string()))?;
         let ctx = self.engine.context();

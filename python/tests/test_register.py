@@ -105,3 +105,19 @@ def test_dpo_sink_from_python_loads_with_datasets(minilm, tmp_path):
     by_id = {r["prompt_id"]: r for r in train}
     assert by_id["p1"]["chosen"] == "The capital of France is Paris."
     assert by_id["p3"]["chosen"] == "A spider has eight legs."
+
+
+def test_a_large_frame_streams_in_batches(tmp_path):
+    import prefflow
+
+    engine = prefflow.Engine(cache_dir=tmp_path, partitions=4, batch_size=100, progress=False)
+    engine.register("big", pd.DataFrame({"i": range(1000), "text": [f"t{i}" for i in range(1000)]}))
+    batches = list(engine.sql("SELECT i, upper(text) AS t FROM big"))
+    # One batch in, batches of the session's size out (the partitions share them, so without
+    # ORDER BY the rows come in no particular order, as from a file).
+    assert len(batches) == 10
+    rows = sorted(pa.Table.from_batches(batches).to_pylist(), key=lambda r: r["i"])
+    assert [r["i"] for r in rows] == list(range(1000))
+    assert rows[7]["t"] == "T7"
+    ordered = engine.sql("SELECT i FROM big ORDER BY i").to_arrow()
+    assert ordered.column("i").to_pylist() == list(range(1000))
