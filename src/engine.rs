@@ -265,6 +265,60 @@ impl Engine {
         }
     }
 
+    /// Makes `batches` a table named `name`, replacing a table of that name (the Python
+    /// package's `register`). On a cluster a memory table cannot be sent to the executors, so
+    /// the rows are written as Parquet beside the result cache (as `CREATE TABLE … AS` there)
+    /// and the table reads that file.
+    pub async fn register_batches(
+        &self,
+        name: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()> {
+        let table: Arc<dyn datafusion::catalog::TableProvider> = if self.cluster {
+            let file = self.cluster_table_file(name)?;
+            let batches = if batches.is_empty() {
+                vec![RecordBatch::new_empty(schema)]
+            } else {
+                batches
+            };
+            SessionContext::new()
+                .read_batches(batches)?
+                .write_parquet(
+                    &file,
+                    datafusion::dataframe::DataFrameWriteOptions::new()
+                        .with_single_file_output(true),
+                    None,
+                )
+                .await?;
+            self.ctx.deregister_table(name)?;
+            return Ok(self
+                .ctx
+                .register_parquet(name, &file, datafusion::prelude::ParquetReadOptions::default())
+                .await?);
+        } else {
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                schema,
+                vec![batches],
+            )?)
+        };
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, table)?;
+        Ok(())
+    }
+
+    /// A new Parquet file for table `name` under `tables/` beside the result cache.
+    fn cluster_table_file(&self, name: &str) -> Result<String> {
+        let dir = crate::sinks::push_staging(self.ctx.state().config()).with_file_name("tables");
+        std::fs::create_dir_all(&dir).map_err(|e| PrefflowError::io(&dir, e))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let table = name.rsplit('.').next().unwrap_or(name);
+        Ok(dir.join(format!("{table}-{stamp}.parquet")).display().to_string())
+    }
+
     /// `CREATE TABLE name AS query` on a cluster: a memory table cannot be sent to the
     /// executors, so the query's rows are written as Parquet beside the result cache (by the
     /// executors) and the table reads that file.
@@ -280,14 +334,7 @@ impl Engine {
         if exists && !create.or_replace {
             return Err(DataFusionError::Plan(format!("Table '{name}' already exists")).into());
         }
-        let dir = crate::sinks::push_staging(self.ctx.state().config()).with_file_name("tables");
-        std::fs::create_dir_all(&dir).map_err(|e| PrefflowError::io(&dir, e))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let file = dir.join(format!("{}-{stamp}.parquet", name.table()));
-        let file = file.display().to_string();
+        let file = self.cluster_table_file(name.table())?;
         self.ctx
             .execute_logical_plan((*create.input).clone())
             .await?

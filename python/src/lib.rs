@@ -16,7 +16,6 @@ use arrow_pyarrow::{FromPyArrow, IntoPyArrow, Table, ToPyArrow};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
-use datafusion::datasource::MemTable;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use futures::StreamExt;
@@ -247,7 +246,7 @@ impl PyEngine {
 
     /// Runs the statements of `text` in order (split on `;` as in a query file); returns the
     /// last one's result.
-    fn sql(&self, py: Python<'_>, text: &str) -> PyResult<PyResult_> {
+    fn sql(&self, py: Python<'_>, text: &str) -> PyResult<PyStatementResult> {
         let script = Script::parse("<sql>", text).map_err(error)?;
         self.run(py, script, HashMap::new(), false)
     }
@@ -259,7 +258,7 @@ impl PyEngine {
         py: Python<'_>,
         path: PathBuf,
         params: Option<HashMap<String, String>>,
-    ) -> PyResult<PyResult_> {
+    ) -> PyResult<PyStatementResult> {
         let script = Script::from_file(&path).map_err(error)?;
         self.run(py, script, params.unwrap_or_default(), true)
     }
@@ -282,14 +281,13 @@ impl PyEngine {
                     .map(move |start| b.slice(start, size.min(b.num_rows() - start)))
             })
             .collect();
-        let table =
-            MemTable::try_new(schema, vec![batches]).map_err(|e| in_register(e.to_string()))?;
-        let ctx = self.engine.context();
-        ctx.deregister_table(name)
-            .map_err(|e| in_register(e.to_string()))?;
-        ctx.register_table(name, Arc::new(table))
-            .map_err(|e| in_register(e.to_string()))?;
-        Ok(())
+        let engine = self.engine.clone();
+        let name_owned = name.to_string();
+        let mut watch = Watch::start(&self.engine, &Report::Quiet);
+        wait(py, &mut watch, async move {
+            engine.register_batches(&name_owned, schema, batches).await
+        })?
+        .map_err(|e| in_register(e.to_string()))
     }
 
     /// Drops table `name` (a registered one or one made by CREATE TABLE); true if it existed.
@@ -333,7 +331,7 @@ impl PyEngine {
         script: Script,
         params: HashMap<String, String>,
         file: bool,
-    ) -> PyResult<PyResult_> {
+    ) -> PyResult<PyStatementResult> {
         let mut watch = Watch::start(&self.engine, &self.report);
         let engine = self.engine.clone();
         let planned = wait(py, &mut watch, async move {
@@ -386,7 +384,7 @@ impl PyEngine {
             Some(p) => p,
             None => return Err(Error::new_err("no statements to run")),
         };
-        Ok(PyResult_ {
+        Ok(PyStatementResult {
             engine: self.engine.clone(),
             report: self.report.clone(),
             dataframe,
@@ -398,7 +396,7 @@ impl PyEngine {
 
 /// The result of a statement: its rows are computed when first asked for, and kept.
 #[pyclass(name = "_Result", module = "prefflow._prefflow")]
-struct PyResult_ {
+struct PyStatementResult {
     engine: prefflow::Engine,
     report: Report,
     dataframe: DataFrame,
@@ -406,7 +404,7 @@ struct PyResult_ {
     batches: Mutex<Option<Vec<RecordBatch>>>,
 }
 
-impl PyResult_ {
+impl PyStatementResult {
     fn at(&self, e: PrefflowError) -> PrefflowError {
         match &self.location {
             Some(l) => e.at(l.clone()),
@@ -434,7 +432,7 @@ impl PyResult_ {
 }
 
 #[pymethods]
-impl PyResult_ {
+impl PyStatementResult {
     /// The result as a `pyarrow.Table` (computed on first use, then kept).
     fn to_arrow<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let batches = self.rows(py)?;
@@ -605,7 +603,7 @@ fn located(e: PrefflowError, location: &Option<String>) -> PrefflowError {
 #[pymodule]
 fn _prefflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
-    m.add_class::<PyResult_>()?;
+    m.add_class::<PyStatementResult>()?;
     m.add_class::<PyBatches>()?;
     m.add("Error", m.py().get_type::<Error>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
