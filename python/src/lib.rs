@@ -172,7 +172,10 @@ fn wait<T: Send>(
 /// True for statements that do their work when executed (COPY, INSERT): `sql()` runs them at
 /// once. DDL and SET already ran while planning; queries run when their rows are asked for.
 fn runs_now(df: &DataFrame) -> bool {
-    matches!(df.logical_plan(), LogicalPlan::Copy(_) | LogicalPlan::Dml(_))
+    matches!(
+        df.logical_plan(),
+        LogicalPlan::Copy(_) | LogicalPlan::Dml(_)
+    )
 }
 
 /// A prefflow session.
@@ -220,8 +223,7 @@ impl PyEngine {
                 Ok(false) => Report::Quiet,
                 Err(_) => {
                     return Err(usage(
-                        "progress must be True, False or a callable taking a list of dicts"
-                            .into(),
+                        "progress must be True, False or a callable taking a list of dicts".into(),
                     ));
                 }
             },
@@ -313,7 +315,9 @@ impl PyEngine {
                         cat.schema_names()
                             .into_iter()
                             .filter(|s| s != "information_schema")
-                            .flat_map(|s| cat.schema(&s).map(|x| x.table_names()).unwrap_or_default())
+                            .flat_map(|s| {
+                                cat.schema(&s).map(|x| x.table_names()).unwrap_or_default()
+                            })
                             .collect::<Vec<_>>()
                     })
                     .unwrap_or_default()
@@ -343,17 +347,13 @@ impl PyEngine {
                 let n = script.statements.len();
                 let mut last = None;
                 for (i, st) in script.statements.iter().enumerate() {
-                    let df = engine.sql(&st.sql).await.map_err(|e| {
-                        if n > 1 {
-                            e.at(script.location(st))
-                        } else {
-                            e
-                        }
-                    })?;
+                    // One statement's errors need no `<sql>:line`.
+                    let here = (n > 1).then(|| script.location(st));
+                    let df = engine.sql(&st.sql).await.map_err(|e| located(e, &here))?;
                     if i + 1 < n {
                         prefflow::engine::drain(df)
                             .await
-                            .map_err(|e| if n > 1 { e.at(script.location(st)) } else { e })?;
+                            .map_err(|e| located(e, &here))?;
                     } else {
                         last = Some(prefflow::FinalQuery {
                             dataframe: df,
@@ -371,10 +371,7 @@ impl PyEngine {
             if runs_now(&last.dataframe) {
                 let batches = prefflow::engine::collect(last.dataframe.clone())
                     .await
-                    .map_err(|e| match &location {
-                        Some(l) => e.at(l.clone()),
-                        None => e,
-                    })?;
+                    .map_err(|e| located(e, &location))?;
                 return Ok(Some((last.dataframe, location, Some(batches))));
             }
             Ok(Some((last.dataframe, location, None)))
@@ -405,13 +402,6 @@ struct PyStatementResult {
 }
 
 impl PyStatementResult {
-    fn at(&self, e: PrefflowError) -> PrefflowError {
-        match &self.location {
-            Some(l) => e.at(l.clone()),
-            None => e,
-        }
-    }
-
     /// The rows, computed now if they were not yet.
     fn rows(&self, py: Python<'_>) -> PyResult<Vec<RecordBatch>> {
         if let Some(b) = self.batches.lock().expect("result lock").as_ref() {
@@ -421,7 +411,7 @@ impl PyStatementResult {
         let df = self.dataframe.clone();
         let rows = wait(py, &mut watch, prefflow::engine::collect(df))?;
         watch.finish(py)?;
-        let rows = rows.map_err(|e| error(self.at(e)))?;
+        let rows = rows.map_err(|e| error(located(e, &self.location)))?;
         *self.batches.lock().expect("result lock") = Some(rows.clone());
         Ok(rows)
     }
