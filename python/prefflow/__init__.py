@@ -15,11 +15,13 @@ statement (rows a model already computed stay in the result cache). Errors raise
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from ._prefflow import Error, __version__, _Engine, _Result
 
-__all__ = ["Engine", "Result", "Error", "__version__"]
+__all__ = ["Engine", "Result", "Error", "StderrProgress", "__version__"]
 
 
 class Result:
@@ -94,7 +96,9 @@ class Engine:
         progress: True (default) shows model-call progress on stderr as the CLI does; False
             shows nothing; a callable is called about twice a second while model calls run
             (and once at the end) with a list of dicts: call, rows, total_rows, computed,
-            cache_hits, input_tokens, output_tokens, in_flight, retries, seconds, finished.
+            cache_hits, input_tokens, output_tokens, in_flight, retries, seconds, finished,
+            run (the same number for the calls of one statement's run). In a notebook, True
+            writes log lines to the cell (`StderrProgress`).
         cluster: a Ballista scheduler's df://HOST:PORT (a package built with the cluster feature).
     """
 
@@ -109,6 +113,10 @@ class Engine:
         progress: Union[bool, Callable[[list], None], None] = True,
         cluster: Optional[str] = None,
     ):
+        if progress is True and "ipykernel" in sys.modules:
+            # A notebook shows the kernel's sys.stderr, not the process's stderr the Rust
+            # display writes to.
+            progress = StderrProgress()
         self._inner = _Engine(
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             threads=threads,
@@ -152,6 +160,40 @@ class Engine:
     def models(self) -> Result:
         """The declared models (SHOW MODELS)."""
         return self.sql("SHOW MODELS")
+
+
+class StderrProgress:
+    """A progress callback writing the CLI's log lines to `sys.stderr` (what a notebook cell
+    shows): one line per running model call every `every` seconds
+    ($PREFFLOW_PROGRESS_SECONDS, default 10) and a summary per call when it finishes."""
+
+    def __init__(self, every: Optional[float] = None):
+        self.every = every if every is not None else float(os.environ.get("PREFFLOW_PROGRESS_SECONDS", 10))
+        self.last = time.monotonic()
+        self.done: set = set()
+
+    def __call__(self, calls: list) -> None:
+        due = time.monotonic() - self.last >= self.every
+        for c in calls:
+            key = (c["run"], c["call"])
+            if c["finished"]:
+                if key not in self.done:
+                    self.done.add(key)
+                    print(
+                        f"prefflow: {c['call']}: {c['rows']} rows ({c['computed']} computed, "
+                        f"{c['cache_hits']} from cache), tokens {c['input_tokens']} in / "
+                        f"{c['output_tokens']} out, {c['seconds']:.1f} s",
+                        file=sys.stderr,
+                    )
+            elif due:
+                total = f"/{c['total_rows']}" if c["total_rows"] else ""
+                print(
+                    f"prefflow: {c['call']}: {c['rows']}{total} rows, {c['in_flight']} in flight, "
+                    f"{c['cache_hits']} cached",
+                    file=sys.stderr,
+                )
+        if due:
+            self.last = time.monotonic()
 
 
 def _sql_value(v: Any) -> str:

@@ -126,6 +126,8 @@ impl Watch {
             d.set_item("retries", s.retries)?;
             d.set_item("seconds", e.elapsed().unwrap_or_default().as_secs_f64())?;
             d.set_item("finished", e.finished())?;
+            // Tells one statement's calls from another's of the same label.
+            d.set_item("run", self.from)?;
             calls.append(d)?;
         }
         callback.call1(py, (calls,))?;

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import prefflow
+
 from conftest import MODELS
 
 SCRIPT = """
@@ -32,3 +34,25 @@ def test_progress_on_stderr_like_the_cli(tmp_path):
     quiet = run(tmp_path, "off")
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
+
+
+def test_notebook_progress_lines(tmp_path, capsys):
+    """The callback a notebook gets: the CLI's lines on sys.stderr, one summary per call and
+    statement run."""
+    engine = prefflow.Engine(cache_dir=tmp_path, progress=prefflow.StderrProgress(every=0))
+    engine.sql(f"CREATE MODEL minilm FROM '{MODELS / 'all-minilm-l6-v2'}'")
+    engine.register("t", [{"text": f"line {i}"} for i in range(30)])
+    query = "SELECT ai_embed('minilm', text) AS e FROM t"
+    engine.sql(query).to_arrow()
+    engine.sql(query).to_arrow()
+    summaries = [l for l in capsys.readouterr().err.splitlines() if " from cache)" in l]
+    assert len(summaries) == 2
+    assert "30 rows (30 computed, 0 from cache)" in summaries[0]
+    assert "30 rows (0 computed, 30 from cache)" in summaries[1]
+
+    # A running call's line.
+    show = prefflow.StderrProgress(every=0)
+    show([{"call": "ai_embed('m', text)", "rows": 10, "total_rows": 30, "computed": 10,
+           "cache_hits": 0, "input_tokens": 40, "output_tokens": 0, "in_flight": 1,
+           "retries": 0, "seconds": 0.5, "finished": False, "run": 0}])
+    assert capsys.readouterr().err == "prefflow: ai_embed('m', text): 10/30 rows, 1 in flight, 0 cached\n"
