@@ -19,7 +19,14 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from ._prefflow import Error, __version__, _Engine, _Result
+# candle asks rayon for its thread count on every f32 matmul, and without RAYON_NUM_THREADS
+# each ask reads the CPU topology from /proc (a fifth of a decode step on 2 cores; see
+# src/threads.rs): set here, before the engine starts a thread, as the CLI does in main.
+if "RAYON_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["RAYON_NUM_THREADS"] = str(_cores or 1)
+
+from ._prefflow import Error, __version__, _Engine, _Result  # noqa: E402
 
 __all__ = ["Engine", "Result", "Error", "StderrProgress", "__version__"]
 

@@ -121,3 +121,18 @@ def test_settings_reach_the_session(tmp_path):
     assert shown["prefflow.threads"] == "1"
     assert shown["prefflow.cache"] == "off"
     assert shown["prefflow.max_batch_tokens"] == "1024"
+
+
+def test_importing_sets_the_math_thread_count():
+    # As the CLI's main does (src/threads.rs); a value the user set is kept.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+    code = "import os, prefflow; print(os.environ['RAYON_NUM_THREADS'])"
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert shown.stdout.strip() == str(len(os.sched_getaffinity(0)))
+    env["RAYON_NUM_THREADS"] = "3"
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert shown.stdout.strip() == "3"
