@@ -41,15 +41,27 @@ const CALLBACK_EVERY: Duration = Duration::from_millis(500);
 
 /// One runtime for every engine of the process; its threads run the queries while the calling
 /// Python thread waits with the GIL released.
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
+///
+/// A child process forked after the runtime started inherits it without its threads, and a
+/// wait on it would never end: there it is an error instead (the process id is checked).
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<(u32, tokio::runtime::Runtime)> = OnceLock::new();
+    let (pid, runtime) = RUNTIME.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("prefflow")
             .build()
-            .expect("a tokio runtime")
-    })
+            .expect("a tokio runtime");
+        (std::process::id(), runtime)
+    });
+    if *pid != std::process::id() {
+        return Err(Error::new_err(
+            "prefflow: this process was forked from one whose prefflow engine had started, and \
+             the engine's threads do not survive fork; use multiprocessing's 'spawn' start \
+             method, or make the first engine in each worker",
+        ));
+    }
+    Ok(runtime)
 }
 
 fn error(e: PrefflowError) -> PyErr {
@@ -152,10 +164,11 @@ fn wait<T: Send>(
     watch: &mut Watch,
     fut: impl Future<Output = T> + Send,
 ) -> PyResult<T> {
+    let runtime = runtime()?;
     let mut fut = Box::pin(fut);
     loop {
         let step = py.detach(|| {
-            runtime().block_on(async { tokio::time::timeout(TICK, fut.as_mut()).await.ok() })
+            runtime.block_on(async { tokio::time::timeout(TICK, fut.as_mut()).await.ok() })
         });
         if let Some(value) = step {
             return Ok(value);
@@ -238,8 +251,9 @@ impl PyEngine {
             cache,
             settings: all_settings,
         };
+        let runtime = runtime()?;
         let engine = py.detach(|| {
-            let _guard = runtime().enter();
+            let _guard = runtime.enter();
             prefflow::Engine::with_options(&options)
         });
         Ok(Self {

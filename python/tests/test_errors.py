@@ -47,3 +47,40 @@ def test_register_refuses_what_is_not_a_table(engine):
 def test_missing_query_file(engine, tmp_path):
     with pytest.raises(prefflow.Error, match="nope.sql"):
         engine.run_file(tmp_path / "nope.sql")
+
+
+def test_a_forked_child_gets_an_error_not_a_hang(engine, tmp_path):
+    """The engine's threads do not survive fork: in a child forked after the engine ran, a
+    statement is a clear error (it would otherwise wait forever)."""
+    import os
+
+    assert engine.sql("SELECT 1 AS x").to_pylist() == [{"x": 1}]
+    out = tmp_path / "child.txt"
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            engine.sql("SELECT 2 AS x").to_pylist()
+            out.write_text("no error")
+        except prefflow.Error as e:
+            out.write_text(str(e))
+            code = 0
+        finally:
+            os._exit(code)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child's statement hung")
+        time.sleep(0.05)
+    assert os.WEXITSTATUS(status) == 0, out.read_text() if out.exists() else "child died"
+    assert "forked" in out.read_text() and "spawn" in out.read_text()
+    # The parent's engine is unaffected.
+    assert engine.sql("SELECT 3 AS x").to_pylist() == [{"x": 3}]
