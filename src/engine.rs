@@ -307,6 +307,36 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes `reader` a table named `name` that is read as a query runs, not before (rows
+    /// larger than memory stream through); replaces a table of that name. A reader is read
+    /// once: a second query over the table is an error naming it. On a cluster the rows are
+    /// read now and sent as [`Engine::register_batches`] does.
+    pub async fn register_reader(
+        &self,
+        name: &str,
+        reader: Box<dyn datafusion::arrow::record_batch::RecordBatchReader + Send>,
+    ) -> Result<()> {
+        let schema = reader.schema();
+        if self.cluster {
+            let batches = reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| PrefflowError::Usage(format!("table '{name}': {e}")))?;
+            return self.register_batches(name, schema, batches).await;
+        }
+        let partition = ReaderPartition {
+            name: name.to_string(),
+            schema: Arc::clone(&schema),
+            reader: std::sync::Mutex::new(Some(reader)),
+        };
+        let table = datafusion::catalog::streaming::StreamingTable::try_new(
+            schema,
+            vec![Arc::new(partition)],
+        )?;
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        Ok(())
+    }
+
     /// A new Parquet file for table `name` under `tables/` beside the result cache.
     fn cluster_table_file(&self, name: &str) -> Result<String> {
         let dir = crate::sinks::push_staging(self.ctx.state().config()).with_file_name("tables");
@@ -464,4 +494,57 @@ pub(crate) fn local_path(url: &str) -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     (!url.contains("://")).then(|| PathBuf::from(url.trim_end_matches('/')))
+}
+
+/// A record-batch reader as a table's one partition ([`Engine::register_reader`]).
+struct ReaderPartition {
+    name: String,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    reader: std::sync::Mutex<
+        Option<Box<dyn datafusion::arrow::record_batch::RecordBatchReader + Send>>,
+    >,
+}
+
+impl std::fmt::Debug for ReaderPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReaderPartition({})", self.name)
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for ReaderPartition {
+    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> SendableRecordBatchStream {
+        let reader = self.reader.lock().map(|mut r| r.take()).unwrap_or(None);
+        let name = self.name.clone();
+        let mut builder = datafusion::physical_plan::stream::RecordBatchReceiverStream::builder(
+            Arc::clone(&self.schema),
+            2,
+        );
+        let tx = builder.tx();
+        // A reader may block (a Python generator behind it takes the GIL), so it is read on a
+        // blocking thread; a dropped query closes the channel and reading stops.
+        builder.spawn_blocking(move || {
+            let Some(reader) = reader else {
+                return Err(DataFusionError::Execution(format!(
+                    "table '{name}' is a record-batch reader that was already read (a reader is read once; register a table to query it again)"
+                )));
+            };
+            for batch in reader {
+                let batch = batch.map_err(|e| {
+                    DataFusionError::Execution(format!("reading table '{name}': {e}"))
+                })?;
+                if tx.blocking_send(Ok(batch)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        builder.build()
+    }
 }

@@ -153,8 +153,16 @@ class Engine:
     def register(self, name: str, data: Any) -> None:
         """Makes `data` a table named `name` (replacing one of that name): a pyarrow Table,
         RecordBatch or RecordBatchReader, a pandas or polars DataFrame, a `datasets.Dataset`,
-        a list of dicts, a prefflow Result, or anything with `__arrow_c_stream__`."""
-        self._inner.register(name, _arrow_stream(data))
+        a list of dicts, a prefflow Result, or anything with `__arrow_c_stream__`.
+
+        A RecordBatchReader is not read here but as the first query over the table runs
+        (rows larger than memory stream through; a LIMIT stops reading early); it can be read
+        only once, so a second query over it raises `prefflow.Error`. Everything else is
+        imported now, zero-copy where Arrow allows, and can be queried any number of times."""
+        import pyarrow as pa
+
+        # A reader is read as the query runs (once), so it may be larger than memory.
+        self._inner.register(name, _arrow_stream(data), lazy=isinstance(data, pa.RecordBatchReader))
 
     def deregister(self, name: str) -> bool:
         """Drops table `name`; True if it existed."""

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use arrow_array::ffi_stream::ArrowArrayStreamReader;
 use arrow_pyarrow::{FromPyArrow, IntoPyArrow, Table, ToPyArrow};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -282,9 +283,28 @@ impl PyEngine {
     }
 
     /// Registers an Arrow stream (anything with `__arrow_c_stream__`) as table `name`,
-    /// replacing a table of that name. The rows are imported once, zero-copy.
-    fn register(&self, py: Python<'_>, name: &str, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// replacing a table of that name. The rows are imported once, zero-copy; with `lazy`
+    /// (a RecordBatchReader) they are read as the first query over the table runs.
+    #[pyo3(signature = (name, data, lazy=false))]
+    fn register(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        data: &Bound<'_, PyAny>,
+        lazy: bool,
+    ) -> PyResult<()> {
         let in_register = |e: String| Error::new_err(format!("register('{name}'): {e}"));
+        if lazy {
+            let reader = ArrowArrayStreamReader::from_pyarrow_bound(data)
+                .map_err(|e| in_register(e.value(py).to_string()))?;
+            let engine = self.engine.clone();
+            let name_owned = name.to_string();
+            let mut watch = Watch::start(&self.engine, &Report::Quiet);
+            return wait(py, &mut watch, async move {
+                engine.register_reader(&name_owned, Box::new(reader)).await
+            })?
+            .map_err(|e| in_register(e.to_string()));
+        }
         let (batches, schema) = Table::from_pyarrow_bound(data)
             .map_err(|e| in_register(e.value(py).to_string()))?
             .into_inner();

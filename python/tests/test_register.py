@@ -8,6 +8,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+import prefflow
+
 PROMPTS = [
     {"prompt_id": "p1", "prompt": "What is the capital of France?"},
     {"prompt_id": "p2", "prompt": "Name a primary color."},
@@ -108,8 +110,6 @@ def test_dpo_sink_from_python_loads_with_datasets(minilm, tmp_path):
 
 
 def test_a_large_frame_streams_in_batches(tmp_path):
-    import prefflow
-
     engine = prefflow.Engine(cache_dir=tmp_path, partitions=4, batch_size=100, progress=False)
     engine.register("big", pd.DataFrame({"i": range(1000), "text": [f"t{i}" for i in range(1000)]}))
     batches = list(engine.sql("SELECT i, upper(text) AS t FROM big"))
@@ -121,3 +121,44 @@ def test_a_large_frame_streams_in_batches(tmp_path):
     assert rows[7]["t"] == "T7"
     ordered = engine.sql("SELECT i FROM big ORDER BY i").to_arrow()
     assert ordered.column("i").to_pylist() == list(range(1000))
+
+
+def test_a_reader_is_read_as_the_query_runs_and_only_once(engine):
+    produced = []
+
+    def batches():
+        for i in range(50):
+            produced.append(i)
+            yield pa.record_batch({"i": list(range(i * 100, i * 100 + 100))})
+
+    schema = pa.schema([("i", pa.int64())])
+    engine.register("stream", pa.RecordBatchReader.from_batches(schema, batches()))
+    assert produced == []  # registering reads nothing
+    rows = engine.sql("SELECT count(*) AS n, sum(i) AS s FROM stream").to_pylist()
+    assert rows == [{"n": 5000, "s": sum(range(5000))}]
+    assert len(produced) == 50
+    with pytest.raises(prefflow.Error, match=r"'stream'.*already read"):
+        engine.sql("SELECT count(*) FROM stream").to_arrow()
+
+
+def test_a_limit_stops_reading_a_reader_early(engine):
+    produced = []
+
+    def batches():
+        for i in range(1000):
+            produced.append(i)
+            yield pa.record_batch({"i": [i]})
+
+    engine.register("stream", pa.RecordBatchReader.from_batches(pa.schema([("i", pa.int64())]), batches()))
+    assert len(engine.sql("SELECT i FROM stream LIMIT 3").to_pylist()) == 3
+    assert len(produced) < 100
+
+
+def test_a_failing_reader_is_a_clear_error(engine):
+    def batches():
+        yield pa.record_batch({"i": [1]})
+        raise ValueError("the source went away")
+
+    engine.register("stream", pa.RecordBatchReader.from_batches(pa.schema([("i", pa.int64())]), batches()))
+    with pytest.raises(prefflow.Error, match="the source went away"):
+        engine.sql("SELECT count(*) FROM stream").to_arrow()
