@@ -275,36 +275,36 @@ impl Engine {
         schema: datafusion::arrow::datatypes::SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<()> {
-        let table: Arc<dyn datafusion::catalog::TableProvider> = if self.cluster {
-            let file = self.cluster_table_file(name)?;
-            let batches = if batches.is_empty() {
-                vec![RecordBatch::new_empty(schema)]
-            } else {
-                batches
-            };
-            SessionContext::new()
-                .read_batches(batches)?
-                .write_parquet(
-                    &file,
-                    datafusion::dataframe::DataFrameWriteOptions::new()
-                        .with_single_file_output(true),
-                    None,
-                )
-                .await?;
-            self.ctx.deregister_table(name)?;
-            return Ok(self
-                .ctx
-                .register_parquet(name, &file, datafusion::prelude::ParquetReadOptions::default())
-                .await?);
+        if !self.cluster {
+            // Batches of the session's batch size (a DataFrame arrives as one batch), so model
+            // calls over the table stream, checkpoint and report progress as over a file's.
+            let size = self.ctx.state().config().batch_size().max(1);
+            let batches = batches
+                .iter()
+                .flat_map(|b| {
+                    (0..b.num_rows())
+                        .step_by(size)
+                        .map(move |start| b.slice(start, size.min(b.num_rows() - start)))
+                })
+                .collect();
+            let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+            return self.replace_table(name, Arc::new(table));
+        }
+        let file = self.cluster_table_file(name)?;
+        let batches = if batches.is_empty() {
+            vec![RecordBatch::new_empty(schema)]
         } else {
-            Arc::new(datafusion::datasource::MemTable::try_new(
-                schema,
-                vec![batches],
-            )?)
+            batches
         };
-        self.ctx.deregister_table(name)?;
-        self.ctx.register_table(name, table)?;
-        Ok(())
+        SessionContext::new()
+            .read_batches(batches)?
+            .write_parquet(
+                &file,
+                datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await?;
+        self.replace_with_parquet(name.into(), &file).await
     }
 
     /// Makes `reader` a table named `name` that is read as a query runs, not before (rows
@@ -332,8 +332,34 @@ impl Engine {
             schema,
             vec![Arc::new(partition)],
         )?;
+        self.replace_table(name, Arc::new(table))
+    }
+
+    /// Registers `table` as `name`, replacing a table of that name.
+    fn replace_table(
+        &self,
+        name: &str,
+        table: Arc<dyn datafusion::catalog::TableProvider>,
+    ) -> Result<()> {
         self.ctx.deregister_table(name)?;
-        self.ctx.register_table(name, Arc::new(table))?;
+        self.ctx.register_table(name, table)?;
+        Ok(())
+    }
+
+    /// Makes the Parquet `file` table `name`, replacing a table of that name.
+    async fn replace_with_parquet(
+        &self,
+        name: datafusion::common::TableReference,
+        file: &str,
+    ) -> Result<()> {
+        self.ctx.deregister_table(name.clone())?;
+        self.ctx
+            .register_parquet(
+                name,
+                file,
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -346,7 +372,10 @@ impl Engine {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let table = name.rsplit('.').next().unwrap_or(name);
-        Ok(dir.join(format!("{table}-{stamp}.parquet")).display().to_string())
+        Ok(dir
+            .join(format!("{table}-{stamp}.parquet"))
+            .display()
+            .to_string())
     }
 
     /// `CREATE TABLE name AS query` on a cluster: a memory table cannot be sent to the
@@ -374,16 +403,7 @@ impl Engine {
                 None,
             )
             .await?;
-        if exists {
-            self.ctx.deregister_table(name.clone())?;
-        }
-        self.ctx
-            .register_parquet(
-                name,
-                &file,
-                datafusion::prelude::ParquetReadOptions::default(),
-            )
-            .await?;
+        self.replace_with_parquet(name, &file).await?;
         self.frame(Vec::new())
     }
 
@@ -516,10 +536,7 @@ impl datafusion::physical_plan::streaming::PartitionStream for ReaderPartition {
         &self.schema
     }
 
-    fn execute(
-        &self,
-        _ctx: Arc<datafusion::execution::TaskContext>,
-    ) -> SendableRecordBatchStream {
+    fn execute(&self, _ctx: Arc<datafusion::execution::TaskContext>) -> SendableRecordBatchStream {
         let reader = self.reader.lock().map(|mut r| r.take()).unwrap_or(None);
         let name = self.name.clone();
         let mut builder = datafusion::physical_plan::stream::RecordBatchReceiverStream::builder(

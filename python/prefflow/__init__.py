@@ -104,7 +104,8 @@ class Engine:
             shows nothing; a callable is called about twice a second while model calls run
             (and once at the end) with a list of dicts: call, rows, total_rows, computed,
             cache_hits, input_tokens, output_tokens, in_flight, retries, seconds, finished,
-            run (the same number for the calls of one statement's run). In a notebook, True
+            run (the same number for the calls of one statement's run), line and summary
+            (the CLI's log line and end-of-call summary). In a notebook, True
             writes log lines to the cell (`StderrProgress`).
         cluster: a Ballista scheduler's df://HOST:PORT (a package built with the cluster feature).
     """
@@ -180,7 +181,7 @@ class Engine:
 class StderrProgress:
     """A progress callback writing the CLI's log lines to `sys.stderr` (what a notebook cell
     shows): one line per running model call every `every` seconds
-    ($PREFFLOW_PROGRESS_SECONDS, default 10) and a summary per call when it finishes."""
+    ($PREFFLOW_PROGRESS_SECONDS, default 10) and the CLI's summary per call when it finishes."""
 
     def __init__(self, every: Optional[float] = None):
         self.every = every if every is not None else float(os.environ.get("PREFFLOW_PROGRESS_SECONDS", 10))
@@ -190,23 +191,13 @@ class StderrProgress:
     def __call__(self, calls: list) -> None:
         due = time.monotonic() - self.last >= self.every
         for c in calls:
-            key = (c["run"], c["call"])
             if c["finished"]:
+                key = (c["run"], c["call"])
                 if key not in self.done:
                     self.done.add(key)
-                    print(
-                        f"prefflow: {c['call']}: {c['rows']} rows ({c['computed']} computed, "
-                        f"{c['cache_hits']} from cache), tokens {c['input_tokens']} in / "
-                        f"{c['output_tokens']} out, {c['seconds']:.1f} s",
-                        file=sys.stderr,
-                    )
+                    print(f"prefflow: {c['summary']}", file=sys.stderr)
             elif due:
-                total = f"/{c['total_rows']}" if c["total_rows"] else ""
-                print(
-                    f"prefflow: {c['call']}: {c['rows']}{total} rows, {c['in_flight']} in flight, "
-                    f"{c['cache_hits']} cached",
-                    file=sys.stderr,
-                )
+                print(f"prefflow: {c['line']}", file=sys.stderr)
         if due:
             self.last = time.monotonic()
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow_array::ffi_stream::ArrowArrayStreamReader;
 use arrow_pyarrow::{FromPyArrow, IntoPyArrow, Table, ToPyArrow};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchReader};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
@@ -139,6 +139,9 @@ impl Watch {
             d.set_item("retries", s.retries)?;
             d.set_item("seconds", e.elapsed().unwrap_or_default().as_secs_f64())?;
             d.set_item("finished", e.finished())?;
+            // The CLI's log line and end-of-call summary, for callbacks that print them.
+            d.set_item("line", prefflow::progress::line(&e))?;
+            d.set_item("summary", prefflow::progress::summary(&e))?;
             // Tells one statement's calls from another's of the same label.
             d.set_item("run", self.from)?;
             calls.append(d)?;
@@ -294,36 +297,26 @@ impl PyEngine {
         lazy: bool,
     ) -> PyResult<()> {
         let in_register = |e: String| Error::new_err(format!("register('{name}'): {e}"));
-        if lazy {
+        let rows = if lazy {
             let reader = ArrowArrayStreamReader::from_pyarrow_bound(data)
                 .map_err(|e| in_register(e.value(py).to_string()))?;
-            let engine = self.engine.clone();
-            let name_owned = name.to_string();
-            let mut watch = Watch::start(&self.engine, &Report::Quiet);
-            return wait(py, &mut watch, async move {
-                engine.register_reader(&name_owned, Box::new(reader)).await
-            })?
-            .map_err(|e| in_register(e.to_string()));
-        }
-        let (batches, schema) = Table::from_pyarrow_bound(data)
-            .map_err(|e| in_register(e.value(py).to_string()))?
-            .into_inner();
-        // Batches of the session's batch size (a DataFrame arrives as one batch), so model
-        // calls over it stream, checkpoint and report progress as over a file's rows.
-        let size = self.engine.context().state().config().batch_size().max(1);
-        let batches = batches
-            .iter()
-            .flat_map(|b| {
-                (0..b.num_rows())
-                    .step_by(size)
-                    .map(move |start| b.slice(start, size.min(b.num_rows() - start)))
-            })
-            .collect();
+            Rows::Reader(Box::new(reader))
+        } else {
+            let (batches, schema) = Table::from_pyarrow_bound(data)
+                .map_err(|e| in_register(e.value(py).to_string()))?
+                .into_inner();
+            Rows::Batches(schema, batches)
+        };
         let engine = self.engine.clone();
-        let name_owned = name.to_string();
+        let table = name.to_string();
         let mut watch = Watch::start(&self.engine, &Report::Quiet);
         wait(py, &mut watch, async move {
-            engine.register_batches(&name_owned, schema, batches).await
+            match rows {
+                Rows::Reader(reader) => engine.register_reader(&table, reader).await,
+                Rows::Batches(schema, batches) => {
+                    engine.register_batches(&table, schema, batches).await
+                }
+            }
         })?
         .map_err(|e| in_register(e.to_string()))
     }
@@ -425,6 +418,13 @@ impl PyEngine {
             batches: Mutex::new(batches),
         })
     }
+}
+
+/// The rows `register` was given.
+enum Rows {
+    /// Read as the first query over the table runs.
+    Reader(Box<dyn RecordBatchReader + Send>),
+    Batches(SchemaRef, Vec<RecordBatch>),
 }
 
 /// The result of a statement: its rows are computed when first asked for, and kept.

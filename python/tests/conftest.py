@@ -2,6 +2,8 @@
 lives in a temp folder (tests never write into the checkout)."""
 
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,21 @@ def minilm(engine) -> prefflow.Engine:
 def pytest_configure(config):
     # The engine's threads: the tests share two cores with nothing else.
     os.environ.setdefault("PREFFLOW_PROGRESS_SECONDS", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, what: str, seconds: float = 60) -> None:
+    """Waits until a server started by a test accepts connections on `port`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.1)

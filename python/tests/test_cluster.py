@@ -3,7 +3,6 @@
 same rows as a local engine; Python data registered there travels as Parquet."""
 
 import os
-import socket
 import subprocess
 import time
 
@@ -11,16 +10,11 @@ import numpy as np
 import pytest
 
 import prefflow
-from conftest import MODELS
+from conftest import MODELS, free_port, wait_for_port
 
 BIN = os.environ.get("PREFFLOW_BIN")
 pytestmark = pytest.mark.skipif(not BIN, reason="PREFFLOW_BIN (a prefflow binary with the cluster feature) is not set")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,14 +24,7 @@ def cluster(tmp_path):
     procs = [subprocess.Popen([BIN, "scheduler", "--bind", f"127.0.0.1:{port}"], stdout=logs, stderr=logs)]
     url = f"df://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the scheduler did not start"
-                time.sleep(0.1)
+        wait_for_port(port, "the scheduler")
         procs.append(subprocess.Popen(
             [BIN, "executor", "--scheduler", url, "--port", str(free_port()),
              "--grpc-port", str(free_port()), "--cache-dir", str(tmp_path / "executor-cache")],

@@ -50,9 +50,9 @@ def test_notebook_progress_lines(tmp_path, capsys):
     assert "30 rows (30 computed, 0 from cache)" in summaries[0]
     assert "30 rows (0 computed, 30 from cache)" in summaries[1]
 
-    # A running call's line.
+    # A running call's line is the CLI's, as the engine formats it.
     show = prefflow.StderrProgress(every=0)
-    show([{"call": "ai_embed('m', text)", "rows": 10, "total_rows": 30, "computed": 10,
-           "cache_hits": 0, "input_tokens": 40, "output_tokens": 0, "in_flight": 1,
-           "retries": 0, "seconds": 0.5, "finished": False, "run": 0}])
-    assert capsys.readouterr().err == "prefflow: ai_embed('m', text): 10/30 rows, 1 in flight, 0 cached\n"
+    show([{"call": "ai_embed('m', text)", "finished": False, "run": 0,
+           "line": "ai_embed('m', text): 10/30 rows (33%), 1 in flight, 0 cached, 80 tok/s",
+           "summary": "unused"}])
+    assert capsys.readouterr().err == "prefflow: ai_embed('m', text): 10/30 rows (33%), 1 in flight, 0 cached, 80 tok/s\n"

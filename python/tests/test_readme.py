@@ -4,12 +4,10 @@ SmolLM2, scoring with MiniLM, pairing, the dpo sink, and `datasets.load_dataset`
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 
-from conftest import MODELS, ROOT
+from conftest import MODELS, ROOT, free_port, wait_for_port
 
 
 def readme_example() -> str:
@@ -17,11 +15,6 @@ def readme_example() -> str:
     section = text.split("\n## From Python", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_readme_python_example(tmp_path):
@@ -34,14 +27,7 @@ def test_readme_python_example(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Hub stand-in did not start"
-                time.sleep(0.1)
+        wait_for_port(port, "the Hub stand-in")
         work = tmp_path / "work"
         work.mkdir()
         (work / "models").symlink_to(MODELS)
