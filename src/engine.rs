@@ -22,7 +22,7 @@ use crate::error::{PrefflowError, Result};
 use crate::model_statements::{self, ModelStatement};
 use crate::script::{Script, substitute};
 use crate::session::{SessionOptions, build_session};
-use crate::target::{Output, commit, plan_inputs, remove_path, temp_sibling};
+use crate::target::{Output, plan_inputs, temp_sibling};
 
 /// A prefflow session: every prefflow function, format and dataset address registered.
 #[derive(Clone)]
@@ -459,31 +459,21 @@ impl Engine {
             Output::File
         };
         crate::target::check(target, &kind, &plan_inputs(&copy.input))?;
-        let tmp = temp_sibling(target);
-        crate::target::stage(&tmp, target, parts)?;
+        let staging = crate::target::Staged::new(temp_sibling(target), target, parts)?;
         let mut staged = copy.clone();
-        staged.output_url = tmp.display().to_string();
+        staged.output_url = staging.path().display().to_string();
         if copy.output_url.ends_with('/') {
             staged.output_url.push('/');
         }
-        let result = async {
-            self.ctx
-                .execute_logical_plan(LogicalPlan::Copy(staged))
-                .await?
-                .collect()
-                .await
-        }
-        .await;
-        match result {
-            Ok(batches) => {
-                commit(&tmp, target, &kind)?;
-                Ok(batches)
-            }
-            Err(e) => {
-                remove_path(&tmp);
-                Err(with_plan_json_diagnostics(e, &copy.input).into())
-            }
-        }
+        let batches = self
+            .ctx
+            .execute_logical_plan(LogicalPlan::Copy(staged))
+            .await?
+            .collect()
+            .await
+            .map_err(|e| with_plan_json_diagnostics(e, &copy.input))?;
+        staging.commit(target, &kind)?;
+        Ok(batches)
     }
 }
 

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use crate::datasets::with_plan_json_diagnostics;
 
 use crate::error::{PrefflowError, Result};
-use crate::target::{Output, commit, remove_path, temp_sibling};
+use crate::target::{Output, temp_sibling};
 
 /// How a result is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,19 +80,12 @@ pub async fn write_result(df: DataFrame, format: Format, output: Option<&Path>) 
         Some(path) => {
             let inputs = crate::target::plan_inputs(df.logical_plan());
             crate::target::check(path, &Output::File, &inputs)?;
-            let tmp = temp_sibling(path);
-            crate::target::stage(&tmp, path, false)?;
-            let file = std::fs::File::create(&tmp).map_err(|e| PrefflowError::io(path, e))?;
-            match write_to(df, format, std::io::BufWriter::new(file)).await {
-                Ok(rows) => {
-                    commit(&tmp, path, &Output::File)?;
-                    Ok(rows)
-                }
-                Err(e) => {
-                    remove_path(&tmp);
-                    Err(e)
-                }
-            }
+            let staging = crate::target::Staged::new(temp_sibling(path), path, false)?;
+            let file = std::fs::File::create(staging.path())
+                .map_err(|e| PrefflowError::io(path, e))?;
+            let rows = write_to(df, format, std::io::BufWriter::new(file)).await?;
+            staging.commit(path, &Output::File)?;
+            Ok(rows)
         }
     }
 }

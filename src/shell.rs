@@ -1,28 +1,39 @@
 //! The interactive SQL shell: `prefflow` with no arguments (or `prefflow shell`).
 //!
-//! Statements end with `;` and may span lines; results print as tables. Dot commands: `.help`,
-//! `.models`, `.timer on|off`, `.output [FILE]`, `.quit`. On a terminal, lines are edited with
-//! rustyline and kept in a history file; Ctrl-C cancels the running statement (or clears the
-//! line being typed) and the shell goes on; Ctrl-D leaves. Statements piped in
-//! (`prefflow < job.sql`) run the same way, each result printed.
+//! Statements end with `;` and may span lines; results print as tables, streamed: a result of
+//! more than [`SHOWN`] rows shows its first and last rows and a count of the rest, so a huge
+//! result costs neither memory nor time to format. Dot commands: `.help`, `.models`,
+//! `.timer on|off`, `.output [FILE]`, `.quit`. On a terminal, lines are edited with rustyline
+//! and kept in a history file; Ctrl-C cancels the running statement, its printing included (or
+//! clears the line being typed) and the shell goes on; Ctrl-D leaves. Statements piped in
+//! (`prefflow < job.sql`) run the same way, each result printed; there a cancelled statement
+//! is a failure for the exit status, and a second Ctrl-C stops the script. SIGTERM stops the
+//! shell either way, cancelling what runs (its staged outputs removed).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use futures::StreamExt;
 use rustyline::error::ReadlineError;
 
-use crate::engine::{Engine, collect};
+use crate::engine::Engine;
 use crate::error::{PrefflowError, Result, one_line};
+use crate::output::Format;
 use crate::script::split_statements;
+
+/// A result of more rows shows its first and last `SHOWN / 2` (as duckdb's shell does).
+pub const SHOWN: usize = 40;
 
 const HELP: &str = "\
 Statements end with ';' and may span lines. Dot commands:
   .help            this text
   .models          the declared models (SHOW MODELS)
   .timer on|off    print each statement's run time
-  .output [FILE]   write results to FILE (no FILE: back to the screen)
+  .output [FILE]   write each result to FILE, replacing it atomically, in the format its
+                   name says (.txt table, .csv, .json, .jsonl, .parquet); no FILE: the screen
   .quit            leave (or Ctrl-D)
 Ctrl-C cancels a running statement; rows a model already computed stay in the result cache.";
 
@@ -97,9 +108,101 @@ fn history_file() -> Option<PathBuf> {
 struct Shell {
     engine: Engine,
     timer: bool,
-    output: Option<(PathBuf, std::fs::File)>,
-    /// Told on Ctrl-C (SIGINT).
-    interrupt: std::sync::Arc<tokio::sync::Notify>,
+    output: Option<(PathBuf, Format)>,
+    signals: Signals,
+    /// Lines come from a terminal (not a pipe).
+    interactive: bool,
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, counted. The handlers are installed before the first prompt:
+/// rustyline saves the SIGINT handler it finds and puts it back after each line, so a handler
+/// installed while a line was being read would be replaced by the default one (which kills
+/// the shell on the next Ctrl-C).
+struct Signals {
+    /// Counts interrupts; a statement waits for it to change.
+    interrupts: tokio::sync::watch::Receiver<u64>,
+    terminated: tokio::sync::watch::Receiver<bool>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let (int_tx, interrupts) = tokio::sync::watch::channel(0u64);
+        let (term_tx, terminated) = tokio::sync::watch::channel(false);
+        let mut listeners = Vec::new();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let failed = |e: std::io::Error| {
+                PrefflowError::Usage(format!("cannot install the shell's signal handlers: {e}"))
+            };
+            let mut int = signal(SignalKind::interrupt()).map_err(failed)?;
+            let mut term = signal(SignalKind::terminate()).map_err(failed)?;
+            listeners.push(tokio::spawn(async move {
+                while int.recv().await.is_some() {
+                    int_tx.send_modify(|n| *n += 1);
+                }
+            }));
+            listeners.push(tokio::spawn(async move {
+                if term.recv().await.is_some() {
+                    let _ = term_tx.send(true);
+                    // A running statement is cancelled at once and the shell ends; one
+                    // waiting for input would not notice, so the process ends here then.
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    std::process::exit(143);
+                }
+            }));
+        }
+        #[cfg(not(unix))]
+        listeners.push(tokio::spawn(async move {
+            let _keep = term_tx;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                int_tx.send_modify(|n| *n += 1);
+            }
+        }));
+        Ok(Self {
+            interrupts,
+            terminated,
+            listeners,
+        })
+    }
+
+    fn interrupts(&self) -> u64 {
+        *self.interrupts.borrow()
+    }
+
+    fn terminated(&self) -> bool {
+        *self.terminated.borrow()
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            l.abort();
+        }
+    }
+}
+
+/// Why a statement did not finish.
+enum Stop {
+    Failed(PrefflowError),
+    /// Ctrl-C: the statement was cancelled.
+    Cancelled,
+    /// SIGTERM: the shell stops.
+    Terminated,
+}
+
+impl From<PrefflowError> for Stop {
+    fn from(e: PrefflowError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Stop {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Stop::Failed(e.into())
+    }
 }
 
 /// Runs the shell until `.quit`, Ctrl-D or the end of piped input. Errors of statements are
@@ -113,22 +216,15 @@ pub async fn run(engine: Engine) -> Result<()> {
             env!("CARGO_PKG_VERSION")
         );
     }
-    // SIGINT is taken over from the start: it cancels a running statement, and is ignored
-    // between statements (on a terminal, Ctrl-C at the prompt is a key rustyline reads).
-    let interrupt = std::sync::Arc::new(tokio::sync::Notify::new());
-    let listener = {
-        let interrupt = std::sync::Arc::clone(&interrupt);
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                interrupt.notify_waiters();
-            }
-        })
-    };
+    // SIGINT is taken over before the first prompt: it cancels a running statement, and is
+    // ignored between statements (on a terminal, Ctrl-C at the prompt is a key rustyline reads).
+    let signals = Signals::install()?;
     let mut shell = Shell {
         engine,
         timer: false,
         output: None,
-        interrupt,
+        signals,
+        interactive,
     };
     let mut buffer = String::new();
     let mut failed = false;
@@ -166,19 +262,49 @@ pub async fn run(engine: Engine) -> Result<()> {
                 continue;
             }
         };
+        let mut stop = false;
         for st in statements {
-            if let Err(e) = shell.statement(&st.sql).await {
-                eprintln!("prefflow: error: {}", one_line(&e.to_string()));
-                failed = true;
+            match shell.statement(&st.sql).await {
+                Ok(()) => {}
+                Err(Stop::Failed(e)) => {
+                    eprintln!("prefflow: error: {}", one_line(&e.to_string()));
+                    failed = true;
+                }
+                Err(Stop::Cancelled) => {
+                    eprintln!(
+                        "prefflow: cancelled (rows a model already computed stay in the result cache)"
+                    );
+                    failed = true;
+                }
+                Err(Stop::Terminated) => {
+                    eprintln!("prefflow: stopped by SIGTERM");
+                    failed = true;
+                    stop = true;
+                    break;
+                }
             }
         }
+        // A script (piped) stops at the second Ctrl-C: the first cancels a statement, the
+        // next one means the whole job.
+        if !interactive && shell.signals.interrupts() >= 2 {
+            eprintln!("prefflow: stopped by a second Ctrl-C");
+            stop = true;
+        }
+        if stop || shell.signals.terminated() {
+            buffer.clear();
+            failed = true;
+            break;
+        }
     }
-    if !buffer.trim().is_empty() {
+    let unfinished = split_statements(&buffer).map_or(true, |s| !s.is_empty());
+    if unfinished {
         eprintln!("prefflow: error: the last statement has no closing ';' and did not run");
         failed = true;
     }
     lines.save();
-    listener.abort();
+    if shell.signals.terminated() {
+        return Err(PrefflowError::Script("stopped by SIGTERM".to_string()));
+    }
     if failed && !interactive {
         return Err(PrefflowError::Script(
             "a statement failed (see above)".to_string(),
@@ -187,15 +313,17 @@ pub async fn run(engine: Engine) -> Result<()> {
     Ok(())
 }
 
-/// Whether the text ends a statement: its last non-blank character is a `;` outside quotes
-/// and comments.
+/// Whether the text ends a statement: every statement in it is closed by a `;` outside quotes
+/// and comments (a comment may follow the last `;`).
 fn complete(text: &str) -> bool {
-    let trimmed = text.trim_end();
-    if !trimmed.ends_with(';') {
+    let Ok(statements) = split_statements(text) else {
+        // An open quote or comment: a `;` inside it is not an end.
         return false;
-    }
-    // split_statements fails on an open quote or comment, so a `;` inside one is not an end.
-    split_statements(trimmed).is_ok()
+    };
+    // A statement added after a closed text stays its own; after an open one it joins it.
+    let probe = format!("{text}\nx");
+    !statements.is_empty()
+        && split_statements(&probe).is_ok_and(|with| with.len() == statements.len() + 1)
 }
 
 impl Shell {
@@ -205,15 +333,26 @@ impl Shell {
         match (words.next().unwrap_or(""), words.next()) {
             (".quit" | ".exit", _) => return Ok(false),
             (".help", _) => println!("{HELP}"),
-            (".models", _) => self.statement("SHOW MODELS").await?,
+            (".models", _) => {
+                if let Err(Stop::Failed(e)) = self.statement("SHOW MODELS").await {
+                    return Err(e);
+                }
+            }
             (".timer", Some("on")) => self.timer = true,
             (".timer", Some("off")) => self.timer = false,
             (".output", None) => self.output = None,
             (".output", Some(path)) => {
+                // Nothing is written now: each result is written as `--output` writes one
+                // (atomically, never over a folder or the statement's own input).
                 let path = PathBuf::from(path);
+                let format = Format::from_path(&path).ok_or_else(|| {
+                    PrefflowError::Usage(format!(
+                        ".output {}: cannot tell the format from the name (use .txt for a table, .csv, .json, .jsonl or .parquet)",
+                        path.display()
+                    ))
+                })?;
                 crate::target::check(&path, &crate::target::Output::File, &[])?;
-                let file = std::fs::File::create(&path).map_err(|e| PrefflowError::io(&path, e))?;
-                self.output = Some((path, file));
+                self.output = Some((path, format));
             }
             _ => {
                 return Err(PrefflowError::Usage(format!(
@@ -224,35 +363,195 @@ impl Shell {
         Ok(true)
     }
 
-    /// Runs one statement, printing its rows; Ctrl-C cancels it.
-    async fn statement(&mut self, sql: &str) -> Result<()> {
+    /// Runs one statement, printing its rows as they stream; Ctrl-C cancels it (the printing
+    /// too), SIGTERM stops it.
+    async fn statement(&mut self, sql: &str) -> std::result::Result<(), Stop> {
         let started = Instant::now();
-        let run = async {
-            let df = self.engine.sql(sql).await?;
-            collect(df).await
-        };
-        let batches = tokio::select! {
-            r = run => r?,
-            _ = self.interrupt.notified() => {
-                eprintln!("prefflow: cancelled (rows a model already computed stay in the result cache)");
-                return Ok(());
-            }
-        };
-        let has_columns = batches.first().is_some_and(|b| b.num_columns() > 0);
-        if has_columns {
-            let table = pretty_format_batches(&batches)
-                .map_err(datafusion::error::DataFusionError::from)?
-                .to_string();
-            match &mut self.output {
-                Some((path, file)) => {
-                    writeln!(file, "{table}").map_err(|e| PrefflowError::io(path, e))?;
-                }
-                None => println!("{table}"),
-            }
+        let mut interrupts = self.signals.interrupts.clone();
+        interrupts.borrow_and_update();
+        let mut terminated = self.signals.terminated.clone();
+        if *terminated.borrow_and_update() {
+            return Err(Stop::Terminated);
+        }
+        if *interrupts.borrow() >= 2 && !self.interactive {
+            return Err(Stop::Cancelled);
+        }
+        // Dropping the statement's future cancels it: its staged outputs are removed.
+        tokio::select! {
+            r = self.run_statement(sql) => r?,
+            _ = interrupts.changed() => return Err(Stop::Cancelled),
+            _ = terminated.changed() => return Err(Stop::Terminated),
         }
         if self.timer {
             eprintln!("Run Time: {:.3} s", started.elapsed().as_secs_f64());
         }
         Ok(())
+    }
+
+    async fn run_statement(&self, sql: &str) -> Result<()> {
+        let df = self.engine.sql(sql).await?;
+        if df.schema().fields().is_empty() {
+            return crate::engine::drain(df).await;
+        }
+        if let Some((path, format)) = &self.output {
+            crate::output::write_result(df, *format, Some(path)).await?;
+            return Ok(());
+        }
+        let plan = df.logical_plan().clone();
+        let diagnose = |e: datafusion::error::DataFusionError| -> PrefflowError {
+            crate::datasets::with_plan_json_diagnostics(e, &plan).into()
+        };
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await.map_err(diagnose)?;
+        let mut shown = Shown::new(SHOWN);
+        while let Some(batch) = stream.next().await {
+            shown.push(batch.map_err(diagnose)?);
+        }
+        print!("{}", shown.render(schema)?);
+        Ok(())
+    }
+}
+
+/// The rows a result shows: all of a short one, the first and last `limit / 2` of a long one
+/// (only those are kept), and how many there were.
+struct Shown {
+    limit: usize,
+    head: Vec<RecordBatch>,
+    head_rows: usize,
+    tail: std::collections::VecDeque<RecordBatch>,
+    tail_rows: usize,
+    total: usize,
+}
+
+impl Shown {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            head: Vec::new(),
+            head_rows: 0,
+            tail: std::collections::VecDeque::new(),
+            tail_rows: 0,
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, batch: RecordBatch) {
+        self.total += batch.num_rows();
+        let half = self.limit / 2;
+        let mut batch = batch;
+        if self.head_rows < half {
+            let n = (half - self.head_rows).min(batch.num_rows());
+            self.head.push(batch.slice(0, n));
+            self.head_rows += n;
+            batch = batch.slice(n, batch.num_rows() - n);
+        }
+        if batch.num_rows() == 0 {
+            return;
+        }
+        self.tail_rows += batch.num_rows();
+        self.tail.push_back(batch);
+        // Keep only the last `limit - half` rows (a short result needs them all).
+        let keep = self.limit - half;
+        while self.tail_rows > keep {
+            let front = self.tail.front().expect("rows are kept");
+            let excess = self.tail_rows - keep;
+            if front.num_rows() <= excess {
+                self.tail_rows -= front.num_rows();
+                self.tail.pop_front();
+            } else {
+                let trimmed = front.slice(excess, front.num_rows() - excess);
+                self.tail_rows -= excess;
+                *self.tail.front_mut().expect("rows are kept") = trimmed;
+            }
+        }
+    }
+
+    fn render(self, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<String> {
+        let arrow = |e| PrefflowError::from(datafusion::error::DataFusionError::from(e));
+        let hidden = self.total - self.head_rows - self.tail_rows;
+        if hidden == 0 {
+            let all: Vec<RecordBatch> = self.head.into_iter().chain(self.tail).collect();
+            let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
+                schema, &all,
+            )
+            .map_err(arrow)?;
+            return Ok(format!("{table}\n"));
+        }
+        // One table for both ends, so the columns line up; the cut is marked by a line.
+        let all: Vec<RecordBatch> = self.head.iter().chain(self.tail.iter()).cloned().collect();
+        let table = pretty_format_batches(&all).map_err(arrow)?.to_string();
+        let lines: Vec<&str> = table.lines().collect();
+        // Header: border, names, border; then the rows; then a border.
+        let head_end = 3 + self.head_rows;
+        let mut out = String::new();
+        for l in &lines[..head_end] {
+            out.push_str(l);
+            out.push('\n');
+        }
+        let width = lines[0].chars().count();
+        let gap = format!("… {hidden} more rows …");
+        out.push_str(&format!(
+            "|{:^w$}|\n",
+            gap,
+            w = width.saturating_sub(2).max(gap.chars().count())
+        ));
+        for l in &lines[head_end..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} rows ({} shown)\n",
+            self.total,
+            self.head_rows + self.tail_rows
+        ));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    fn batch(from: i64, n: i64) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![(
+            "n",
+            std::sync::Arc::new(Int64Array::from_iter_values(from..from + n)) as _,
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn long_results_show_both_ends_and_count_the_rest() {
+        let mut shown = Shown::new(6);
+        for i in 0..10 {
+            shown.push(batch(i * 7, 7));
+        }
+        let schema = batch(0, 1).schema();
+        let text = shown.render(schema.clone()).unwrap();
+        let numbers: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .map(|l| l.trim_end_matches('|').trim())
+            .collect();
+        assert_eq!(numbers, ["n", "0", "1", "2", "67", "68", "69"], "{text}");
+        assert!(text.contains("… 64 more rows …"), "{text}");
+        assert!(text.ends_with("70 rows (6 shown)\n"), "{text}");
+        let mut short = Shown::new(6);
+        short.push(batch(0, 5));
+        let text = short.render(schema).unwrap();
+        assert!(!text.contains("more rows"), "{text}");
+        assert_eq!(text.lines().count(), 9, "{text}");
+    }
+
+    #[test]
+    fn statements_end_at_a_semicolon_outside_quotes_and_comments() {
+        assert!(complete("SELECT 1;"));
+        assert!(complete("SELECT 1; -- done"));
+        assert!(complete("SELECT 1; /* done */"));
+        assert!(!complete("SELECT 1"));
+        assert!(!complete("SELECT ';"));
+        assert!(!complete("SELECT 1 /* ; */"));
+        assert!(!complete("-- only a comment;"));
     }
 }

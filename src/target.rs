@@ -31,8 +31,9 @@ pub enum Output {
     File,
     /// A folder of DataFusion part files with this ending (`COPY … TO 'dir/'`).
     Parts(String),
-    /// A training dataset folder of this format (`STORED AS dpo`).
-    Dataset(&'static str),
+    /// A training dataset folder of this format (`STORED AS dpo`) whose split files end in
+    /// this (`parquet` or `jsonl`, its `file_format`): only those are prefflow's.
+    Dataset(&'static str, &'static str),
 }
 
 fn refuse(message: String) -> PrefflowError {
@@ -58,7 +59,7 @@ pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
                 "{shown} is a folder: a file output never replaces a folder (name a file inside it, or move the folder away yourself)"
             )));
         }
-        (Output::Parts(_) | Output::Dataset(_), Some(m)) if !m.is_dir() => {
+        (Output::Parts(_) | Output::Dataset(..), Some(m)) if !m.is_dir() => {
             return Err(refuse(format!(
                 "{shown} is a file: a folder output never replaces a file (choose another name, or move the file away yourself)"
             )));
@@ -94,13 +95,13 @@ pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
             )));
         }
     }
-    if let (Some(m), Output::Parts(_) | Output::Dataset(_)) = (&meta, kind)
+    if let (Some(m), Output::Parts(_) | Output::Dataset(..)) = (&meta, kind)
         && m.is_dir()
     {
         let foreign = foreign_entries(target, kind);
         if !foreign.is_empty() {
             let what = match kind {
-                Output::Dataset(f) => format!("a prefflow {f} dataset"),
+                Output::Dataset(f, ext) => format!("a prefflow {f} dataset of .{ext} files"),
                 _ => "a folder of part files written by an earlier COPY".to_string(),
             };
             let mut names = foreign.clone();
@@ -136,16 +137,26 @@ fn foreign_entries(dir: &Path, kind: &Output) -> Vec<String> {
     if names.is_empty() {
         return Vec::new();
     }
+    // The split files the earlier run wrote (its card names their ending) are prefflow's too,
+    // so a dataset may change its file_format; any other file is the user's.
+    let earlier_ext = match kind {
+        Output::Dataset(format, _) => std::fs::read_to_string(dir.join("README.md"))
+            .ok()
+            .filter(|card| crate::sinks::card::written_as(card, format))
+            .and_then(|card| crate::sinks::card::file_format_of(&card)),
+        _ => None,
+    };
     let ok = |name: &str, is_file: bool| -> bool {
         if !is_file {
             return false;
         }
         match kind {
-            Output::Dataset(_) => {
+            Output::Dataset(_, ext) => {
                 name == "README.md"
                     || ["train", "validation"].iter().any(|split| {
-                        ["parquet", "jsonl"]
+                        [Some(*ext), earlier_ext]
                             .iter()
+                            .flatten()
                             .any(|ext| name == format!("{split}.{ext}"))
                     })
             }
@@ -158,7 +169,7 @@ fn foreign_entries(dir: &Path, kind: &Output) -> Vec<String> {
         .filter(|(n, f)| !ok(n, *f))
         .map(|(n, f)| if *f { n.clone() } else { format!("{n}/") })
         .collect();
-    if let Output::Dataset(format) = kind
+    if let Output::Dataset(format, _) = kind
         && foreign.is_empty()
         && !is_card_of(&dir.join("README.md"), format)
     {
@@ -190,29 +201,31 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The path with its longest existing prefix canonicalised (the rest may not exist yet).
-fn resolve(p: &Path) -> PathBuf {
-    let mut existing = p.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(c) = existing.canonicalize() {
-            let mut out = c;
-            for part in rest.iter().rev() {
-                out.push(part);
+/// The path as the filesystem would resolve it, component by component: every existing prefix
+/// through its symlinks, and `..` / `.` lexically where the prefix does not exist yet (a folder
+/// that does not exist cannot be a symlink, so `newdir/../in.jsonl` is `in.jsonl`).
+pub(crate) fn resolve(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in p.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir => out.push(part.as_os_str()),
+            Component::CurDir => {}
+            // `out` is resolved already, so its parent is the real parent.
+            Component::ParentDir => {
+                out.pop();
             }
-            return out;
-        }
-        match (
-            existing.file_name().map(|n| n.to_os_string()),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
+            Component::Normal(name) => {
+                out.push(name);
+                if std::fs::symlink_metadata(&out).is_ok()
+                    && let Ok(real) = out.canonicalize()
+                {
+                    out = real;
+                }
             }
-            _ => return p.to_path_buf(),
         }
     }
+    out
 }
 
 /// The local files and folders a plan reads (through views too).
@@ -288,6 +301,43 @@ fn plain(e: &std::io::Error) -> String {
         }
         ErrorKind::NotADirectory => "a part of its path is a file, not a folder".to_string(),
         _ => e.to_string(),
+    }
+}
+
+/// A staging entry that is removed when dropped unless it was committed, so a statement that
+/// is cancelled (its future dropped by Ctrl-C) or fails leaves no staging copy behind.
+pub struct Staged {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Staged {
+    /// Stages `tmp` for `target` (see [`stage`]) and guards it.
+    pub fn new(tmp: PathBuf, target: &Path, folder: bool) -> Result<Self> {
+        stage(&tmp, target, folder)?;
+        Ok(Self {
+            path: tmp,
+            done: false,
+        })
+    }
+
+    /// The staging path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves the staged output into place (see [`commit`]).
+    pub fn commit(mut self, target: &Path, kind: &Output) -> Result<()> {
+        self.done = true;
+        commit(&self.path, target, kind)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            remove_path(&self.path);
+        }
     }
 }
 
@@ -408,6 +458,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn paths_through_missing_folders_resolve_lexically() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        std::fs::write(base.join("in.jsonl"), b"{}").unwrap();
+        assert_eq!(
+            resolve(&base.join("newdir/../in.jsonl")),
+            base.join("in.jsonl")
+        );
+        assert_eq!(
+            resolve(&base.join("a/b/../../c/./../in.jsonl")),
+            base.join("in.jsonl")
+        );
+        std::fs::create_dir(base.join("real")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+        assert_eq!(resolve(&base.join("link/new/x")), base.join("real/new/x"));
+        let err = check(
+            &base.join("newdir/../in.jsonl"),
+            &Output::File,
+            &[base.join("in.jsonl")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("own inputs"), "{err}");
+        assert!(!base.join("newdir").exists());
+    }
+
+    #[test]
     fn part_file_names() {
         assert!(is_part_file("AbCdEf0123456789_0.parquet", "parquet"));
         assert!(!is_part_file("notes_0.parquet", "parquet"));
@@ -424,7 +501,7 @@ mod tests {
         assert!(err.contains("is a folder"), "{err}");
         let file = dir.path().join("pairs");
         std::fs::write(&file, b"notes").unwrap();
-        let err = check(&file, &Output::Dataset("dpo"), &[])
+        let err = check(&file, &Output::Dataset("dpo", "parquet"), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("is a file"), "{err}");
@@ -434,7 +511,7 @@ mod tests {
     fn foreign_folders_are_named_with_their_content() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-        let err = check(dir.path(), &Output::Dataset("dpo"), &[])
+        let err = check(dir.path(), &Output::Dataset("dpo", "parquet"), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("notes.txt"), "{err}");

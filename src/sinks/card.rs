@@ -149,6 +149,13 @@ pub(crate) fn written_as(card: &str, format: &str) -> bool {
     card.contains(&tags(format)) && card.contains("Written by prefflow (`COPY")
 }
 
+/// The split files' ending a prefflow card records (`- file_format: jsonl`), if it records one.
+pub(crate) fn file_format_of(card: &str) -> Option<&'static str> {
+    ["parquet", "jsonl"]
+        .into_iter()
+        .find(|ext| card.lines().any(|l| l == format!("- file_format: {ext}")))
+}
+
 /// The split files of a local dataset: each split with rows (train when nothing was written).
 pub(crate) fn local_files(s: &Settings, stats: &Stats) -> Vec<(&'static str, String)> {
     let mut splits = vec![("train", stats.train)];

@@ -147,8 +147,13 @@ impl Format for Dpo {
                 continue;
             }
             if let Some((c, r)) = scores {
-                let score =
-                    |a: &Float64Array| (a.is_valid(i) && !a.value(i).is_nan()).then(|| a.value(i));
+                // A NaN score is not a score (arg_max, max and min skip it too); such a pair
+                // is dropped and counted on its own line of the card.
+                if [c, r].iter().any(|a| a.is_valid(i) && a.value(i).is_nan()) {
+                    picks.drop("NaN score (a NaN is not a score)");
+                    continue;
+                }
+                let score = |a: &Float64Array| a.is_valid(i).then(|| a.value(i));
                 let (Some(c), Some(r)) = (score(c), score(r)) else {
                     picks.drop("no scored response (chosen or rejected is NULL)");
                     continue;

@@ -58,7 +58,7 @@ use futures::StreamExt;
 
 use crate::engine::local_path;
 use crate::error::{PrefflowError, Result};
-use crate::target::{Output, commit, plan_inputs, remove_path, temp_sibling};
+use crate::target::{Output, plan_inputs, temp_sibling};
 
 pub use card::Stats;
 
@@ -384,7 +384,14 @@ pub fn check_copy(copy: &CopyTo, format: &'static str) -> Result<()> {
         return Ok(());
     }
     let target = local_dir(format, &copy.output_url)?;
-    crate::target::check(&target, &Output::Dataset(format), &plan_inputs(&copy.input))
+    let ext = Options::new(format, &copy.options)
+        .take_choice("file_format", &["parquet", "jsonl"])?
+        .unwrap_or("parquet");
+    crate::target::check(
+        &target,
+        &Output::Dataset(format, ext),
+        &plan_inputs(&copy.input),
+    )
 }
 
 /// A planned training sink: the format (checked against the query's schema), its settings and
@@ -600,14 +607,14 @@ impl TrainingSink {
             Destination::Local(p) => p,
             Destination::Hub(t) => return self.push(t.clone(), stream, fmt, device).await,
         };
-        let output = Output::Dataset(self.format);
+        let output = Output::Dataset(self.format, self.kind.ext());
         crate::target::check(target, &output, &self.inputs)?;
-        let tmp = temp_sibling(target);
-        crate::target::stage(&tmp, target, true)?;
+        let staging = crate::target::Staged::new(temp_sibling(target), target, true)?;
+        let tmp = staging.path();
         let started = self.started.clone();
         let result = async {
             let (stats, fmt) =
-                write_splits(stream, fmt, &tmp, self.kind, self.validation_fraction).await?;
+                write_splits(stream, fmt, tmp, self.kind, self.validation_fraction).await?;
             let registry = Arc::clone(&self.registry);
             let sink_model = self.settings.options.get("model").cloned();
             // Model identities may read files the first time: off the runtime.
@@ -628,16 +635,9 @@ impl TrainingSink {
             Ok::<_, PrefflowError>(stats)
         }
         .await;
-        match result {
-            Ok(stats) => {
-                commit(&tmp, target, &output)?;
-                Ok(stats.written())
-            }
-            Err(e) => {
-                remove_path(&tmp);
-                Err(e)
-            }
-        }
+        let stats = result?;
+        staging.commit(target, &output)?;
+        Ok(stats.written())
     }
 }
 

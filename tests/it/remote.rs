@@ -148,10 +148,15 @@ async fn handle(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
                 "/v1/completions" => json!({"choices": [{"text": format!("completed: {key}")}]}),
                 _ => {
                     let inputs = body["input"].as_array().cloned().unwrap_or_default();
-                    json!({"data": inputs.iter().enumerate().map(|(i, t)| json!({
-                        "index": i,
-                        "embedding": [t.as_str().unwrap_or("").len() as f64, 1.0, -1.0]
-                    })).collect::<Vec<_>>()})
+                    json!({"data": inputs.iter().enumerate().map(|(i, t)| {
+                        let t = t.as_str().unwrap_or("");
+                        let embedding = match t {
+                            "null element" => json!([null, 1.0, -1.0]),
+                            "text element" => json!([1.0, "0.5", -1.0]),
+                            _ => json!([t.len() as f64, 1.0, -1.0]),
+                        };
+                        json!({"index": i, "embedding": embedding})
+                    }).collect::<Vec<_>>()})
                 }
             };
             let mut log = log.lock().unwrap();
@@ -306,6 +311,33 @@ async fn generate_n_judge_translate_and_embed_run_remotely() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("OPTIONS (dimensions 'N')"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_with_nulls_or_text_are_refused_not_read_as_nan() {
+    let (addr, _log) = server().await;
+    let e = engine();
+    declare(&e, "strict", &addr, ", dimensions '3'").await;
+    declare(&e, "lenient", &addr, ", dimensions '3', on_error 'null'").await;
+    for (input, shown) in [("null element", "null"), ("text element", "\"0.5\"")] {
+        let err = e
+            .query(&format!("SELECT ai_embed('strict', '{input}')"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "the embedding of row text '{input}' has {shown} at position"
+            )) && err.contains("not a number"),
+            "{err}"
+        );
+        let t = text(
+            &e,
+            &format!("SELECT ai_embed('lenient', '{input}') IS NULL AS refused"),
+        )
+        .await;
+        assert!(t.contains("| true "), "{t}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,5 +90,6 @@ fn prefflow_alone_reads_a_pipe_and_ctrl_c_cancels_a_statement() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("prefflow: cancelled"), "{stderr}");
     assert!(stdout.contains("| 42    |"), "{stdout}");
-    assert!(out.status.success(), "{stderr}");
+    // A cancelled statement is a failure of the script.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
 }

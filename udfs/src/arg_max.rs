@@ -7,7 +7,9 @@
 //! SELECT *, arg_max(response, score) OVER (PARTITION BY prompt) AS best FROM scored;
 //! ```
 //!
-//! Rows whose key is NULL are ignored; a group with no non-NULL key gives NULL. Ties: among
+//! Rows whose key is NULL or NaN are ignored (a NaN score is not a score; prefflow's `max` /
+//! `min` ignore it too, so `max(score)` is the chosen row's score); a group with no such key
+//! gives NULL. Ties: among
 //! rows with the same best key, the smallest value wins (NULL values last), in both `arg_max`
 //! and `arg_min`, so the result never depends on row order, batch size or partitioning.
 //! The shared accumulator lives here; `arg_min` only flips the direction.
@@ -169,6 +171,16 @@ fn better(
     }
 }
 
+/// A NaN key counts as NULL.
+fn is_nan(key: &ScalarValue) -> bool {
+    match key {
+        ScalarValue::Float64(Some(v)) => v.is_nan(),
+        ScalarValue::Float32(Some(v)) => v.is_nan(),
+        ScalarValue::Float16(Some(v)) => v.is_nan(),
+        _ => false,
+    }
+}
+
 /// The tie rule: the smaller value wins, NULL values last.
 fn value_before(a: &ScalarValue, b: &ScalarValue) -> bool {
     match (a.is_null(), b.is_null()) {
@@ -184,6 +196,9 @@ fn best_row(direction: Direction, values: &dyn Array, keys: &dyn Array) -> Resul
     if keys.logical_null_count() == keys.len() {
         return Ok(None);
     }
+    // NaN keys count as NULL.
+    let keys = crate::min_max::nan_as_null(&datafusion::arrow::array::make_array(keys.to_data()))?;
+    let keys = keys.as_ref();
     let key_cmp = make_comparator(keys, keys, SortOptions::default())?;
     let value_cmp = make_comparator(
         values,
@@ -351,6 +366,9 @@ impl BestGroups {
                 continue;
             }
             let key = keys.value(row);
+            if key.is_nan() {
+                continue;
+            }
             let replace = if !self.values.is_set(g) {
                 true
             } else {
@@ -534,7 +552,7 @@ impl Accumulator for SlidingBestAccumulator {
 impl SlidingBestAccumulator {
     fn best(&self) -> Option<&(ScalarValue, ScalarValue)> {
         let mut best: Option<&(ScalarValue, ScalarValue)> = None;
-        for row in self.rows.iter().filter(|(k, _)| !k.is_null()) {
+        for row in self.rows.iter().filter(|(k, _)| !k.is_null() && !is_nan(k)) {
             best = match best {
                 Some(b) if !better(self.direction, &row.0, &row.1, &b.0, &b.1) => Some(b),
                 _ => Some(row),

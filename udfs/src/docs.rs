@@ -13,7 +13,7 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
         "strip_think",
         r#"`strip_think(text)`"#,
         r#"Utf8"#,
-        r#"removes `<think>…</think>` blocks; a stray `</think>` drops what precedes it; an unclosed `<think>` drops what follows; trimmed"#,
+        r#"removes `<think>…</think>` blocks; everything up to the last stray `</think>` goes; an unclosed `<think>` drops what follows; trimmed"#,
     ),
     (
         "extract_tag",
@@ -37,13 +37,13 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
         "arg_max",
         r#"`arg_max(value, key)`, alias `max_by`"#,
         r#"type of value"#,
-        r#"value at the largest key; aggregate or window (`OVER (PARTITION BY …)`)"#,
+        r#"value at the largest key (NULL and NaN keys ignored); aggregate or window (`OVER (PARTITION BY …)`)"#,
     ),
     (
         "arg_min",
         r#"`arg_min(value, key)`, alias `min_by`"#,
         r#"type of value"#,
-        r#"value at the smallest key; aggregate or window"#,
+        r#"value at the smallest key (NULL and NaN keys ignored); aggregate or window"#,
     ),
     (
         "ai_embed",
@@ -187,9 +187,9 @@ mod tests {
         names.extend(
             crate::aggregate_functions()
                 .iter()
-                // DataFusion's own first_value (prefflow replaces only its accumulator) keeps
-                // DataFusion's documentation.
-                .filter(|f| f.name() != "first_value")
+                // DataFusion's own first_value, max and min (prefflow replaces only their
+                // accumulators) keep DataFusion's documentation.
+                .filter(|f| !["first_value", "max", "min"].contains(&f.name()))
                 .map(|f| f.name().to_string()),
         );
         names.extend(

@@ -47,6 +47,10 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
         Arc::new(AggregateUDF::from(crate::arg_min::arg_min())),
         // Replaces DataFusion's first_value (same function, a faster grouped accumulator).
         Arc::new(AggregateUDF::from(crate::first_value::first_value())),
+        // Replace DataFusion's max / min: the same functions, NaN ignored like NULL (as
+        // arg_max / arg_min ignore a NaN key), whatever the row order.
+        Arc::new(AggregateUDF::from(crate::min_max::max())),
+        Arc::new(AggregateUDF::from(crate::min_max::min())),
     ]
 }
 

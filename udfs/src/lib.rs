@@ -20,6 +20,7 @@ pub mod extract_tag;
 pub mod first_value;
 pub mod functions;
 pub mod kmeans;
+pub mod min_max;
 pub mod models;
 pub mod near_duplicate;
 pub mod render;

@@ -4,8 +4,9 @@
 //! SELECT strip_think('<think>2+2 is 4</think> The answer is 4.');  -- 'The answer is 4.'
 //! ```
 //!
-//! Rules, in order: every complete `<think>…</think>` block is removed; a `</think>` with no
-//! opening tag (templates that pre-fill `<think>` in the prompt) removes everything before it;
+//! Rules, in order: a `</think>` with no opening tag before it (templates that pre-fill
+//! `<think>` in the prompt) is stray, and everything up to the last stray `</think>` goes;
+//! every complete `<think>…</think>` block in the rest is removed;
 //! an unclosed `<think>` (generation stopped mid-thought) removes everything after it, leaving
 //! an empty answer. The result is trimmed. NULL in, NULL out.
 
@@ -43,14 +44,8 @@ impl Default for StripThink {
 
 /// Removes thinking from one text (see the module docs for the rules).
 pub fn strip_think(text: &str) -> String {
-    let mut rest = text;
-    // A stray closing tag before any opening one: the thinking began in the prompt.
-    if let Some(close) = rest.find(CLOSE) {
-        let open = rest.find(OPEN);
-        if open.is_none_or(|o| o > close) {
-            rest = &rest[close + CLOSE.len()..];
-        }
-    }
+    let rest = &text[after_last_stray_close(text)..];
+    let mut rest = rest;
     let mut out = String::with_capacity(rest.len());
     while let Some(open) = rest.find(OPEN) {
         out.push_str(&rest[..open]);
@@ -64,6 +59,31 @@ pub fn strip_think(text: &str) -> String {
     }
     out.push_str(rest);
     out.trim().to_string()
+}
+
+/// The byte offset just past the last `</think>` that closes no `<think>` (0 if there is none).
+/// Tags do not nest: a `<think>` inside an open block is text, the next `</think>` closes it.
+fn after_last_stray_close(text: &str) -> usize {
+    let mut cut = 0;
+    let mut open = false;
+    let mut at = 0;
+    while let Some(i) = text[at..].find('<') {
+        let pos = at + i;
+        let tail = &text[pos..];
+        if tail.starts_with(OPEN) {
+            open = true;
+            at = pos + OPEN.len();
+        } else if tail.starts_with(CLOSE) {
+            if !open {
+                cut = pos + CLOSE.len();
+            }
+            open = false;
+            at = pos + CLOSE.len();
+        } else {
+            at = pos + 1;
+        }
+    }
+    cut
 }
 
 impl ScalarUDFImpl for StripThink {
@@ -105,5 +125,9 @@ mod tests {
         assert_eq!(strip_think("thought</think>\nanswer"), "answer");
         assert_eq!(strip_think("answer <think>cut off"), "answer");
         assert_eq!(strip_think("plain"), "plain");
+        // Everything up to the last stray closing tag goes.
+        assert_eq!(strip_think("</think>x</think>y"), "y");
+        assert_eq!(strip_think("a</think>b<think>c</think>d</think>e"), "e");
+        assert_eq!(strip_think("a</think>b<think>c</think>d"), "bd");
     }
 }

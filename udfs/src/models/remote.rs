@@ -130,33 +130,32 @@ impl RemoteSettings {
                 spec.name
             ))
         };
-        let number = |k: &str, default: f64| -> ModelResult<f64> {
+        // Every number is bounded: a value such as '1e20' would overflow a count or a
+        // duration later, deep inside a request.
+        let number = |k: &str, default: f64, max: f64| -> ModelResult<f64> {
             match spec.options.get(k) {
                 None => Ok(default),
                 Some(v) => v
                     .trim()
                     .parse::<f64>()
                     .ok()
-                    .filter(|x| x.is_finite() && *x >= 0.0)
-                    .ok_or_else(|| bad(k, v, "a non-negative number")),
+                    .filter(|x| x.is_finite() && (0.0..=max).contains(x))
+                    .ok_or_else(|| bad(k, v, &format!("a number from 0 to {max}"))),
             }
         };
-        let concurrency = number("concurrency", 8.0)?;
-        if concurrency < 1.0 || concurrency.fract() != 0.0 {
-            return Err(bad(
-                "concurrency",
-                &concurrency.to_string(),
-                "a whole number of at least 1",
-            ));
-        }
-        let max_retries = number("max_retries", 6.0)?;
-        if max_retries.fract() != 0.0 {
-            return Err(bad(
-                "max_retries",
-                &max_retries.to_string(),
-                "a whole number",
-            ));
-        }
+        let whole = |k: &str, default: f64, min: f64, max: f64| -> ModelResult<f64> {
+            let want = format!("a whole number from {min} to {max}");
+            let given = spec.options.get(k).map(String::as_str).unwrap_or_default();
+            let n = number(k, default, max).map_err(|_| bad(k, given, &want))?;
+            if n < min || n.fract() != 0.0 {
+                return Err(bad(k, given, &want));
+            }
+            Ok(n)
+        };
+        let concurrency = whole("concurrency", 8.0, 1.0, MAX_CONCURRENCY as f64)?;
+        let max_retries = whole("max_retries", 6.0, 0.0, 100.0)?;
+        // A day is the longest wait any of these may ask for.
+        const DAY: f64 = 86_400.0;
         if let Some(var) = spec.options.get("api_key_env")
             && std::env::var_os(var).is_none_or(|v| v.is_empty())
         {
@@ -186,14 +185,39 @@ impl RemoteSettings {
             api_key_env: spec.options.get("api_key_env").cloned(),
             concurrency: concurrency as usize,
             max_retries: max_retries as u32,
-            timeout: Duration::from_secs_f64(number("timeout", 120.0)?.max(0.001)),
-            backoff: Duration::from_secs_f64(number("backoff", 0.5)?),
-            max_wait: Duration::from_secs_f64(number("max_wait", 30.0)?),
+            timeout: Duration::from_secs_f64(number("timeout", 120.0, DAY)?.max(0.001)),
+            backoff: Duration::from_secs_f64(number("backoff", 0.5, DAY)?),
+            max_wait: Duration::from_secs_f64(number("max_wait", 30.0, DAY)?),
             uri_secret: uri_secret(&spec.uri),
             on_error,
             dimensions,
         })
     }
+}
+
+/// The start of a row's text, to name the row in an error.
+fn preview(text: &str) -> String {
+    let short: String = text.chars().take(40).collect();
+    if short.len() < text.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
+/// The most requests a model may keep open at once.
+pub const MAX_CONCURRENCY: usize = 65_536;
+
+/// Seconds a Retry-After header asks for: a non-negative finite number (a NaN, an infinity, a
+/// negative value or an HTTP date are not honoured; the backoff applies), at most a day (and
+/// `max_wait` caps it further).
+fn retry_after_seconds(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
 }
 
 /// Why a request failed for good.
@@ -344,10 +368,31 @@ impl RemoteModel {
             let slot = out.get_mut(index).ok_or_else(|| {
                 RemoteError::Shape(format!("embedding index {index} out of range"))
             })?;
-            *slot = vector
-                .iter()
-                .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
-                .collect();
+            // A null or a string is not a number: refused, never read as NaN (which would be
+            // cached and score every comparison as false).
+            let mut values = Vec::with_capacity(vector.len());
+            for (j, x) in vector.iter().enumerate() {
+                let v = x.as_f64().filter(|v| v.is_finite()).ok_or_else(|| {
+                    RemoteError::Shape(format!(
+                        "the embedding of row text '{}' has {x} at position {j}, not a number",
+                        preview(texts.get(index).map_or("", String::as_str))
+                    ))
+                })?;
+                values.push(v as f32);
+            }
+            if values.is_empty() {
+                return Err(RemoteError::Shape(format!(
+                    "the embedding of row text '{}' is empty",
+                    preview(texts.get(index).map_or("", String::as_str))
+                )));
+            }
+            *slot = values;
+        }
+        if let Some(k) = out.iter().position(Vec::is_empty) {
+            return Err(RemoteError::Shape(format!(
+                "the answer has no embedding for row text '{}' (an index appears twice?)",
+                preview(&texts[k])
+            )));
         }
         Ok(out)
     }
@@ -379,8 +424,7 @@ impl RemoteModel {
                             .headers()
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().parse::<f64>().ok())
-                            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9)));
+                            .and_then(retry_after_seconds);
                         let text = response.text().await;
                         match (status, text) {
                             (200..=299, Ok(text)) => match serde_json::from_str::<Value>(&text) {
@@ -499,6 +543,18 @@ fn fill(body: &mut Value, options: &GenerateParams, seed: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_values_are_bounded() {
+        assert_eq!(retry_after_seconds(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after_seconds("1e300"),
+            Some(Duration::from_secs(86_400))
+        );
+        for bad in ["NaN", "nan", "inf", "-inf", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+            assert_eq!(retry_after_seconds(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn addresses() {
