@@ -121,7 +121,7 @@ impl Engine {
             if self.cluster
                 && let Some(format) = crate::sinks::format_of(copy)
             {
-                crate::sinks::check_copy(copy, format)?;
+                crate::sinks::check_copy(copy, format, &self.table_folders().await)?;
                 let sink = crate::sinks::TrainingSink::plan_copy(
                     &self.models(),
                     copy,
@@ -131,13 +131,14 @@ impl Engine {
                 let rows = self.run_sink_here(copy, sink).await?;
                 return self.frame(rows);
             }
+            let tables = self.table_folders().await;
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
                 // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan
                 // are known only here, so a target inside an input folder is refused now.
-                crate::sinks::check_copy(copy, format)?;
+                crate::sinks::check_copy(copy, format, &tables)?;
                 None
             } else if let Some(target) = local_path(&copy.output_url) {
-                Some(self.atomic_copy(copy, &target).await?)
+                Some(self.atomic_copy(copy, &target, &tables).await?)
             } else {
                 let scheme = copy.output_url.split("://").next().unwrap_or_default();
                 return Err(PrefflowError::Target(format!(
@@ -448,7 +449,46 @@ impl Engine {
         }
     }
 
-    async fn atomic_copy(&self, copy: &CopyTo, target: &Path) -> Result<Vec<RecordBatch>> {
+    /// The local folders the session's tables read (`CREATE EXTERNAL TABLE … LOCATION 'dir/'`):
+    /// inputs of every later query, so no output may be written inside one (the next read
+    /// would count it).
+    async fn table_folders(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let catalogs = self.ctx.catalog_names();
+        for catalog in catalogs.iter().filter_map(|c| self.ctx.catalog(c)) {
+            for schema in catalog
+                .schema_names()
+                .iter()
+                .filter_map(|s| catalog.schema(s))
+            {
+                for name in schema.table_names() {
+                    let Ok(Some(table)) = schema.table(&name).await else {
+                        continue;
+                    };
+                    if let Some(listing) = table
+                        .as_ref()
+                        .downcast_ref::<datafusion::datasource::listing::ListingTable>()
+                    {
+                        out.extend(
+                            listing
+                                .table_paths()
+                                .iter()
+                                .filter_map(|u| u.get_url().to_file_path().ok())
+                                .filter(|p| p.is_dir()),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn atomic_copy(
+        &self,
+        copy: &CopyTo,
+        target: &Path,
+        tables: &[PathBuf],
+    ) -> Result<Vec<RecordBatch>> {
         // DataFusion writes one file for a name with an ending, else a folder of part files.
         let parts = copy.output_url.ends_with('/')
             || target.extension().is_none()
@@ -458,7 +498,9 @@ impl Engine {
         } else {
             Output::File
         };
-        crate::target::check(target, &kind, &plan_inputs(&copy.input))?;
+        let mut inputs = plan_inputs(&copy.input);
+        inputs.extend_from_slice(tables);
+        crate::target::check(target, &kind, &inputs)?;
         let staging = crate::target::Staged::new(temp_sibling(target), target, parts)?;
         let mut staged = copy.clone();
         staged.output_url = staging.path().display().to_string();

@@ -345,13 +345,13 @@ impl Shell {
                 // Nothing is written now: each result is written as `--output` writes one
                 // (atomically, never over a folder or the statement's own input).
                 let path = PathBuf::from(path);
+                crate::target::check(&path, &crate::target::Output::File, &[])?;
                 let format = Format::from_path(&path).ok_or_else(|| {
                     PrefflowError::Usage(format!(
                         ".output {}: cannot tell the format from the name (use .txt for a table, .csv, .json, .jsonl or .parquet)",
                         path.display()
                     ))
                 })?;
-                crate::target::check(&path, &crate::target::Output::File, &[])?;
                 self.output = Some((path, format));
             }
             _ => {
@@ -490,11 +490,11 @@ impl Shown {
         }
         let width = lines[0].chars().count();
         let gap = format!("… {hidden} more rows …");
-        out.push_str(&format!(
-            "|{:^w$}|\n",
-            gap,
-            w = width.saturating_sub(2).max(gap.chars().count())
-        ));
+        if gap.chars().count() + 2 <= width {
+            out.push_str(&format!("|{:^w$}|\n", gap, w = width - 2));
+        } else {
+            out.push_str(&format!("{gap}\n"));
+        }
         for l in &lines[head_end..] {
             out.push_str(l);
             out.push('\n');

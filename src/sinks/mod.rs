@@ -377,8 +377,9 @@ fn plan_format(
 const COMMON_OPTIONS: &str = "validation_fraction, file_format, checkpoint_rows";
 
 /// Checks a `COPY … STORED AS <format>` before anything runs: the target (with the input files
-/// of the logical plan, so a target inside an input folder is refused too).
-pub fn check_copy(copy: &CopyTo, format: &'static str) -> Result<()> {
+/// of the logical plan and the session's table folders, so a target inside an input folder is
+/// refused too).
+pub fn check_copy(copy: &CopyTo, format: &'static str, tables: &[PathBuf]) -> Result<()> {
     if copy.output_url.starts_with(crate::hf::PREFIX) {
         // Checked with the Hub when the sink starts, before its input runs.
         return Ok(());
@@ -387,11 +388,9 @@ pub fn check_copy(copy: &CopyTo, format: &'static str) -> Result<()> {
     let ext = Options::new(format, &copy.options)
         .take_choice("file_format", &["parquet", "jsonl"])?
         .unwrap_or("parquet");
-    crate::target::check(
-        &target,
-        &Output::Dataset(format, ext),
-        &plan_inputs(&copy.input),
-    )
+    let mut inputs = plan_inputs(&copy.input);
+    inputs.extend_from_slice(tables);
+    crate::target::check(&target, &Output::Dataset(format, ext), &inputs)
 }
 
 /// A planned training sink: the format (checked against the query's schema), its settings and

@@ -19,3 +19,4 @@ mod sinks;
 mod translate;
 mod trl;
 mod trust;
+mod trust2;

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn prefflow(args: &[&str], dir: &Path) -> Output {
+pub(crate) fn prefflow(args: &[&str], dir: &Path) -> Output {
     prefflow_env(args, dir, &[])
 }
 
-fn prefflow_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+pub(crate) fn prefflow_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_prefflow"));
     c.args(args)
         .current_dir(dir)
@@ -27,16 +27,16 @@ fn prefflow_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     c.output().expect("run prefflow")
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Runs `sql` and expects it to fail with an error containing every one of `needles`.
-fn fails(dir: &Path, sql: &str, needles: &[&str]) -> String {
+pub(crate) fn fails(dir: &Path, sql: &str, needles: &[&str]) -> String {
     let o = prefflow(&["sql", sql], dir);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "expected failure of {sql}\n{err}");
@@ -47,14 +47,14 @@ fn fails(dir: &Path, sql: &str, needles: &[&str]) -> String {
     err
 }
 
-fn succeeds(dir: &Path, sql: &str) -> String {
+pub(crate) fn succeeds(dir: &Path, sql: &str) -> String {
     let o = prefflow(&["sql", sql], dir);
     assert!(o.status.success(), "{sql}\n{}", stderr(&o));
     stdout(&o)
 }
 
 /// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -73,7 +73,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn model(name: &str) -> String {
+pub(crate) fn model(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/decoders")
         .join(name)

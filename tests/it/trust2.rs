@@ -1,0 +1,335 @@
+//! Trust, round 2 (issue 25): the new surfaces lose nothing and say what went wrong. Each test
+//! runs the `prefflow` binary as a user would, in a temporary folder, and checks the bytes of
+//! every file that must stay untouched and the exact rows of every result that must be right.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::trust::{fails, prefflow, snapshot, stderr, stdout, succeeds};
+
+/// The shell (`prefflow` alone) reading `input` from a pipe in `dir`.
+fn shell_with(dir: &Path, input: &str) -> std::process::Output {
+    let mut child = shell_child(dir);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn shell_child(dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_prefflow"))
+        .env("XDG_CACHE_HOME", dir.join(".prefflow-cache"))
+        .env_remove("PREFFLOW_CACHE_DIR")
+        .env("XDG_STATE_HOME", dir.join(".prefflow-cache/state"))
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Staging entries prefflow left in `dir`.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".prefflow-tmp-"))
+        .collect()
+}
+
+// ---- 1. A path through a folder that does not exist yet ----
+
+#[test]
+fn a_path_through_a_missing_folder_never_reaches_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).unwrap();
+    std::fs::write(d.join("data/in.jsonl"), "{\"x\": 1}\n{\"x\": 2}\n").unwrap();
+    let before = snapshot(d);
+    for target in [
+        "newdir/../data/in.jsonl",
+        "data/newdir/../in.jsonl",
+        "a/b/../../data/./in.jsonl",
+    ] {
+        fails(
+            d,
+            &format!("COPY (SELECT * FROM 'data/in.jsonl') TO '{target}' STORED AS json"),
+            &["own inputs"],
+        );
+        let o = prefflow(
+            &[
+                "sql",
+                "SELECT * FROM 'data/in.jsonl'",
+                "--output",
+                &d.join(target).display().to_string(),
+            ],
+            d,
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("own inputs"), "{}", stderr(&o));
+    }
+    // A training sink into the input's folder through a missing one.
+    fails(
+        d,
+        "COPY (SELECT 'p' AS prompt, 'a' AS chosen, 'b' AS rejected FROM 'data/in.jsonl') TO 'x/../data' STORED AS dpo",
+        &["data"],
+    );
+    assert_eq!(snapshot(d), before, "nothing changed");
+    assert!(!d.join("newdir").exists() && !d.join("a").exists() && !d.join("x").exists());
+}
+
+// ---- 5. Only the split files of the dataset's own file_format are prefflow's ----
+
+#[test]
+fn a_users_file_beside_a_dataset_of_another_format_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let copy = |format: &str| {
+        format!(
+            "COPY (SELECT 'p' || n AS prompt, 'good' AS chosen, 'bad' AS rejected FROM generate_series(1, 4) t(n)) TO 'pairs' STORED AS dpo OPTIONS (file_format '{format}')"
+        )
+    };
+    succeeds(d, &copy("parquet"));
+    std::fs::write(d.join("pairs/validation.jsonl"), "{\"mine\": true}\n").unwrap();
+    let before = snapshot(d);
+    fails(d, &copy("parquet"), &["validation.jsonl"]);
+    assert_eq!(snapshot(d), before, "the user's file and the dataset are unchanged");
+    // A dataset may still change its own file_format: the earlier split files are its own.
+    std::fs::remove_file(d.join("pairs/validation.jsonl")).unwrap();
+    succeeds(d, &copy("jsonl"));
+    assert!(d.join("pairs/train.jsonl").exists() && !d.join("pairs/train.parquet").exists());
+    succeeds(d, &copy("parquet"));
+    assert!(d.join("pairs/train.parquet").exists() && !d.join("pairs/train.jsonl").exists());
+}
+
+// ---- 6. A NaN score is not a score ----
+
+#[test]
+fn pairs_over_nan_scores_equal_pairs_over_null_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 200 prompts with 4 answers each; one answer per prompt has no score, placed first,
+    // last or in between depending on the prompt.
+    let mut rows = String::new();
+    for p in 0..200 {
+        let missing = p % 4;
+        for a in 0..4 {
+            let score = if a == missing {
+                "NaN".to_string()
+            } else {
+                format!("{}", (a * 7 + p) % 10)
+            };
+            rows.push_str(&format!(
+                "{{\"prompt_id\": {p}, \"prompt\": \"q{p}\", \"response\": \"r{p}-{a}\", \"score\": \"{score}\"}}\n"
+            ));
+        }
+    }
+    std::fs::write(d.join("scored.jsonl"), rows).unwrap();
+    let pairing = |score: &str, out: &str| {
+        format!(
+            "COPY (SELECT prompt_id, first_value(prompt) AS prompt,
+                     arg_max(response, s) AS chosen, arg_min(response, s) AS rejected,
+                     max(s) AS score_chosen, min(s) AS score_rejected
+              FROM (SELECT *, {score} AS s FROM 'scored.jsonl') GROUP BY prompt_id)
+             TO '{out}' STORED AS dpo"
+        )
+    };
+    succeeds(d, &pairing("CAST(score AS DOUBLE)", "nan_pairs"));
+    succeeds(
+        d,
+        &pairing(
+            "CASE WHEN score = 'NaN' THEN NULL ELSE CAST(score AS DOUBLE) END",
+            "null_pairs",
+        ),
+    );
+    let rows_of = |name: &str| {
+        succeeds(
+            d,
+            &format!(
+                "SELECT prompt, chosen, rejected, score_chosen, score_rejected FROM '{name}/train.parquet' ORDER BY prompt"
+            ),
+        )
+    };
+    let nan = rows_of("nan_pairs");
+    assert_eq!(nan, rows_of("null_pairs"));
+    assert!(nan.lines().count() > 100, "{nan}");
+    // No NaN-scored answer is ever chosen or rejected.
+    for p in 0..200 {
+        let missing = format!("\"r{p}-{}\"", p % 4);
+        assert!(!nan.contains(&missing), "{missing} picked:\n{nan}");
+    }
+}
+
+// ---- 10. External tables' folders are inputs ----
+
+#[test]
+fn an_external_tables_folder_is_never_written_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("shards")).unwrap();
+    std::fs::write(d.join("shards/a.jsonl"), "{\"x\": 1}\n").unwrap();
+    let before = snapshot(d);
+    let create = "CREATE EXTERNAL TABLE t STORED AS JSON LOCATION 'shards/'";
+    for copy in [
+        "COPY (SELECT 1 AS x) TO 'shards/b.jsonl' STORED AS json",
+        "COPY (SELECT 1 AS x) TO 'shards/more/' STORED AS parquet",
+        "COPY (SELECT 'p' AS prompt, 'a' AS chosen, 'b' AS rejected) TO 'shards/pairs' STORED AS dpo",
+    ] {
+        fails(
+            d,
+            &format!("{create}; {copy}; SELECT count(*) FROM t"),
+            &["a table of this session reads"],
+        );
+    }
+    assert_eq!(snapshot(d), before, "nothing changed");
+    let n = succeeds(d, &format!("{create}; SELECT count(*) AS n FROM t"));
+    assert!(n.contains("\"n\":1"), "{n}");
+}
+
+// ---- 2, 19, 25. The shell's .output and its results ----
+
+#[test]
+fn the_shells_output_file_follows_the_rules_of_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"x\": 1}\n{\"x\": 2}\n").unwrap();
+    std::fs::create_dir(d.join("folder")).unwrap();
+    let before = snapshot(d);
+    let out = shell_with(
+        d,
+        ".output in.jsonl\nSELECT * FROM 'in.jsonl';\n.output folder\n.output notes.unknown\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Typing .output truncates nothing; the statement reading the file is refused.
+    assert!(err.contains("own inputs"), "{err}");
+    assert!(err.contains("is a folder"), "{err}");
+    assert!(err.contains("cannot tell the format"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(snapshot(d), before, "nothing changed");
+    // Each result replaces the file atomically, in the format its name says.
+    let out = shell_with(
+        d,
+        ".output result.parquet\nSELECT 1 AS a;\nSELECT x * 10 AS b FROM 'in.jsonl' ORDER BY b;\n.output\nSELECT 'screen' AS s;\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| screen |"));
+    let back = succeeds(d, "SELECT b FROM 'result.parquet'");
+    assert_eq!(back, "{\"b\":10}\n{\"b\":20}\n");
+    assert!(staging_left(d).is_empty());
+}
+
+#[test]
+fn the_shell_streams_a_long_result_and_shows_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shell_with(dir.path(), "SELECT value FROM generate_series(1, 2000000);\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2000000 rows (40 shown)"), "{text}");
+    assert!(text.contains("… 1999960 more rows …"), "{text}");
+    assert!(text.contains("| 1 ") && text.contains("| 2000000 "), "{text}");
+    assert!(text.lines().count() < 50, "{text}");
+}
+
+// ---- 13, 25. Ctrl-C and SIGTERM in a piped script ----
+
+#[test]
+fn a_second_ctrl_c_stops_a_piped_script_and_cancelled_copies_leave_no_staging() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut child = shell_child(d);
+    let mut stdin = child.stdin.take().unwrap();
+    let endless = "(SELECT count(*) AS n FROM generate_series(1, 100000000000))";
+    writeln!(stdin, "COPY {endless} TO 'first.parquet';").unwrap();
+    writeln!(stdin, "COPY {endless} TO 'second.parquet';").unwrap();
+    writeln!(stdin, "SELECT 'never' AS third;").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    // The staging file exists while the COPY runs ...
+    assert!(!staging_left(d).is_empty(), "the COPY is staged while it runs");
+    signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(1500));
+    // ... and is gone once Ctrl-C cancelled it, before the process ends (the next COPY runs).
+    let left = staging_left(d);
+    assert!(
+        !left.iter().any(|n| n.ends_with("first.parquet")),
+        "staging left after the cancel: {left:?}"
+    );
+    signal(&child, "INT");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("stopped by a second Ctrl-C"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("never"));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(staging_left(d).is_empty());
+    assert!(!d.join("first.parquet").exists() && !d.join("second.parquet").exists());
+
+    // SIGTERM stops the script at once, the running statement cancelled.
+    let mut child = shell_child(d);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "COPY {endless} TO 'third.parquet';").unwrap();
+    writeln!(stdin, "SELECT 'never' AS after;").unwrap();
+    drop(stdin);
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("never"));
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(staging_left(d).is_empty());
+}
+
+#[test]
+fn a_comment_after_the_last_semicolon_is_not_a_missing_semicolon() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shell_with(
+        dir.path(),
+        "SELECT 1 AS one; -- the end\n/* really */\n-- the very end\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| one |"));
+    let out = shell_with(dir.path(), "SELECT 1 AS one\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no closing ';'"));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+// ---- 20. Ctrl-C at a real terminal never kills the shell ----
+
+#[test]
+fn ctrl_c_at_a_terminal_cancels_and_the_shell_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/pty_shell.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_prefflow"))
+        .arg(dir.path())
+        .arg("12")
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env_remove("PREFFLOW_CACHE_DIR")
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .output()
+        .expect("python3 runs the pseudo-terminal driver");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
