@@ -333,3 +333,125 @@ fn ctrl_c_at_a_terminal_cancels_and_the_shell_goes_on() {
         stderr(&out)
     );
 }
+
+// ---- 14, 23. CREATE MODEL refuses what prefflow cannot run ----
+
+/// A copy of the tiny llama fixture with config.json changed by `edit`.
+fn model_like_llama(root: &Path, name: &str, edit: impl Fn(&mut serde_json::Value)) -> String {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoders/llama");
+    let to = root.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    let path = to.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    to.display().to_string()
+}
+
+#[test]
+fn create_model_refuses_architectures_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let set = |pairs: Vec<(&'static str, serde_json::Value)>| {
+        move |c: &mut serde_json::Value| {
+            for (k, v) in &pairs {
+                c[*k] = v.clone();
+            }
+        }
+    };
+    let cases = [
+        (
+            "mistral",
+            set(vec![
+                ("model_type", "mistral".into()),
+                ("architectures", serde_json::json!(["MistralForCausalLM"])),
+                ("sliding_window", 4.into()),
+            ]),
+            "sliding_window (4 tokens",
+        ),
+        (
+            "qwen3",
+            set(vec![
+                ("model_type", "qwen3".into()),
+                ("architectures", serde_json::json!(["Qwen3ForCausalLM"])),
+            ]),
+            "model_type 'qwen3' cannot generate",
+        ),
+        (
+            "gemma2",
+            set(vec![
+                ("model_type", "gemma2".into()),
+                ("architectures", serde_json::json!(["Gemma2ForCausalLM"])),
+            ]),
+            "model_type 'gemma2' cannot generate",
+        ),
+        (
+            "deberta",
+            set(vec![
+                ("model_type", "deberta-v2".into()),
+                (
+                    "architectures",
+                    serde_json::json!(["DebertaV2ForSequenceClassification"]),
+                ),
+            ]),
+            "DebertaV2ForSequenceClassification (model_type 'deberta-v2') is not supported",
+        ),
+        (
+            "qwen3rm",
+            set(vec![
+                ("model_type", "qwen3".into()),
+                (
+                    "architectures",
+                    serde_json::json!(["Qwen3ForSequenceClassification"]),
+                ),
+            ]),
+            "Qwen3ForSequenceClassification (model_type 'qwen3') is not supported",
+        ),
+        (
+            "xlmr",
+            set(vec![
+                ("model_type", "xlm-roberta".into()),
+                ("architectures", serde_json::json!(["XLMRobertaModel"])),
+            ]),
+            "XLMRobertaModel (model_type 'xlm-roberta') is not supported",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let path = model_like_llama(d, name, edit);
+        fails(d, &format!("CREATE MODEL m FROM '{path}'"), &[needle]);
+    }
+    // Mistral without a window runs as Llama does.
+    let path = model_like_llama(
+        d,
+        "mistral_full",
+        set(vec![
+            ("model_type", "mistral".into()),
+            ("architectures", serde_json::json!(["MistralForCausalLM"])),
+            ("sliding_window", serde_json::Value::Null),
+        ]),
+    );
+    succeeds(
+        d,
+        &format!("CREATE MODEL m FROM '{path}'; SELECT length(ai_generate('m', 'hi', named_struct('max_tokens', 2))) >= 0 AS ran"),
+    );
+    // Two GGUF files: name one.
+    std::fs::create_dir(d.join("two")).unwrap();
+    std::fs::write(d.join("two/a.gguf"), b"x").unwrap();
+    std::fs::write(d.join("two/b.gguf"), b"x").unwrap();
+    fails(
+        d,
+        "CREATE MODEL m FROM 'two'",
+        &["holds 2 GGUF files (a.gguf, b.gguf): name one"],
+    );
+    // A decoder given to ai_embed is refused while planning.
+    let llama = super::trust::model("llama");
+    fails(
+        d,
+        &format!("CREATE MODEL dec FROM '{llama}'; EXPLAIN SELECT ai_embed('dec', 'x')"),
+        &["ai_embed", "it is a decoder LLM; it cannot embed text"],
+    );
+}

@@ -74,7 +74,12 @@ impl ScalarUDFImpl for AiEmbed {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        let spec = planned_model(self.name(), &self.registry.0, &args)?;
+        let spec = planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Embed),
+        )?;
         crate::common::function_args::text_args(self.name(), &args, &[(1, "the text")])?;
         let width = embedding::width(&self.registry.0, &spec)
             .map_err(|e| DataFusionError::Plan(format!("ai_embed: {e}")))?;

@@ -204,7 +204,12 @@ impl ScalarUDFImpl for AiGenerate {
         &self,
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(self.name(), &self.registry.0, &args)?;
+        planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Generate),
+        )?;
         let prompt = args.arg_fields[1].data_type();
         if !is_prompt_type(prompt) {
             return plan_err!(

@@ -84,7 +84,12 @@ impl ScalarUDFImpl for AiGenerateN {
         &self,
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(self.name(), &self.registry.0, &args)?;
+        planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Generate),
+        )?;
         match args.scalar_arguments.get(2).copied().flatten() {
             Some(n) => {
                 check_n(n).map_err(DataFusionError::Plan)?;

@@ -257,7 +257,12 @@ impl ScalarUDFImpl for AiJudge {
         &self,
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(self.name(), &self.registry.0, &args)?;
+        planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Generate),
+        )?;
         text_args(
             self.name(),
             &args,

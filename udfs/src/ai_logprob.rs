@@ -67,7 +67,12 @@ impl ScalarUDFImpl for AiLogprob {
         &self,
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(self.name(), &self.registry.0, &args)?;
+        planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Logprob),
+        )?;
         let response = args.arg_fields[2].data_type();
         if !matches!(
             response,

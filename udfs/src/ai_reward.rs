@@ -67,7 +67,12 @@ impl ScalarUDFImpl for AiReward {
         &self,
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        let spec = planned_model(self.name(), &self.registry.0, &args)?;
+        let spec = planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Score),
+        )?;
         crate::common::function_args::text_args(
             self.name(),
             &args,

@@ -261,7 +261,12 @@ impl ScalarUDFImpl for AiTranslate {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        planned_model(self.name(), &self.registry.0, &args)?;
+        planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Translate),
+        )?;
         let mut texts = vec![(1, "the text"), (2, "target_lang")];
         if args.arg_fields.len() > 3 {
             texts.push((3, "source_lang"));

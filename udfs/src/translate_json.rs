@@ -211,7 +211,12 @@ impl ScalarUDFImpl for TranslateJson {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        planned_model(self.name(), &self.registry.0, &args)?;
+        planned_model(
+            self.name(),
+            &self.registry.0,
+            &args,
+            Some(crate::models::model::Capability::Translate),
+        )?;
         text_args(
             self.name(),
             &args,

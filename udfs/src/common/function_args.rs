@@ -16,12 +16,23 @@ pub fn planned_model(
     function: &str,
     registry: &ModelRegistry,
     args: &ReturnFieldArgs,
+    what: Option<crate::models::model::Capability>,
 ) -> Result<ModelSpec> {
+    let plan = |e: crate::models::ModelError| DataFusionError::Plan(format!("{function}: {e}"));
     match args.scalar_arguments.first().copied().flatten() {
         Some(s) => match s.try_as_str().flatten() {
-            Some(name) => registry
-                .spec(name)
-                .map_err(|e| DataFusionError::Plan(format!("{function}: {e}"))),
+            Some(name) => {
+                let spec = registry.spec(name).map_err(plan)?;
+                // A model that cannot do what the function asks (a decoder given to ai_embed)
+                // is refused while planning, before any row is read.
+                if let Some(what) = what {
+                    let kind = registry.kind(&spec).map_err(plan)?;
+                    if !kind.can(what) {
+                        return Err(plan(kind.cannot(&spec.name, what)));
+                    }
+                }
+                Ok(spec)
+            }
             None => plan_err!(
                 "{function}: the model must be a string naming a declared model or a model path"
             ),

@@ -193,11 +193,13 @@ impl ModelRegistry {
         } else {
             let path = resolve(name, uri).await?;
             validate(name, &path)?;
+            one_gguf(name, &path)?;
             let (model, p) = (name.to_string(), path.clone());
             tokio::task::spawn_blocking(move || check_weights(&model, &p))
                 .await
                 .map_err(|_| ModelError::WorkerGone(name.to_string()))??;
             check_options(name, &path, &options)?;
+            check_architecture(name, &path)?;
             path
         };
         let spec = ModelSpec {
@@ -653,6 +655,82 @@ fn check_options(name: &str, path: &Path, options: &BTreeMap<String, String>) ->
                 "CREATE MODEL {name}: option chat_template is not a valid Jinja template: {e}"
             ))
         })?;
+    }
+    Ok(())
+}
+
+/// A folder with several GGUF files is ambiguous: refused before any is read.
+fn one_gguf(name: &str, path: &Path) -> ModelResult<()> {
+    if !path.is_dir() {
+        return Ok(());
+    }
+    let mut ggufs: Vec<String> = std::fs::read_dir(path)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".gguf"))
+                .collect()
+        })
+        .unwrap_or_default();
+    ggufs.sort();
+    if ggufs.len() > 1 {
+        return Err(ModelError::Declaration(format!(
+            "CREATE MODEL {name}: {} holds {} GGUF files ({}): name one, as FROM '{}'",
+            path.display(),
+            ggufs.len(),
+            ggufs.join(", "),
+            path.join(&ggufs[0]).display()
+        )));
+    }
+    Ok(())
+}
+
+/// What CREATE MODEL promises: prefflow can run the model's architecture, so an unsupported
+/// family fails here, naming what is supported, not at its first use (the weights are not
+/// read; config.json or the GGUF header says enough).
+fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
+    let unsupported = |problem: String| ModelError::Unsupported {
+        model: name.to_string(),
+        problem,
+    };
+    if super::marian::is_marian(path) {
+        return Ok(());
+    }
+    if let Ok(file) = super::gguf::gguf_file(name, path) {
+        let mut reader = std::fs::File::open(&file).map_err(|e| ModelError::File {
+            model: name.to_string(),
+            path: file.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut reader)
+            .map_err(|e| ModelError::candle(name, &e))?;
+        super::transformer::Config::from_gguf(&content)
+            .map_err(|e| unsupported(e.to_string()))?;
+        return Ok(());
+    }
+    let config = read_json(name, &path.join("config.json"))?;
+    let architecture = config["architectures"][0].as_str().unwrap_or("");
+    let model_type = config["model_type"].as_str().unwrap_or("");
+    const CLASSIFIERS: &str = "BERT (BertForSequenceClassification), Qwen2 and Llama (Qwen2ForSequenceClassification, LlamaForSequenceClassification)";
+    if architecture.ends_with("ForCausalLM") {
+        return super::transformer::Config::from_json(&config)
+            .map(|_| ())
+            .map_err(|e| unsupported(format!("{architecture}: {e}")));
+    }
+    let supported = if architecture.ends_with("ForSequenceClassification") {
+        matches!(model_type, "bert" | "qwen2" | "llama")
+    } else {
+        model_type == "bert"
+    };
+    if !supported {
+        let shown = if architecture.is_empty() {
+            "no architectures in config.json".to_string()
+        } else {
+            architecture.to_string()
+        };
+        return Err(unsupported(format!(
+            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders (Llama, Mistral without a sliding window, Qwen2, Gemma 3: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, BERT encoders (BertModel) and Marian translation models"
+        )));
     }
     Ok(())
 }

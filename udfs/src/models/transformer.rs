@@ -197,6 +197,17 @@ impl Config {
             other => bail!("rope scaling '{other}' is not supported (default and linear are)"),
         };
         let window = num("sliding_window");
+        // Mistral's window (v0.1: 4096 of a 32k context) changes what every later token
+        // sees; it is not implemented, so such a config is refused rather than run as Llama.
+        if model_type == "mistral"
+            && let Some(w) = window
+            && w < num("max_position_embeddings").unwrap_or(usize::MAX)
+        {
+            bail!(
+                "mistral's sliding_window ({w} tokens, under its context of {}) is not supported yet: prefflow would attend past the window and compute something else than the model",
+                num("max_position_embeddings").unwrap_or(0)
+            )
+        }
         let windows = (0..layers)
             .map(|i| match family {
                 Family::Gemma3 => {
