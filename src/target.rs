@@ -90,7 +90,7 @@ pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
         }
         if input.is_dir() && resolved.starts_with(&input) {
             return Err(refuse(format!(
-                "{shown} is inside {}, a folder the query or a table of this session reads: the output would become part of its input",
+                "{shown} is inside {}, a folder the query reads or a table of this session reads: the output would become part of its input",
                 input.display()
             )));
         }

@@ -30,6 +30,9 @@ pub(crate) enum Fault {
     Drop,
     /// Never answer (the client times out, or the test kills it).
     Hang,
+    /// Answer with this status and an error message that echoes the request's headers, as
+    /// some proxies do.
+    EchoHeaders(u16),
 }
 
 /// A commit as the stand-in applied it.
@@ -207,6 +210,14 @@ fn handle(
                         Some(Fault::Hang) => {
                             hub.hung.notify_one();
                             return Some(Vec::new());
+                        }
+                        Some(Fault::EchoHeaders(code)) => {
+                            let echoed: Vec<String> =
+                                headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                            return Some(json(
+                                &format!("{code} Fault"),
+                                serde_json::json!({"error": format!("bad request with headers {}", echoed.join("; "))}),
+                            ));
                         }
                         None => {}
                     }

@@ -92,6 +92,47 @@ fn rows_text(b: &RecordBatch) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_error_that_echoes_the_token_is_masked() {
+    let _env = HUB_ENV.lock().await;
+    let hub = Arc::new(Hub::default());
+    let (endpoint, _server) = start(Arc::clone(&hub)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = pairs(dir.path());
+    // SAFETY: the tests that set HF_* take turns (HUB_ENV), and no other test reads them.
+    unsafe {
+        std::env::set_var("HF_ENDPOINT", &endpoint);
+        std::env::set_var("HF_HOME", dir.path().join("hf-home"));
+        // A trailing newline (`$(cat token.txt)`) is not part of the token.
+        std::env::set_var("HF_TOKEN", format!("{TOKEN}\n"));
+        std::env::set_var("PREFFLOW_HUB_RETRY_MS", "5");
+    }
+    hub.faults
+        .lock()
+        .unwrap()
+        .push_back(Fault::EchoHeaders(400));
+    let e = engine(&dir.path().join("cache"));
+    let err = e
+        .query(&format!(
+            "COPY ({}) TO 'hf://datasets/org/echo' STORED AS dpo",
+            query(&file)
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad request with headers"), "{err}");
+    assert!(err.contains("Bearer ***"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    assert!(
+        hub.auth
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| a == &format!("Bearer {TOKEN}")),
+        "the token is sent trimmed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_a_loopback_hub() {
     let _env = HUB_ENV.lock().await;
     let hub = Arc::new(Hub::default());

@@ -455,3 +455,16 @@ fn create_model_refuses_architectures_it_cannot_run() {
         &["ai_embed", "it is a decoder LLM; it cannot embed text"],
     );
 }
+
+// ---- 21. Secrets in addresses ----
+
+#[test]
+fn an_inline_address_with_a_password_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(
+        dir.path(),
+        "SELECT ai_generate('openai://user:pa55word@127.0.0.1:9/v1/x', 'hi')",
+        &["declared before use", "openai://***@127.0.0.1:9/v1/x"],
+    );
+    assert!(!err.contains("pa55word"), "{err}");
+}

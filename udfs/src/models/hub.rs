@@ -17,16 +17,19 @@ pub fn api() -> Result<Api, ApiError> {
     builder.build()
 }
 
-/// The Hub token: HF_TOKEN, else the cached login token (hf-hub reads only the latter).
+/// The Hub token: HF_TOKEN, else the cached login token (hf-hub reads only the latter). Spaces
+/// and a newline around it (`export HF_TOKEN=$(cat token.txt)`) are not part of it.
 pub fn token() -> Option<String> {
     std::env::var("HF_TOKEN")
         .ok()
+        .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
-        .or_else(|| Cache::from_env().token())
+        .or_else(|| Cache::from_env().token().map(|t| t.trim().to_string()))
 }
 
 /// A Hub client's error (hf-hub 0.4's for downloads, 1.0's for pushes) as one line with its
-/// causes, each said once. The token is only ever in a request header, never in these messages.
+/// causes, each said once. The token is sent only in a request header, but a server's error
+/// body may echo the headers, so every form of it is masked here.
 pub fn describe(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
@@ -38,5 +41,10 @@ pub fn describe(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    msg
+    let tokens: Vec<String> = std::env::var("HF_TOKEN")
+        .ok()
+        .into_iter()
+        .chain(Cache::from_env().token())
+        .collect();
+    super::secrets::mask(&msg, &tokens)
 }

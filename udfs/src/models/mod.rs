@@ -32,6 +32,7 @@ pub mod model;
 pub mod qwen2;
 pub mod registry;
 pub mod remote;
+pub mod secrets;
 pub mod settings;
 pub mod source;
 pub mod thread;

@@ -379,6 +379,13 @@ impl ModelRegistry {
         }
         let path = PathBuf::from(name_or_uri);
         let looks_like_path = name_or_uri.contains('/') || name_or_uri.ends_with(".gguf");
+        if is_remote(name_or_uri) {
+            // Never echoed: an inline address may carry a password.
+            return Err(ModelError::Declaration(format!(
+                "a remote model is declared before use: CREATE MODEL m FROM '{}', then call it by its name",
+                super::remote::redact_uri(name_or_uri)
+            )));
+        }
         if !looks_like_path || !path.exists() {
             return Err(ModelError::Unknown(name_or_uri.to_string()));
         }

@@ -291,11 +291,7 @@ impl RemoteModel {
             secrets.push(key);
         }
         secrets.extend(self.settings.uri_secret.clone());
-        let mut out = text.to_string();
-        for s in secrets.iter().filter(|s| !s.trim().is_empty()) {
-            out = out.replace(s.as_str(), "***");
-        }
-        redact_uri(&out)
+        redact_uri(&super::secrets::mask(text, &secrets))
     }
 
     /// One chat completion (or a plain completion when `messages` is a string prompt).
