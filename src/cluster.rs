@@ -134,18 +134,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     models.set_result_store(Some(Arc::new(crate::cache::RedbStore::new(
         &options.cache_dir,
     ))));
-    let mut functions = BallistaFunctionRegistry::default();
-    for f in prefflow_udfs::scalar_functions(&models) {
-        functions.scalar_functions.insert(f.name().to_string(), f);
-    }
-    for f in prefflow_udfs::aggregate_functions() {
-        functions
-            .aggregate_functions
-            .insert(f.name().to_string(), f);
-    }
-    for f in prefflow_udfs::window_functions() {
-        functions.window_functions.insert(f.name().to_string(), f);
-    }
+    let functions = session_functions(&models)?;
     let producer_models = Arc::clone(&models);
     let config = ExecutorProcessConfig {
         bind_host: options.bind_host.clone(),
@@ -174,6 +163,23 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             "executor for scheduler df://{}:{}: {e}",
             options.scheduler.0, options.scheduler.1
         ))
+    })
+}
+
+/// Every function a local session has (DataFusion's own, the nested / array ones Ballista's
+/// default registry lacks, prefflow's, under every alias), over the executor's models: a task
+/// that names any of them can be prepared here.
+fn session_functions(models: &Arc<ModelRegistry>) -> Result<BallistaFunctionRegistry> {
+    let state = build_state(
+        base_config(SessionConfig::new_with_ballista(), models),
+        models,
+        false,
+    )?;
+    Ok(BallistaFunctionRegistry {
+        scalar_functions: state.scalar_functions().clone(),
+        aggregate_functions: state.aggregate_functions().clone(),
+        window_functions: state.window_functions().clone(),
+        higher_order_functions: state.higher_order_functions().clone(),
     })
 }
 

@@ -77,6 +77,14 @@ impl Engine {
             return result;
         }
         let mut plan = self.ctx.state().create_logical_plan(sql).await?;
+        if self.cluster && runs_in_process_only(&plan)? {
+            // Ballista cannot ship this plan to its executors: the statement runs here, over
+            // the same tables and models.
+            eprintln!(
+                "prefflow: this statement runs in this process, not on the cluster (WITH RECURSIVE, generate_series and range cannot be sent to executors)"
+            );
+            return Box::pin(self.in_process().sql(sql)).await;
+        }
         if self.cluster
             && let LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateMemoryTable(
                 create,
@@ -198,6 +206,19 @@ impl Engine {
             drain(df).await.map_err(|e| e.at(location))?;
         }
         Ok(None)
+    }
+
+    /// This engine's tables, models and settings, planned and run in this process.
+    fn in_process(&self) -> Engine {
+        let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
+            self.ctx.state(),
+        )
+        .with_query_planner(Arc::new(InProcessPlanner))
+        .build();
+        Engine {
+            ctx: SessionContext::new_with_state(state),
+            cluster: false,
+        }
     }
 
     /// On a cluster, the declared models travel with every task (`prefflow.models`), so the
@@ -538,6 +559,56 @@ pub async fn drain(df: DataFrame) -> Result<()> {
         batch.map_err(diagnose)?;
     }
     Ok(())
+}
+
+/// Whether Ballista cannot send `plan` to its executors: a recursive query (its work table) or
+/// a table function (`generate_series`, `range`), which DataFusion's plan codec does not encode
+/// (the scheduler fails the job with "task could not be prepared", or the client with an
+/// internal error).
+fn runs_in_process_only(plan: &LogicalPlan) -> Result<bool> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::functions_table::generate_series::GenerateSeriesTable;
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        found = match node {
+            LogicalPlan::RecursiveQuery(_) => true,
+            LogicalPlan::TableScan(scan) => scan
+                .source
+                .as_ref()
+                .downcast_ref::<datafusion::datasource::DefaultTableSource>()
+                .is_some_and(|s| {
+                    s.table_provider
+                        .as_ref()
+                        .downcast_ref::<GenerateSeriesTable>()
+                        .is_some()
+                }),
+            _ => false,
+        };
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(found)
+}
+
+/// Plans physically in this process (the cluster session's planner sends plans to Ballista).
+#[derive(Debug)]
+struct InProcessPlanner;
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::physical_planner::PhysicalPlanner;
+        datafusion::physical_planner::DefaultPhysicalPlanner::default()
+            .create_physical_plan(plan, state)
+            .await
+    }
 }
 
 /// A local filesystem path for a COPY target, or None for object-store URLs.

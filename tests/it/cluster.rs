@@ -347,41 +347,64 @@ fn a_lost_executor_never_leaves_partial_output() {
     }
 }
 
-/// queries/data_selection.sql (embeddings, kmeans and near_duplicate windows, a join, a
-/// Parquet COPY) on the cluster and here: the same selection.
+/// Every queries/*.sql on the cluster and here: the same rows (the final result, as sorted
+/// CSV lines; best_of_n scores with array_distance, data_selection runs embeddings, kmeans and
+/// near_duplicate windows, a join and a Parquet COPY, whose file is compared too).
 #[test]
-fn data_selection_matches_on_a_cluster() {
+fn every_query_file_matches_on_a_cluster() {
     let cluster = start(2);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = |out: &str, url: Option<&str>| {
-        let mut c = prefflow();
-        c.arg("run")
-            .arg(root.join("queries/data_selection.sql"))
-            .args(["--format", "csv", "--partitions", "2", "--cache", "off"])
-            .arg("--param")
-            .arg(format!("data_dir={}", root.join("data").display()))
-            .arg("--param")
-            .arg(format!("models_dir={}", root.join("models").display()))
-            .arg("--param")
-            .arg(format!("out_dir={}", d.join(out).display()))
-            .arg("--cache-dir")
-            .arg(d.join(format!("{out}-cache")))
-            .current_dir(d);
-        if let Some(url) = url {
-            c.args(["--cluster", url]);
-        }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("queries"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    for file in &files {
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let run = |out: &str, url: Option<&str>| {
+            let mut c = prefflow();
+            c.arg("run")
+                .arg(file)
+                .args(["--format", "csv", "--partitions", "2", "--cache", "off"])
+                .arg("--param")
+                .arg(format!("data_dir={}", root.join("data").display()))
+                .arg("--param")
+                .arg(format!("models_dir={}", root.join("models").display()))
+                .arg("--param")
+                .arg(format!("out_dir={}", d.join(out).display()))
+                .arg("--cache-dir")
+                .arg(d.join(format!("{out}-cache")))
+                .current_dir(d);
+            if let Some(url) = url {
+                c.args(["--cluster", url]);
+            }
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut lines: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let local = run(&format!("{stem}-local"), None);
+        assert!(!local.is_empty(), "{stem}");
+        assert_eq!(
+            run(&format!("{stem}-remote"), Some(&cluster.url)),
+            local,
+            "{stem}"
         );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let local = run("local", None);
-    assert_eq!(run("remote", Some(&cluster.url)), local);
+    }
     let file = |out: &str| {
         d.join(out)
             .join("selection_fewshot.parquet")
@@ -392,11 +415,33 @@ fn data_selection_matches_on_a_cluster() {
         d,
         &format!(
             "SELECT count(*) AS n FROM ((SELECT * FROM '{0}' EXCEPT SELECT * FROM '{1}') UNION ALL (SELECT * FROM '{1}' EXCEPT SELECT * FROM '{0}'))",
-            file("remote"),
-            file("local")
+            file("data_selection-remote"),
+            file("data_selection-local")
         ),
     );
     assert_eq!(differing.trim(), "n\n0");
+    // Array functions run on executors; a table function runs in the client's process.
+    let out = prefflow()
+        .args(["sql", "SELECT array_length(make_array(1, 2, 3)) AS n, make_array(4, 5)[2] AS second, array_distance([1.0, 2.0], [1.0, 4.0]) AS dist"])
+        .args(["--format", "csv", "--cluster", &cluster.url])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "n,second,dist\n3,5,2.0\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = prefflow()
+        .args(["sql", "SELECT count(*) AS n FROM generate_series(1, 10)"])
+        .args(["--format", "csv", "--cluster", &cluster.url])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n10\n", "{err}");
+    assert!(err.contains("runs in this process"), "{err}");
 }
 
 /// A model file the executors cannot read (here: removed after the client declared the model)
