@@ -14,6 +14,13 @@
 //! pushes the rest; a finished job run again commits nothing. A different statement to the same
 //! target replaces the files prefflow pushed there; files prefflow did not write are never
 //! replaced.
+//!
+//! Nothing is committed that could mix two results: each run stages in a folder of its own,
+//! every commit names the commit the run started from (or its own previous one) as its parent,
+//! so a concurrent push to the branch is refused by the Hub instead of overwritten, a staged
+//! part is checked to be a whole file before it is uploaded, and a run of the same statement
+//! whose result no longer holds every row pushed before (its input changed) commits nothing:
+//! its checkpoints wait until every earlier row has come again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -188,9 +195,13 @@ pub(crate) struct Push {
     pub manifest: Manifest,
     /// Files an earlier job pushed that this run replaces (deleted in its first commit).
     replaced: Vec<String>,
-    /// Part files written locally, not yet pushed.
+    /// Part files written locally, not yet pushed: this run's own folder, so a concurrent
+    /// push to the same target never touches them.
     pub staging: PathBuf,
     pub kind: FileKind,
+    /// The branch's commit this run started from, then its own last commit: every commit names
+    /// it as its parent, so a push by someone else in between is refused, not overwritten.
+    head: Option<String>,
 }
 
 fn timeout() -> Duration {
@@ -219,6 +230,7 @@ impl Push {
             .send()
             .await
             .map_err(|e| fail("cannot list the dataset's files", e))?;
+        let head = info.sha.clone();
         let files: Vec<String> = info
             .siblings
             .unwrap_or_default()
@@ -267,16 +279,26 @@ impl Push {
                 names.join(", ")
             )));
         }
-        let staging = staging_root.join(format!(
+        let target_dir = format!(
             "{}--{}--{}--{}",
             target.org,
             target.name,
             target.branch.replace('/', "-"),
             &blake3::hash(target.prefix.as_bytes()).to_hex()[..8]
+        );
+        // Parts a killed run left unpushed are made again from the result cache: its folder
+        // goes once its process is gone.
+        remove_dead_stagings(staging_root, &target_dir);
+        let staging = staging_root.join(format!(
+            "{target_dir}--{}-{}",
+            std::process::id(),
+            STAGINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        // Parts a killed run left unpushed are made again from the result cache.
         crate::target::remove_path(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| PrefflowError::io(&staging, e))?;
+        if let Ok(mut active) = ACTIVE.lock() {
+            active.push(staging.clone());
+        }
         let (manifest, replaced) = match previous {
             Some(m) if m.job == job && m.file_ext == kind.ext() => (m, Vec::new()),
             other => {
@@ -306,6 +328,7 @@ impl Push {
             replaced,
             staging,
             kind,
+            head,
         })
     }
 
@@ -353,6 +376,14 @@ impl Push {
     /// Commits the staged `parts` (repository path, split, rows) with the card; `last` marks
     /// the job finished. Staged files are removed once pushed.
     pub async fn commit(&mut self, parts: Vec<StagedPart>, card: String, last: bool) -> Result<()> {
+        for p in &parts {
+            complete_part(&p.local, p.rows, self.kind).map_err(|problem| {
+                self.target.err(format!(
+                    "the staged part {} is not complete ({problem}): nothing was committed; run the statement again",
+                    p.local.display()
+                ))
+            })?;
+        }
         let mut manifest = self.manifest.clone();
         for p in &parts {
             manifest.parts.push(Part {
@@ -396,14 +427,22 @@ impl Push {
             (None, true) => format!("prefflow: {rows} rows"),
             (None, false) => format!("prefflow: checkpoint {}, {rows} rows", manifest.checkpoints),
         };
-        self.repo
+        let committed = self
+            .repo
             .create_commit()
             .operations(ops)
             .commit_message(message)
             .revision(self.target.branch.clone())
+            .maybe_parent_commit(self.head.clone())
             .send()
             .await
             .map_err(|e| {
+                if moved_on(&e) {
+                    return self.target.err(format!(
+                        "branch {} changed since this run started (another push to it, perhaps a concurrent run): nothing of this run was committed over it; run again once the other push is done, or push to another branch (@BRANCH)",
+                        self.target.branch
+                    ));
+                }
                 let staged = parts.iter().map(|p| p.rows).sum::<u64>();
                 self.target.err(format!(
                     "pushing failed after {} attempts: {}; the {staged} rows of this checkpoint are staged in {} and every computed row is in the result cache: run the same statement again to push them without recomputing",
@@ -412,6 +451,7 @@ impl Push {
                     self.staging.display()
                 ))
             })?;
+        self.head = committed.commit_oid.or_else(|| self.head.take());
         self.manifest = manifest;
         self.replaced.clear();
         for p in parts {
@@ -424,6 +464,85 @@ impl Push {
     pub fn clean(&self) {
         crate::target::remove_path(&self.staging);
     }
+}
+
+/// Numbers this process's staging folders.
+static STAGINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The staging folders of this process's pushes that are running.
+static ACTIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for Push {
+    fn drop(&mut self) {
+        if let Ok(mut active) = ACTIVE.lock() {
+            active.retain(|p| p != &self.staging);
+        }
+    }
+}
+
+/// Removes staging folders of `target_dir` (`…--PID-N`) whose run is over: their process is
+/// gone, or it is this one and the push ended (a failed push's parts, which a new run of the
+/// same target makes again from the result cache).
+fn remove_dead_stagings(root: &Path, target_dir: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let prefix = format!("{target_dir}--");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours_and_over = pid == std::process::id()
+            && ACTIVE
+                .lock()
+                .is_ok_and(|active| !active.contains(&entry.path()));
+        if ours_and_over || !Path::new("/proc").join(pid.to_string()).exists() {
+            crate::target::remove_path(&entry.path());
+        }
+    }
+}
+
+/// The Hub's answer when a commit's parent is not the branch's head any more (HTTP 409 / 412).
+fn moved_on(e: &HFError) -> bool {
+    if matches!(e, HFError::Conflict { .. }) {
+        return true;
+    }
+    let text = describe(e);
+    text.contains("412") || text.contains("Precondition") || text.contains("has happened since")
+}
+
+/// Whether a staged part is a whole file of `rows` rows: a Parquet file with its footer (and
+/// that row count), or JSON lines with that many lines. A part that is not is never uploaded.
+fn complete_part(path: &Path, rows: u64, kind: FileKind) -> std::result::Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    match kind {
+        FileKind::Parquet => {
+            let reader = datafusion::parquet::file::reader::SerializedFileReader::new(
+                bytes::Bytes::from(bytes),
+            )
+            .map_err(|e| format!("not a readable Parquet file: {e}"))?;
+            use datafusion::parquet::file::reader::FileReader;
+            let n = reader.metadata().file_metadata().num_rows() as u64;
+            if n != rows {
+                return Err(format!("{n} rows, {rows} written"));
+            }
+        }
+        FileKind::Jsonl => {
+            let n = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+            if n != rows || bytes.last().is_some_and(|b| *b != b'\n') {
+                return Err(format!("{n} lines, {rows} rows written"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A closed part file in the staging folder.

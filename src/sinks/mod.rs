@@ -722,6 +722,15 @@ impl TrainingSink {
         let mut parts = hub::PartWriter::new(&push, Arc::clone(&schema), every);
         let validation_fraction = self.validation_fraction;
         let mut new_rows = 0usize;
+        // Checkpoints wait until every row an earlier run of this job pushed has come again, so
+        // a result that lost some (its input changed) is refused before anything is committed.
+        let mut deferred: Vec<Vec<hub::StagedPart>> = Vec::new();
+        let changed = |url: &str, what: String| PrefflowError::Hub {
+            url: url.to_string(),
+            message: format!(
+                "{what} (did its input change?): nothing was committed; push to another branch (@BRANCH) or dataset"
+            ),
+        };
         while let Some(batch) = stream.next().await {
             let (back, out, in_validation) =
                 convert_counted(fmt, batch?, &schema, validation_fraction, &mut stats).await?;
@@ -748,6 +757,12 @@ impl TrainingSink {
             if out.num_rows() == 0 {
                 continue;
             }
+            if push.finished() {
+                return Err(changed(
+                    &push.target.url,
+                    "this statement was pushed whole before and its result now has rows that push does not".to_string(),
+                ));
+            }
             new_rows += out.num_rows();
             let (back, written) = tokio::task::spawn_blocking(move || {
                 let r = parts.write(&out, in_validation.as_ref());
@@ -756,22 +771,31 @@ impl TrainingSink {
             .await
             .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
             parts = back;
-            for checkpoint in written? {
-                let card = self
-                    .hub_card(&push, &fmt.describe(), &stats, &device, &checkpoint, false)
-                    .await?;
-                push.commit(checkpoint, card, false).await?;
+            deferred.extend(written?);
+            if pushed.left() == 0 {
+                for checkpoint in std::mem::take(&mut deferred) {
+                    let card = self
+                        .hub_card(&push, &fmt.describe(), &stats, &device, &checkpoint, false)
+                        .await?;
+                    push.commit(checkpoint, card, false).await?;
+                }
             }
         }
         let last = parts.close()?;
         if pushed.left() > 0 {
-            return Err(PrefflowError::Hub {
-                url: push.target.url.clone(),
-                message: format!(
-                    "{} rows pushed by an earlier run of this statement are not in its result any more (did its input change?): push to another branch (@BRANCH) or dataset",
+            return Err(changed(
+                &push.target.url,
+                format!(
+                    "{} rows pushed by an earlier run of this statement are not in its result any more",
                     pushed.left()
                 ),
-            });
+            ));
+        }
+        for checkpoint in deferred {
+            let card = self
+                .hub_card(&push, &fmt.describe(), &stats, &device, &checkpoint, false)
+                .await?;
+            push.commit(checkpoint, card, false).await?;
         }
         if new_rows == 0 && push.finished() {
             // The job was pushed whole before: nothing to commit.

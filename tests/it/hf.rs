@@ -59,6 +59,8 @@ pub(crate) struct Hub {
     pub commits: Mutex<Vec<Commit>>,
     /// Commit requests received (applied or not).
     pub commit_requests: Mutex<usize>,
+    /// Commits per "repo@branch": the branch's head is COMMIT before any, a new sha after each.
+    pub heads: Mutex<HashMap<String, u64>>,
     /// Faults for the next commit requests, in order.
     pub faults: Mutex<VecDeque<Fault>>,
     /// Told when a commit request hangs.
@@ -108,6 +110,38 @@ fn b64(text: &str) -> Vec<u8> {
         out.extend_from_slice(&bytes[..chunk.len() - 1]);
     }
     out
+}
+
+/// The head commit of a branch: COMMIT until something is committed to it.
+fn head(hub: &Hub, repo: &str, branch: &str) -> String {
+    let n = hub
+        .heads
+        .lock()
+        .unwrap()
+        .get(&format!("{repo}@{branch}"))
+        .copied()
+        .unwrap_or(0);
+    if n == 0 {
+        return COMMIT.to_string();
+    }
+    let h = format!("{repo}@{branch}")
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    format!("{h:016x}{n:024x}")
+}
+
+/// The branch a revision names: a branch, COMMIT (main), or a branch's head.
+fn branch_of(hub: &Hub, repo: &Repo, repo_id: &str, rev: &str) -> Option<String> {
+    if repo.branches.contains_key(rev) {
+        return Some(rev.to_string());
+    }
+    if rev == COMMIT {
+        return Some("main".to_string());
+    }
+    repo.branches
+        .keys()
+        .find(|b| head(hub, repo_id, b) == rev)
+        .cloned()
 }
 
 /// The reply to one request; None: say nothing and close (a dropped connection), or hang.
@@ -222,6 +256,22 @@ fn handle(
                         None => {}
                     }
                     let text = String::from_utf8_lossy(body).to_string();
+                    // A commit naming a parent that is not the branch's head is refused, as
+                    // the Hub does (412), so a concurrent push is detected.
+                    let parent = text.lines().find_map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                        (v["key"] == "header")
+                            .then(|| v["value"]["parentCommit"].as_str().map(str::to_string))
+                            .flatten()
+                    });
+                    if let Some(parent) = parent
+                        && parent != head(hub, &key, &branch)
+                    {
+                        return Some(json(
+                            "412 Precondition Failed",
+                            serde_json::json!({"error": "A commit has happened since. Please refresh and try again."}),
+                        ));
+                    }
                     let mut summary = String::new();
                     let mut paths = Vec::new();
                     let mut repos = hub.repos.lock().unwrap();
@@ -256,6 +306,14 @@ fn handle(
                             other => panic!("unexpected commit entry {other}"),
                         }
                     }
+                    drop(repos);
+                    *hub
+                        .heads
+                        .lock()
+                        .unwrap()
+                        .entry(format!("{key}@{branch}"))
+                        .or_insert(0) += 1;
+                    let oid = head(hub, &key, &branch);
                     hub.commits.lock().unwrap().push(Commit {
                         repo: key,
                         branch,
@@ -264,7 +322,7 @@ fn handle(
                     });
                     return Some(json(
                         "200 OK",
-                        serde_json::json!({"commitOid": COMMIT, "commitUrl": "http://hub/commit"}),
+                        serde_json::json!({"commitOid": oid, "commitUrl": "http://hub/commit"}),
                     ));
                 }
                 _ => {}
@@ -284,11 +342,8 @@ fn handle(
                 b"no such repo",
             ));
         };
-        let Some(files) = r.branches.get(&revision).or_else(|| {
-            (revision == COMMIT)
-                .then(|| r.branches.get("main"))
-                .flatten()
-        }) else {
+        let branch = branch_of(hub, r, repo, &revision);
+        let Some(files) = branch.as_ref().and_then(|b| r.branches.get(b)) else {
             return Some(respond(
                 "404 Not Found",
                 &[("X-Error-Code".into(), "RevisionNotFound".into())],
@@ -301,7 +356,7 @@ fn handle(
             .collect();
         return Some(json(
             "200 OK",
-            serde_json::json!({"id": repo, "sha": COMMIT, "private": r.private, "siblings": siblings}),
+            serde_json::json!({"id": repo, "sha": head(hub, repo, branch.as_deref().unwrap_or("main")), "private": r.private, "siblings": siblings}),
         ));
     }
     let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
@@ -310,9 +365,8 @@ fn handle(
     let (rev, file) = rest.split_once('/').unwrap_or(("", ""));
     let repos = hub.repos.lock().unwrap();
     let data = repos.get(repo).and_then(|r| {
-        r.branches
-            .get(rev)
-            .or_else(|| r.branches.get("main").filter(|_| rev == COMMIT))
+        branch_of(hub, r, repo, rev)
+            .and_then(|b| r.branches.get(&b))
             .and_then(|files| files.get(file))
     });
     let Some(data) = data else {

@@ -132,6 +132,114 @@ async fn a_hub_error_that_echoes_the_token_is_masked() {
     );
 }
 
+/// The stand-in set up for one push test: HF_* point at it with TOKEN.
+async fn hub_for_test(dir: &Path) -> (Arc<Hub>, tokio::task::JoinHandle<()>) {
+    let hub = Arc::new(Hub::default());
+    let (endpoint, server) = start(Arc::clone(&hub)).await;
+    // SAFETY: the tests that set HF_* take turns (HUB_ENV), and no other test reads them.
+    unsafe {
+        std::env::set_var("HF_ENDPOINT", &endpoint);
+        std::env::set_var("HF_HOME", dir.join("hf-home"));
+        std::env::set_var("HF_TOKEN", TOKEN);
+        std::env::set_var("PREFFLOW_HUB_RETRY_MS", "5");
+        std::env::set_var("PREFFLOW_HUB_TIMEOUT", "2");
+    }
+    (hub, server)
+}
+
+/// Every part the manifest names is on the branch and is a whole Parquet file; the rows.
+fn published_rows(hub: &Hub, repo: &str) -> Vec<String> {
+    let files = files(hub, repo, "main");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&files[".prefflow/push.json"]).unwrap();
+    assert_eq!(manifest["finished"], true);
+    let mut rows = Vec::new();
+    for part in manifest["parts"].as_array().unwrap() {
+        let bytes = &files[part["path"].as_str().unwrap()];
+        let batches = parquet_rows(bytes);
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(n as u64, part["rows"].as_u64().unwrap());
+        rows.extend(batches.iter().flat_map(rows_text));
+    }
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_statements_pushing_to_one_target_at_once_never_mix() {
+    let _env = HUB_ENV.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _server) = hub_for_test(dir.path()).await;
+    let file = pairs(dir.path());
+    // The first push's commit hangs until its client gives up (2 s) and tries again; by then
+    // the second, another statement, has committed to the branch.
+    hub.faults.lock().unwrap().push_back(Fault::Hang);
+    let first = {
+        let e = engine(&dir.path().join("cache-a"));
+        let sql = format!(
+            "COPY ({} LIMIT 10) TO 'hf://datasets/org/race' STORED AS parquet",
+            query(&file)
+        );
+        tokio::spawn(async move { e.query(&sql).await.map(|_| ()).map_err(|e| e.to_string()) })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), hub.hung.notified())
+        .await
+        .expect("the first push reached its commit");
+    let e = engine(&dir.path().join("cache-b"));
+    e.query(&format!(
+        "COPY ({} LIMIT 20) TO 'hf://datasets/org/race' STORED AS parquet",
+        query(&file)
+    ))
+    .await
+    .unwrap();
+    let err = first.await.unwrap().unwrap_err();
+    assert!(
+        err.contains("changed since this run started") && err.contains("nothing of this run was committed"),
+        "{err}"
+    );
+    // The branch holds the second push whole: its 20 rows, every part complete.
+    assert_eq!(published_rows(&hub, "datasets/org/race").len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_push_whose_input_changed_is_refused_before_any_commit() {
+    let _env = HUB_ENV.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _server) = hub_for_test(dir.path()).await;
+    let file = pairs(dir.path());
+    let e = engine(&dir.path().join("cache"));
+    let sql = format!(
+        "COPY ({}) TO 'hf://datasets/org/changed' STORED AS dpo OPTIONS (checkpoint_rows 8)",
+        query(&file)
+    );
+    e.query(&sql).await.unwrap();
+    let before = files(&hub, "datasets/org/changed", "main");
+    let commits = hub.commits.lock().unwrap().len();
+    // 8 answers change: the same statement now gives 8 rows the push does not hold, and
+    // lacks 8 it does.
+    let text = std::fs::read_to_string(&file).unwrap().replacen("It is", "It was", 8);
+    std::fs::write(&file, text).unwrap();
+    let err = e.query(&sql).await.unwrap_err().to_string();
+    assert!(
+        err.contains("did its input change?") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert_eq!(hub.commits.lock().unwrap().len(), commits, "no commit");
+    assert_eq!(files(&hub, "datasets/org/changed", "main"), before);
+    // Rows only removed (no new ones): refused at the end, still before any commit.
+    let text: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("It was"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let err = e.query(&sql).await.unwrap_err().to_string();
+    assert!(err.contains("not in its result any more"), "{err}");
+    assert_eq!(hub.commits.lock().unwrap().len(), commits, "no commit");
+    assert_eq!(files(&hub, "datasets/org/changed", "main"), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_a_loopback_hub() {
     let _env = HUB_ENV.lock().await;
