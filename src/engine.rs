@@ -310,7 +310,8 @@ impl Engine {
                 })
                 .collect();
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-            return self.replace_table(name, Arc::new(table));
+            // Rows from outside: a source --shard splits, like a file's.
+            return self.replace_table(name, Arc::new(crate::shard::Registered(Arc::new(table))));
         }
         let file = self.cluster_table_file(name)?;
         let batches = if batches.is_empty() {
@@ -354,7 +355,7 @@ impl Engine {
             schema,
             vec![Arc::new(partition)],
         )?;
-        self.replace_table(name, Arc::new(table))
+        self.replace_table(name, Arc::new(crate::shard::Registered(Arc::new(table))))
     }
 
     /// Registers `table` as `name`, replacing a table of that name.

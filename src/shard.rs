@@ -3,11 +3,14 @@
 //! shards' outputs is the unsharded output.
 //!
 //! A row's shard is a hash of its key column (`--shard-key`, `SET prefflow.shard_key`) or, with
-//! no key, of the whole row as read from its file: the same row lands in the same shard on any
-//! machine and in any order, and no shard needs to know the row count. With a key, every table
-//! the statement reads that has the key column is filtered (rows of one prompt stay together
-//! across joined tables, and tables built from earlier statements filter to the same rows);
-//! without one, the statement may read only one file-backed table. Shards are numbered from 0.
+//! no key, of the whole row as read from its source: the same row lands in the same shard on
+//! any machine and in any order, and no shard needs to know the row count. Row sources are
+//! files, tables registered from outside (the Python package's `register`), `VALUES` lists and
+//! `generate_series` / `range`; tables built by earlier statements hold sharded rows already.
+//! With a key, every table the statement reads that has the key column is filtered (rows of one
+//! prompt stay together across joined tables, and tables built from earlier statements filter
+//! to the same rows); without one, the statement may read only one row source. Shards are
+//! numbered from 0.
 //! Output files get the shard in their name (see [`shard_path`]).
 
 use std::sync::Arc;
@@ -107,7 +110,7 @@ impl AnalyzerRule for ShardRule {
             let (mut files, mut keyed) = (Vec::new(), 0);
             plan.apply_with_subqueries(|node| {
                 if let LogicalPlan::TableScan(scan) = node
-                    && is_file_table(scan)
+                    && is_source_table(scan)
                 {
                     files.push(scan.table_name.to_string());
                     if scan.source.schema().field_with_name(key).is_ok() {
@@ -124,41 +127,37 @@ impl AnalyzerRule for ShardRule {
             }
         }
         if shard.key.is_none() {
-            let mut files = 0;
+            let mut sources = Vec::new();
             plan.apply_with_subqueries(|node| {
-                if let LogicalPlan::TableScan(scan) = node
-                    && is_file_table(scan)
-                {
-                    files += 1;
+                match node {
+                    LogicalPlan::TableScan(scan) if is_source_table(scan) => {
+                        sources.push(scan.table_name.to_string())
+                    }
+                    LogicalPlan::Values(_) => sources.push("a VALUES list".to_string()),
+                    _ => {}
                 }
                 Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
             })?;
-            if files > 1 {
+            if sources.len() > 1 {
                 return plan_err!(
-                    "--shard: this statement reads {files} tables; name a key column they share with --shard-key (SET prefflow.shard_key) so their rows shard alike"
+                    "--shard: this statement reads {} row sources ({}); name a key column they share with --shard-key (SET prefflow.shard_key) so their rows shard alike",
+                    sources.len(),
+                    sources.join(", ")
                 );
             }
         }
         plan.transform_up_with_subqueries(|node| {
-            let LogicalPlan::TableScan(scan) = &node else {
-                return Ok(Transformed::no(node));
+            let (schema, source) = match &node {
+                LogicalPlan::TableScan(scan) => (&scan.projected_schema, is_source_table(scan)),
+                LogicalPlan::Values(values) => (&values.schema, true),
+                _ => return Ok(Transformed::no(node)),
             };
             let columns: Vec<Expr> = match &shard.key {
-                Some(key) => match scan
-                    .projected_schema
-                    .columns()
-                    .into_iter()
-                    .find(|c| c.name == *key)
-                {
+                Some(key) => match schema.columns().into_iter().find(|c| c.name == *key) {
                     Some(c) => vec![Expr::Column(c)],
                     None => return Ok(Transformed::no(node)),
                 },
-                None if is_file_table(scan) => scan
-                    .projected_schema
-                    .columns()
-                    .into_iter()
-                    .map(Expr::Column)
-                    .collect(),
+                None if source => schema.columns().into_iter().map(Expr::Column).collect(),
                 None => return Ok(Transformed::no(node)),
             };
             let keep = ScalarUDF::from(InShard::new(&shard)).call(columns);
@@ -175,17 +174,56 @@ impl AnalyzerRule for ShardRule {
     }
 }
 
-/// Data read from files (not tables built by earlier statements).
-fn is_file_table(scan: &datafusion::logical_expr::TableScan) -> bool {
+/// A row source: a file, a table registered from outside, or a table function's rows.
+fn is_source_table(scan: &datafusion::logical_expr::TableScan) -> bool {
+    use datafusion::functions_table::generate_series::GenerateSeriesTable;
+    provider(scan).is_some_and(|p| {
+        p.downcast_ref::<ListingTable>().is_some()
+            || p.downcast_ref::<GenerateSeriesTable>().is_some()
+            || p.downcast_ref::<Registered>().is_some()
+    })
+}
+
+fn provider(
+    scan: &datafusion::logical_expr::TableScan,
+) -> Option<&dyn datafusion::catalog::TableProvider> {
     scan.source
         .as_ref()
         .downcast_ref::<DefaultTableSource>()
-        .is_some_and(|s| {
-            s.table_provider
-                .as_ref()
-                .downcast_ref::<ListingTable>()
-                .is_some()
-        })
+        .map(|s| s.table_provider.as_ref())
+}
+
+/// A table registered from outside the session (the Python package's `register`): its rows
+/// are a source, sharded like a file's.
+#[derive(Debug)]
+pub struct Registered(pub Arc<dyn datafusion::catalog::TableProvider>);
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for Registered {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        self.0.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.0.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.0.supports_filters_pushdown(filters)
+    }
 }
 
 /// `shard_i_of_n(columns...)`: whether a row belongs to shard i.
