@@ -468,3 +468,44 @@ fn an_inline_address_with_a_password_is_never_echoed() {
     );
     assert!(!err.contains("pa55word"), "{err}");
 }
+
+// ---- 15. Reward templates see the tokenizer's special tokens ----
+
+#[test]
+fn reward_templates_render_the_tokenizers_bos_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward/llama");
+    let template = std::fs::read_to_string(from.join("chat_template.jinja")).unwrap();
+    let copy = |name: &str, prefix: &str| {
+        let to = d.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+        std::fs::write(to.join("chat_template.jinja"), format!("{prefix}{template}")).unwrap();
+        let path = to.join("tokenizer_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["bos_token"] = "<|im_start|>".into();
+        std::fs::write(&path, config.to_string()).unwrap();
+        to.display().to_string()
+    };
+    // `{{ bos_token }}` must render the tokenizer's BOS, as the same text written out does.
+    let templated = copy("templated", "{{ bos_token }}");
+    let literal = copy("literal", "<|im_start|>");
+    let plain = copy("plain", "");
+    let score = |path: &str| -> f64 {
+        let out = succeeds(
+            d,
+            &format!(
+                "CREATE MODEL rm FROM '{path}'; SELECT ai_reward('rm', 'What is 2 + 2?', 'It is 4.') AS s"
+            ),
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["s"].as_f64().unwrap()
+    };
+    let (t, l, p) = (score(&templated), score(&literal), score(&plain));
+    assert_eq!(t, l, "templated {t} vs literal {l}");
+    assert_ne!(t, p, "the BOS token changes the input, so the score");
+}

@@ -207,12 +207,14 @@ pub async fn score(
     let f = function.to_string();
     let (present, encoded) = blocking(function, move || {
         let chat = match (&info.chat_template, info.is_decoder()) {
+            // The tokenizer's own special tokens, as transformers' apply_chat_template renders
+            // them (Gemma 2 and Llama 3 reward templates begin with `{{ bos_token }}`).
             (Some(t), true) => Some(ChatPrompts::with_template(
                 &f,
                 &spec_name,
                 Some(t.clone()),
-                String::new(),
-                String::new(),
+                info.bos_token.clone(),
+                info.eos_token.clone(),
             )?),
             (None, true) => {
                 return Err(DataFusionError::Execution(format!(

@@ -96,7 +96,16 @@ impl ModelInfo {
             serde_json::Value::Null
         };
         let chat_template = super::source::chat_template(dir, &tok_config);
+        let special = |key: &str| {
+            let v = &tok_config[key];
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         Ok(Self {
+            bos_token: special("bos_token"),
+            eos_token: special("eos_token"),
             architecture,
             model_type,
             hidden_size,

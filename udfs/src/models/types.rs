@@ -47,6 +47,11 @@ pub struct ModelInfo {
     pub normalize: bool,
     /// The chat template of tokenizer_config.json, for decoder models.
     pub chat_template: Option<String>,
+    /// tokenizer_config.json's `bos_token` and `eos_token` (empty when it has none): a chat
+    /// template that begins with `{{ bos_token }}` renders them, as transformers does.
+    pub bos_token: String,
+    /// See `bos_token`.
+    pub eos_token: String,
     /// config.json `pad_token_id`.
     pub pad_token_id: Option<u32>,
 }
