@@ -83,6 +83,26 @@ fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// The files a local glob matches, by shell rules (`*` within a segment, `**` across folders,
+/// no hidden files unless the pattern names a dot), sorted; none is an error.
+pub(crate) fn shell_glob(pattern: &str) -> Result<Vec<PathBuf>> {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut files: Vec<PathBuf> = glob::glob_with(pattern, options)
+        .map_err(|e| plan_datafusion_err!("{pattern}: not a valid glob: {e}"))?
+        .flatten()
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(plan_datafusion_err!("{pattern}: no file matches this pattern"));
+    }
+    Ok(files)
+}
+
 /// Local files under `root` (recursively), sorted, so a folder's format is found the same way
 /// every time.
 fn walk(root: &Path) -> Vec<PathBuf> {
@@ -150,9 +170,20 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
         .get_file_format_factory(recognised.format)
         .ok_or_else(|| plan_datafusion_err!("file format {} is not registered", recognised.format))?
         .create(state, &options)?;
-    let url = ListingTableUrl::parse(location)?;
     let listing = ListingOptions::new(format).with_file_extension(recognised.extension.clone());
-    let config = ListingTableConfig::new(url).with_listing_options(listing);
+    let config = if is_glob(location) && !location.contains("://") {
+        // A glob means what it means in a shell: `*` and `?` match within one path segment,
+        // `**` any number of folders (DataFusion's own matching lets `*` cross folders, or
+        // sees only the top level).
+        let files = shell_glob(location)?;
+        let urls = files
+            .iter()
+            .map(|f| ListingTableUrl::parse(f.display().to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        ListingTableConfig::new_with_multi_paths(urls).with_listing_options(listing)
+    } else {
+        ListingTableConfig::new(ListingTableUrl::parse(location)?).with_listing_options(listing)
+    };
     let config = config
         .infer_partitions_from_path(state)
         .await?
@@ -391,9 +422,7 @@ fn local_files(location: &str) -> Vec<PathBuf> {
     } else if p.is_dir() {
         walk(p)
     } else if is_glob(location) {
-        glob::glob(location)
-            .map(|g| g.flatten().collect())
-            .unwrap_or_default()
+        shell_glob(location).unwrap_or_default()
     } else {
         Vec::new()
     }

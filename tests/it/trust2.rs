@@ -509,3 +509,36 @@ fn reward_templates_render_the_tokenizers_bos_token() {
     assert_eq!(t, l, "templated {t} vs literal {l}");
     assert_ne!(t, p, "the BOS token changes the input, so the score");
 }
+
+// ---- 8. Globs mean what they mean in a shell; folders are read whole ----
+
+#[test]
+fn globs_and_nested_folders_read_what_a_shell_would_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (path, x) in [
+        ("data/top.jsonl", 1),
+        ("data/a/one.jsonl", 10),
+        ("data/b/two.jsonl", 100),
+        ("data/b/deep/three.jsonl", 1000),
+    ] {
+        let p = d.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, format!("{{\"x\": {x}}}\n")).unwrap();
+    }
+    let sum = |from: &str| -> String {
+        succeeds(d, &format!("SELECT sum(x) AS s FROM '{from}'"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sum("data/"), "{\"s\":1111}", "a folder is read whole");
+    assert_eq!(sum("data/**/*.jsonl"), "{\"s\":1111}", "** recurses");
+    assert_eq!(sum("data/*.jsonl"), "{\"s\":1}", "* stays in its folder");
+    assert_eq!(sum("data/*/*.jsonl"), "{\"s\":110}", "* matches one segment");
+    assert_eq!(sum("data/b/**/*.jsonl"), "{\"s\":1100}");
+    fails(
+        d,
+        "SELECT * FROM 'data/*/none-*.jsonl'",
+        &["no file matches this pattern"],
+    );
+}
