@@ -157,6 +157,9 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
     if recognised.format == "parquet" {
         check_parquet_files(location)?;
     }
+    if recognised.format == "csv" {
+        check_csv_headers(location, recognised.options.get("format.delimiter"))?;
+    }
     let mut options = recognised.options.clone();
     if recognised.extension == ".json"
         && !is_glob(location)
@@ -191,6 +194,65 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
         .await
         .map_err(|e| with_json_diagnostics(e, &[location.to_string()]))?;
     Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// The CSV files of one table must have one header: DataFusion reads columns by position, so
+/// two files with the same columns in another order would swap values silently. A header
+/// with a name twice is refused too (which column would a query mean?). Compressed files are
+/// not opened here.
+fn check_csv_headers(location: &str, delimiter: Option<&String>) -> Result<()> {
+    use std::io::BufRead;
+    let delimiter = delimiter.map_or(",", |d| d.as_str());
+    let mut first: Option<(PathBuf, Vec<String>)> = None;
+    for file in local_files(location) {
+        let name = file.display().to_string();
+        if recognise(&name).is_none_or(|r| r.format != "csv" || r.options.contains_key("format.compression")) {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(&file) else {
+            continue;
+        };
+        let mut line = String::new();
+        if std::io::BufReader::new(f).read_line(&mut line).is_err() || line.trim().is_empty() {
+            continue;
+        }
+        let header: Vec<String> = line
+            .trim_end_matches(['\r', '\n'])
+            .trim_start_matches('\u{feff}')
+            .split(delimiter)
+            .map(|c| c.trim().trim_matches('"').to_string())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = header.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(plan_datafusion_err!(
+                "{name}: the header names column '{dup}' twice: rename one"
+            ));
+        }
+        match &first {
+            None => first = Some((file.clone(), header)),
+            Some((f0, h0)) if *h0 != header => {
+                let same_names = {
+                    let (mut a, mut b) = (h0.clone(), header.clone());
+                    a.sort();
+                    b.sort();
+                    a == b
+                };
+                let what = if same_names {
+                    "the same columns in another order"
+                } else {
+                    "other columns"
+                };
+                return Err(plan_datafusion_err!(
+                    "{} and {name} have {what} ({} vs {}): CSV columns are read by position, so read them as separate tables (or rewrite one with the other's header order)",
+                    f0.display(),
+                    h0.join(","),
+                    header.join(",")
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Every local Parquet file of `location` (a file, folder or glob) must start and end with

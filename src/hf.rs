@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::tokio::{Api, ApiRepo};
+use hf_hub::api::tokio::Api;
 use hf_hub::{Repo, RepoType};
 
 use crate::error::{PrefflowError, Result};
@@ -76,21 +76,45 @@ fn is_glob(path: &str) -> bool {
 pub async fn resolve(url: &str) -> Result<String> {
     let hf = parse(url)?;
     let api = api()?;
-    let repo = api.repo(Repo::with_revision(
-        hf.repo_id.clone(),
-        RepoType::Dataset,
-        hf.revision.clone(),
-    ));
     let fail = |e: hf_hub::api::tokio::ApiError| PrefflowError::Hub {
         url: url.to_string(),
         message: prefflow_udfs::models::hub::describe(&e),
     };
+    // A branch is resolved to its current commit when the Hub answers, as huggingface_hub
+    // does, so a dataset that changed is read anew (hf-hub serves a cached file for a branch
+    // without asking); offline, the cached copy of the branch is read.
+    let branch = api.repo(Repo::with_revision(
+        hf.repo_id.clone(),
+        RepoType::Dataset,
+        hf.revision.clone(),
+    ));
+    let info = branch.info().await;
+    let revision = match &info {
+        Ok(i) if !i.sha.is_empty() => {
+            // The branch now points at this commit in the cache too, so a later offline read
+            // of the branch finds these files.
+            let _ = hf_hub::Cache::from_env()
+                .repo(Repo::with_revision(
+                    hf.repo_id.clone(),
+                    RepoType::Dataset,
+                    hf.revision.clone(),
+                ))
+                .create_ref(&i.sha);
+            i.sha.clone()
+        }
+        _ => hf.revision.clone(),
+    };
+    let repo = api.repo(Repo::with_revision(
+        hf.repo_id.clone(),
+        RepoType::Dataset,
+        revision,
+    ));
     let single_file = !hf.path.is_empty() && !is_glob(&hf.path) && has_extension(&hf.path);
     if single_file {
         let local = repo.get(&hf.path).await.map_err(fail)?;
         return Ok(local.display().to_string());
     }
-    let files = matching_files(&repo, &hf).await.map_err(|e| match e {
+    let files = matching_files(info, &hf).await.map_err(|e| match e {
         Ok(api_err) => fail(api_err),
         Err(message) => PrefflowError::Hub {
             url: url.to_string(),
@@ -116,10 +140,10 @@ fn has_extension(path: &str) -> bool {
 
 /// Files of the repository under a folder or matching a glob.
 async fn matching_files(
-    repo: &ApiRepo,
+    info: std::result::Result<hf_hub::api::RepoInfo, hf_hub::api::tokio::ApiError>,
     hf: &HfPath,
 ) -> std::result::Result<Vec<String>, std::result::Result<hf_hub::api::tokio::ApiError, String>> {
-    let info = repo.info().await.map_err(Ok)?;
+    let info = info.map_err(Ok)?;
     let pattern = if is_glob(&hf.path) {
         Some(glob::Pattern::new(&hf.path).map_err(|e| Err(format!("bad glob: {e}")))?)
     } else {
@@ -131,7 +155,15 @@ async fn matching_files(
         .into_iter()
         .map(|s| s.rfilename)
         .filter(|f| match &pattern {
-            Some(p) => p.matches(f),
+            // Shell rules, as for local globs: `*` within a folder, `**` across folders.
+            Some(p) => p.matches_with(
+                f,
+                glob::MatchOptions {
+                    case_sensitive: true,
+                    require_literal_separator: true,
+                    require_literal_leading_dot: true,
+                },
+            ),
             None => hf.path.is_empty() || f.starts_with(&prefix),
         })
         // Repository metadata is not data.

@@ -43,6 +43,7 @@ pub mod model_calls;
 pub mod model_statements;
 pub mod output;
 pub mod progress;
+pub mod routine_docs;
 pub mod script;
 pub mod session;
 pub mod shard;

@@ -186,6 +186,8 @@ pub(crate) fn build_state(
         .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
         // Model calls inside aggregates and windows move to a projection below (async_args).
         .with_analyzer_rule(Arc::new(crate::async_args::HoistModelCalls))
+        // information_schema.routines describes the model functions too.
+        .with_analyzer_rule(Arc::new(crate::routine_docs::RoutineDocs))
         .build();
 
     // Schemas are inferred from every record of JSON lines and CSV files, not the first

@@ -364,11 +364,16 @@ fn handle(
     };
     let (rev, file) = rest.split_once('/').unwrap_or(("", ""));
     let repos = hub.repos.lock().unwrap();
-    let data = repos.get(repo).and_then(|r| {
-        branch_of(hub, r, repo, rev)
-            .and_then(|b| r.branches.get(&b))
-            .and_then(|files| files.get(file))
-    });
+    let branch = repos
+        .get(repo)
+        .and_then(|r| branch_of(hub, r, repo, rev))
+        .unwrap_or_else(|| "main".to_string());
+    // The commit the file is served from: the branch's head, as the Hub says.
+    let commit = head(hub, repo, &branch);
+    let data = repos
+        .get(repo)
+        .and_then(|r| r.branches.get(&branch))
+        .and_then(|files| files.get(file));
     let Some(data) = data else {
         return Some(respond(
             "404 Not Found",
@@ -387,7 +392,7 @@ fn handle(
             "200 OK",
             &[
                 ("ETag".into(), etag),
-                ("X-Repo-Commit".into(), COMMIT.into()),
+                ("X-Repo-Commit".into(), commit.clone()),
             ],
             b"",
         ));
@@ -407,7 +412,7 @@ fn handle(
         "206 Partial Content",
         &[
             ("ETag".into(), etag),
-            ("X-Repo-Commit".into(), COMMIT.into()),
+            ("X-Repo-Commit".into(), commit.clone()),
             (
                 "Content-Range".into(),
                 format!("bytes {start}-{end}/{}", data.len()),
@@ -530,7 +535,7 @@ pub(crate) async fn start(hub: Arc<Hub>) -> (String, tokio::task::JoinHandle<()>
     (format!("http://{addr}"), tokio::spawn(serve(listener, hub)))
 }
 
-async fn count(engine: &Engine, sql: &str) -> i64 {
+pub(crate) async fn count(engine: &Engine, sql: &str) -> i64 {
     let batches = engine
         .query(sql)
         .await

@@ -202,6 +202,28 @@ async fn two_statements_pushing_to_one_target_at_once_never_mix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hf_reads_see_the_branch_as_it_is_now() {
+    let _env = HUB_ENV.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, _server) = hub_for_test(dir.path()).await;
+    let file = pairs(dir.path());
+    let e = engine(&dir.path().join("cache"));
+    let push = |limit: usize| {
+        format!(
+            "COPY ({} LIMIT {limit}) TO 'hf://datasets/org/fresh' STORED AS parquet",
+            query(&file)
+        )
+    };
+    let read = "SELECT count(*) FROM 'hf://datasets/org/fresh/data/*.parquet'";
+    e.query(&push(30)).await.unwrap();
+    assert_eq!(crate::hf::count(&e, read).await, 30);
+    // Another statement replaces the dataset: the next read gets the new commit's files,
+    // not the cached copy of the first.
+    e.query(&push(10)).await.unwrap();
+    assert_eq!(crate::hf::count(&e, read).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_push_whose_input_changed_is_refused_before_any_commit() {
     let _env = HUB_ENV.lock().await;
     let dir = tempfile::tempdir().unwrap();

@@ -542,3 +542,27 @@ fn globs_and_nested_folders_read_what_a_shell_would_list() {
         &["no file matches this pattern"],
     );
 }
+
+// ---- 7, 25. CSV headers ----
+
+#[test]
+fn csv_files_with_other_header_orders_or_duplicate_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("csv")).unwrap();
+    std::fs::write(d.join("csv/a.csv"), "prompt,score\nq1,1\n").unwrap();
+    std::fs::write(d.join("csv/b.csv"), "score,prompt\n2,q2\n").unwrap();
+    for from in ["csv/", "csv/*.csv"] {
+        fails(
+            d,
+            &format!("SELECT * FROM '{from}'"),
+            &["a.csv", "b.csv", "the same columns in another order"],
+        );
+    }
+    std::fs::write(d.join("dup.csv"), "a,b,a\n1,2,3\n").unwrap();
+    fails(d, "SELECT * FROM 'dup.csv'", &["dup.csv", "column 'a' twice"]);
+    // Files that agree read as one table.
+    std::fs::write(d.join("csv/b.csv"), "prompt,score\nq2,2\n").unwrap();
+    let out = succeeds(d, "SELECT sum(score) AS s FROM 'csv/'");
+    assert_eq!(out.trim(), "{\"s\":3}");
+}
