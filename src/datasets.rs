@@ -316,6 +316,8 @@ fn looks_like_location(name: &str) -> bool {
         || recognise(name).is_some()
         || name.contains('/')
         || name.starts_with('.')
+        // A folder named bare (or a symlink to one) is a folder.
+        || Path::new(name).is_dir()
 }
 
 /// `SELECT … FROM 'data/x.jsonl'` and `FROM 'hf://datasets/…'`.

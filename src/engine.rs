@@ -189,10 +189,26 @@ impl Engine {
         for (i, ((sql, location), st)) in statements.into_iter().zip(&script.statements).enumerate()
         {
             let df = self.sql(&sql).await.map_err(|e| {
+                // A statement that does not parse or plan may be broken by a parameter's
+                // value: say which values it was given.
+                let used = crate::script::used_params(&st.sql, params);
+                let message = e.to_string();
+                let note = if !used.is_empty()
+                    && ["syntax error", "during planning", "Schema error", "SQL error"]
+                        .iter()
+                        .any(|k| message.contains(k))
+                {
+                    format!(" (the statement was given --param {})", used.join(" --param "))
+                } else {
+                    String::new()
+                };
                 match crate::script::syntax_error(&e, st.line) {
                     // The line the parser stopped on, not the statement's first line.
-                    Some((line, message)) => {
-                        PrefflowError::Script(message).at(format!("{}:{line}", script.name))
+                    Some((line, message)) => PrefflowError::Script(message + &note)
+                        .at(format!("{}:{line}", script.name)),
+                    None if !note.is_empty() => {
+                        PrefflowError::Script(crate::error::one_line(&message) + &note)
+                            .at(location.clone())
                     }
                     None => e.at(location.clone()),
                 }

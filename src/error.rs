@@ -9,7 +9,7 @@ pub type Result<T, E = PrefflowError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum PrefflowError {
     /// A planning or execution error from DataFusion (including our SQL functions).
-    #[error("{}", one_line(&.0.to_string()))]
+    #[error("{}", describe_datafusion(.0))]
     DataFusion(DataFusionError),
     /// A statement failed; `location` is `file:line`.
     #[error("{location}: {source}")]
@@ -93,6 +93,24 @@ impl From<PrefflowError> for DataFusionError {
 }
 
 /// DataFusion wraps messages in context lines and backtraces; a CLI error is one line.
+/// With RUST_BACKTRACE set, DataFusion appends a backtrace after "backtrace:": cut.
 pub fn one_line(message: &str) -> String {
+    let message = message
+        .split_once(DataFusionError::BACK_TRACE_SEP)
+        .map_or(message, |(m, _)| m);
     message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A DataFusion error as one line; a parser error reads as `syntax error: …`, not as
+/// `SQL error: ParserError("…")`.
+fn describe_datafusion(e: &DataFusionError) -> String {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    if let DataFusionError::SQL(pe, _) = e.find_root() {
+        let m = match pe.as_ref() {
+            ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+            ParserError::RecursionLimitExceeded => "the statement is nested too deeply".to_string(),
+        };
+        return one_line(&format!("syntax error: {m}"));
+    }
+    one_line(&e.to_string())
 }

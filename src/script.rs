@@ -182,6 +182,28 @@ pub fn split_statements(text: &str) -> std::result::Result<Vec<Statement>, (usiz
 /// Replaces `${name}` (or `${name:-default}`) with parameter values. A default may itself hold
 /// parameters (`${target:-${out_dir:-out}/pairs}`). A name with neither a value nor a default
 /// is an error naming it, so a typo never runs as an empty string.
+/// The `--param` values `sql` uses (`${name}` with a value given), as `name='value'`, for an
+/// error that a value may have caused.
+pub fn used_params(sql: &str, params: &HashMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find("${") {
+        rest = &rest[at + 2..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if let Some(value) = params.get(&name) {
+            let shown: String = value.chars().take(60).collect();
+            let entry = format!("{name}='{shown}'");
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+    }
+    out
+}
+
 pub fn substitute(
     sql: &str,
     params: &HashMap<String, String>,

@@ -52,7 +52,8 @@ pub fn check(target: &Path, kind: &Output, inputs: &[PathBuf]) -> Result<()> {
             )));
         }
     }
-    let meta = std::fs::symlink_metadata(target).ok();
+    // Through symlinks: a link to a folder is a folder.
+    let meta = std::fs::metadata(target).ok();
     match (kind, &meta) {
         (Output::File, Some(m)) if m.is_dir() => {
             return Err(refuse(format!(
@@ -348,6 +349,12 @@ pub fn commit(tmp: &Path, target: &Path, kind: &Output) -> Result<()> {
     if !tmp.exists() {
         return Ok(());
     }
+    // A symlinked target is written where the link points; the link stays.
+    let real = std::fs::symlink_metadata(target)
+        .is_ok_and(|m| m.file_type().is_symlink())
+        .then(|| target.canonicalize().ok())
+        .flatten();
+    let target = real.as_deref().unwrap_or(target);
     let result = swap(tmp, target, kind);
     if result.is_err() {
         remove_path(tmp);
@@ -363,7 +370,7 @@ fn swap(tmp: &Path, target: &Path, kind: &Output) -> Result<()> {
             plain(&e)
         ))
     };
-    let meta = std::fs::symlink_metadata(target).ok();
+    let meta = std::fs::metadata(target).ok();
     match (kind, meta) {
         (Output::File, Some(m)) if m.is_dir() => Err(refuse(format!(
             "{} became a folder while the query ran: the output was not written",

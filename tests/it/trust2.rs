@@ -566,3 +566,45 @@ fn csv_files_with_other_header_orders_or_duplicate_names_are_refused() {
     let out = succeeds(d, "SELECT sum(score) AS s FROM 'csv/'");
     assert_eq!(out.trim(), "{\"s\":3}");
 }
+
+// ---- 25. Errors a user can act on ----
+
+#[test]
+fn errors_name_the_parameter_read_as_one_line_and_symlinks_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("p.sql"), "-- a job\nSELECT ${v} AS x;\n").unwrap();
+    let o = prefflow(&["run", "p.sql", "--param", "v=1 FROM"], d);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--param v='1 FROM'"), "{err}");
+    // A parser error is one plain line, in the shell too.
+    let out = shell_with(d, "SELEC 1;\n");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("syntax error: Expected"), "{err}");
+    assert!(!err.contains("ParserError"), "{err}");
+    let o = super::trust::prefflow_env(&["sql", "SELEC 1"], d, &[("RUST_BACKTRACE", "1")]);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    // A symlink to a folder is a folder: read, and written into where it points.
+    std::fs::create_dir(d.join("real")).unwrap();
+    std::fs::write(d.join("real/a.jsonl"), "{\"x\": 1}\n").unwrap();
+    std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+    assert_eq!(
+        succeeds(d, "SELECT sum(x) AS s FROM 'link'").trim(),
+        "{\"s\":1}"
+    );
+    std::fs::create_dir(d.join("realout")).unwrap();
+    std::os::unix::fs::symlink(d.join("realout"), d.join("out")).unwrap();
+    succeeds(d, "COPY (SELECT 1 AS x) TO 'out/' STORED AS parquet");
+    assert!(
+        std::fs::symlink_metadata(d.join("out"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
+    );
+    assert_eq!(
+        succeeds(d, "SELECT count(*) AS n FROM 'realout/'").trim(),
+        "{\"n\":1}"
+    );
+}
