@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory, UrlTableFactory};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{plan_datafusion_err, plan_err};
@@ -187,13 +188,72 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
     } else {
         ListingTableConfig::new(ListingTableUrl::parse(location)?).with_listing_options(listing)
     };
-    let config = config
-        .infer_partitions_from_path(state)
-        .await?
-        .infer_schema(state)
-        .await
-        .map_err(|e| with_json_diagnostics(e, &[location.to_string()]))?;
+    let listing = config.options.clone();
+    let config = config.infer_partitions_from_path(state).await?;
+    let config = match config.infer_schema(state).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = with_json_diagnostics(e, &[location.to_string()]);
+            return Err(name_conflicting_files(e, state, location, listing).await);
+        }
+    };
     Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// A schema that does not merge across the files of one table (`x` is Int32 in one Parquet
+/// file and Int64 in another, a number here and text there) is reported with two files that
+/// disagree; Arrow's message names neither.
+async fn name_conflicting_files(
+    e: DataFusionError,
+    state: &SessionState,
+    location: &str,
+    listing: Option<ListingOptions>,
+) -> DataFusionError {
+    let message = e.to_string();
+    let (Some(field), Some(listing)) = (
+        message
+            .split("Fail to merge schema field '")
+            .nth(1)
+            .and_then(|r| r.split('\'').next()),
+        listing,
+    ) else {
+        return e;
+    };
+    let mut first: Option<(PathBuf, DataType)> = None;
+    for file in local_files(location) {
+        if !file.display().to_string().ends_with(&listing.file_extension) {
+            continue;
+        }
+        let Ok(url) = ListingTableUrl::parse(file.display().to_string()) else {
+            continue;
+        };
+        let Ok(config) = ListingTableConfig::new(url)
+            .with_listing_options(listing.clone())
+            .infer_schema(state)
+            .await
+        else {
+            continue;
+        };
+        let Some(t) = config
+            .file_schema
+            .as_ref()
+            .and_then(|s| s.field_with_name(field).ok().map(|f| f.data_type().clone()))
+        else {
+            continue;
+        };
+        match &first {
+            None => first = Some((file, t)),
+            Some((f0, t0)) if *t0 != t => {
+                return DataFusionError::Plan(format!(
+                    "column '{field}' is {t0} in {} but {t} in {}: the files of one table must agree (cast them to one type with a query per file, or read them as separate tables)",
+                    f0.display(),
+                    file.display()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    e
 }
 
 /// The CSV files of one table must have one header: DataFusion reads columns by position, so
@@ -432,7 +492,9 @@ pub const EXTERNAL_TABLE_TYPES: [&str; 5] = ["PARQUET", "CSV", "JSON", "JSONL", 
 
 fn is_json_error(e: &DataFusionError) -> bool {
     let msg = e.to_string();
-    msg.contains("Json error") || msg.contains("JSON") && msg.contains("pars")
+    msg.contains("Json error")
+        || msg.contains("JSON") && msg.contains("pars")
+        || msg.contains("Fail to merge schema field")
 }
 
 /// If `e` is a JSON parse error, finds the first malformed line in the JSON-lines files of
@@ -494,6 +556,7 @@ fn local_files(location: &str) -> Vec<PathBuf> {
 
 /// `file:line: reason` of the first line of a JSON-lines file that is not one JSON value.
 fn first_bad_line(files: &[PathBuf]) -> Option<String> {
+    let mut kinds = FieldKinds::default();
     for file in files {
         let name = file.display().to_string();
         let Some(r) = recognise(&name) else { continue };
@@ -506,7 +569,6 @@ fn first_bad_line(files: &[PathBuf]) -> Option<String> {
         let Ok(f) = std::fs::File::open(file) else {
             continue;
         };
-        let mut kinds = FieldKinds::default();
         for (n, line) in BufReader::new(f).lines().enumerate() {
             let Ok(line) = line else {
                 return Some(format!("{name}:{}: not valid UTF-8", n + 1));
@@ -522,7 +584,7 @@ fn first_bad_line(files: &[PathBuf]) -> Option<String> {
             match serde_json::from_str::<serde_json::Value>(line) {
                 Err(err) => return Some(format!("{name}:{}: {err}", n + 1)),
                 Ok(record) => {
-                    if let Some(conflict) = kinds.conflict(&record, n + 1) {
+                    if let Some(conflict) = kinds.conflict(&record, &name, n + 1) {
                         return Some(format!("{name}:{}: {conflict}", n + 1));
                     }
                 }
@@ -532,10 +594,11 @@ fn first_bad_line(files: &[PathBuf]) -> Option<String> {
     None
 }
 
-/// The kind of value each top-level field held where it was first seen, to name the record
-/// where a field changes kind (Arrow's reader names neither file nor line).
+/// The kind of value each field (nested ones as `a.b`, list items as `a[]`) held where it
+/// was first seen, in any file of the table, to name the record where a field changes kind
+/// (Arrow's reader names neither file nor line).
 #[derive(Default)]
-struct FieldKinds(HashMap<String, (&'static str, usize)>);
+struct FieldKinds(HashMap<String, (&'static str, String, usize)>);
 
 impl FieldKinds {
     fn kind(v: &serde_json::Value) -> Option<&'static str> {
@@ -550,22 +613,53 @@ impl FieldKinds {
     }
 
     /// Records `record`'s field kinds; describes the first field whose kind changed.
-    fn conflict(&mut self, record: &serde_json::Value, line: usize) -> Option<String> {
-        let object = record.as_object()?;
-        for (field, value) in object {
-            let Some(kind) = Self::kind(value) else {
-                continue;
-            };
-            match self.0.get(field) {
-                None => {
-                    self.0.insert(field.clone(), (kind, line));
+    fn conflict(&mut self, record: &serde_json::Value, file: &str, line: usize) -> Option<String> {
+        self.visit("", record, file, line)
+    }
+
+    fn visit(
+        &mut self,
+        path: &str,
+        value: &serde_json::Value,
+        file: &str,
+        line: usize,
+    ) -> Option<String> {
+        let children: Vec<(String, &serde_json::Value)> = match value {
+            serde_json::Value::Object(o) => o
+                .iter()
+                .map(|(k, v)| {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    (p, v)
+                })
+                .collect(),
+            serde_json::Value::Array(a) => a.iter().map(|v| (format!("{path}[]"), v)).collect(),
+            _ => return None,
+        };
+        for (field, v) in children {
+            if let Some(kind) = Self::kind(v) {
+                match self.0.get(&field) {
+                    None => {
+                        self.0.insert(field.clone(), (kind, file.to_string(), line));
+                    }
+                    Some((first, at_file, at)) if *first != kind => {
+                        let place = if at_file == file {
+                            format!("line {at}")
+                        } else {
+                            format!("{at_file}:{at}")
+                        };
+                        return Some(format!(
+                            "field '{field}' is {kind} here but {first} on {place}"
+                        ));
+                    }
+                    Some(_) => {}
                 }
-                Some((first, at)) if *first != kind => {
-                    return Some(format!(
-                        "field '{field}' is {kind} here but {first} on line {at}"
-                    ));
-                }
-                Some(_) => {}
+            }
+            if let Some(c) = self.visit(&field, v, file, line) {
+                return Some(c);
             }
         }
         None

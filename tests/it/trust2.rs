@@ -608,3 +608,35 @@ fn errors_name_the_parameter_read_as_one_line_and_symlinks_are_followed() {
         "{\"n\":1}"
     );
 }
+
+#[test]
+fn schema_conflicts_across_files_name_the_files_and_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("pq")).unwrap();
+    succeeds(d, "COPY (SELECT arrow_cast(1, 'Int32') AS x) TO 'pq/a.parquet'");
+    succeeds(d, "COPY (SELECT arrow_cast(2, 'Int64') AS x) TO 'pq/b.parquet'");
+    fails(
+        d,
+        "SELECT sum(x) FROM 'pq/'",
+        &["column 'x' is Int32 in", "a.parquet", "but Int64 in", "b.parquet"],
+    );
+    std::fs::create_dir(d.join("js")).unwrap();
+    std::fs::write(d.join("js/a.jsonl"), "{\"x\": 1}\n").unwrap();
+    std::fs::write(d.join("js/b.jsonl"), "{\"x\": \"one\"}\n").unwrap();
+    fails(
+        d,
+        "SELECT * FROM 'js/'",
+        &["b.jsonl:1", "field 'x' is text here but a number on", "a.jsonl:1"],
+    );
+    std::fs::write(
+        d.join("nested.jsonl"),
+        "{\"m\": {\"k\": 1}}\n{\"m\": {\"k\": [1]}}\n",
+    )
+    .unwrap();
+    fails(
+        d,
+        "SELECT * FROM 'nested.jsonl'",
+        &["nested.jsonl:2", "field 'm.k' is a list here but a number on line 1"],
+    );
+}
