@@ -190,11 +190,14 @@ fn call_infos(exec: &Arc<dyn ExecutionPlan>, models: &ModelRegistry) -> Vec<Call
 
 /// One call's counters as EXPLAIN ANALYZE shows them.
 pub fn describe(s: &Snapshot) -> String {
-    let retries = if s.retries > 0 {
+    let mut retries = if s.retries > 0 {
         format!(" retries={}", s.retries)
     } else {
         String::new()
     };
+    if s.failed > 0 {
+        retries.push_str(&format!(" failed_as_null={}", s.failed));
+    }
     format!(
         "calls={} cache_hits={} input_tokens={} output_tokens={} batches={}{retries} time={:.3}s",
         s.rows,

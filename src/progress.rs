@@ -86,9 +86,11 @@ impl Progress {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if self.mode != ProgressMode::Quiet {
-            let entries = self.activity.entries_since(self.from);
-            for e in entries.iter().filter(|e| e.started()) {
+        let entries = self.activity.entries_since(self.from);
+        for e in entries.iter().filter(|e| e.started()) {
+            // Rows made NULL by failed requests are said even with --quiet.
+            let failed = e.failed.load(Ordering::Relaxed) > 0;
+            if self.mode != ProgressMode::Quiet || failed {
                 eprintln!("prefflow: {}", summary(e));
             }
         }
@@ -198,8 +200,22 @@ pub fn line(e: &CallStats) -> String {
 /// The end-of-run record of a call.
 pub fn summary(e: &CallStats) -> String {
     let s = e.snapshot();
+    let failed = if s.failed > 0 {
+        let last = e
+            .last_failure
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .unwrap_or_default();
+        format!(
+            "; {} of them NULL because their request failed (on_error 'null'; last: {last})",
+            s.failed
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}: {} rows ({} computed, {} from cache), tokens {} in / {} out, {} batches, {}",
+        "{}: {} rows ({} computed, {} from cache), tokens {} in / {} out, {} batches, {}{failed}",
         e.label,
         s.rows,
         s.computed(),

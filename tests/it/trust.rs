@@ -584,7 +584,7 @@ fn null_arguments_in_every_position_never_panic() {
 
 /// A server answering every request with `status`, `headers` and `body` (`{auth}` is replaced
 /// by the request's Authorization header); returns its address.
-fn server(status: &'static str, headers: &'static str, body: &'static str) -> String {
+pub(crate) fn server(status: &'static str, headers: &'static str, body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {

@@ -640,3 +640,29 @@ fn schema_conflicts_across_files_name_the_files_and_lines() {
         &["nested.jsonl:2", "field 'm.k' is a list here but a number on line 1"],
     );
 }
+
+// ---- 25. on_error 'null' says what it made NULL; failures are not cached ----
+
+#[test]
+fn rows_refused_into_null_are_reported_and_asked_again_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = super::trust::server("401 Unauthorized", "", "{\"error\": \"bad key\"}");
+    let sql = format!(
+        "CREATE MODEL m FROM 'openai://{addr}/v1/x' OPTIONS (on_error 'null');
+         SELECT count(*) AS n, count(ai_generate('m', p)) AS answered FROM (VALUES ('a'), ('b'), ('c')) t(p)"
+    );
+    let o = prefflow(&["sql", &sql, "--quiet"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"n\":3,\"answered\":0"), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("3 of them NULL because their request failed") && err.contains("401"),
+        "{err}"
+    );
+    let analyze = succeeds(d, &format!("{sql}; EXPLAIN ANALYZE SELECT ai_generate('m', 'z')"));
+    assert!(analyze.contains("failed_as_null=1"), "{analyze}");
+    // The NULLs were not cached: the next run asks the server again (and says so again).
+    let o = prefflow(&["sql", &sql], d);
+    assert!(stderr(&o).contains("3 computed, 0 from cache"), "{}", stderr(&o));
+}

@@ -36,6 +36,10 @@ pub struct CallStats {
     pub in_flight: AtomicU64,
     /// Requests to remote models sent again after a transient failure.
     pub retries: AtomicU64,
+    /// Rows given NULL because their request failed for good (`on_error 'null'`).
+    pub failed: AtomicU64,
+    /// The last such failure, for the run's summary.
+    pub last_failure: Mutex<Option<String>>,
     /// Time inside the function, summed over partitions (nanoseconds).
     pub nanos: AtomicU64,
     started: Mutex<Option<Instant>>,
@@ -56,6 +60,8 @@ impl CallStats {
             batches: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             nanos: AtomicU64::new(0),
             started: Mutex::new(None),
             last_done: Mutex::new(None),
@@ -117,6 +123,7 @@ impl CallStats {
             batches: get(&self.batches),
             in_flight: get(&self.in_flight),
             retries: get(&self.retries),
+            failed: get(&self.failed),
             time: Duration::from_nanos(get(&self.nanos)),
         }
     }
@@ -139,6 +146,8 @@ pub struct Snapshot {
     pub in_flight: u64,
     /// Remote requests retried.
     pub retries: u64,
+    /// Rows given NULL because their request failed (`on_error 'null'`).
+    pub failed: u64,
     /// Time inside the function, summed over partitions.
     pub time: Duration,
 }
@@ -218,6 +227,17 @@ pub fn record_tokens(input: u64, output: u64) {
 }
 
 /// Counts one retried remote request in the current call.
+/// `rows` rows of the current call were given NULL because their request failed for good
+/// (`on_error 'null'`); `why` is the failure.
+pub fn record_failed(rows: u64, why: &str) {
+    let _ = CALL.try_with(|s| {
+        s.failed.fetch_add(rows, Ordering::Relaxed);
+        if let Ok(mut last) = s.last_failure.lock() {
+            *last = Some(why.to_string());
+        }
+    });
+}
+
 pub fn record_retry() {
     let _ = CALL.try_with(|s| {
         s.retries.fetch_add(1, Ordering::Relaxed);

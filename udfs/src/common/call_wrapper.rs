@@ -260,10 +260,13 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         while let Some((c, result)) = running.next().await {
             let array = result?;
             if array.data_type() == &return_type {
+                // A NULL result is not kept: it is a request that failed (`on_error
+                // 'null'`), and a run after the cause is fixed must ask again.
                 pending.extend(
                     chunks[c]
                         .iter()
                         .enumerate()
+                        .filter(|(j, _)| !array.is_null(*j))
                         .map(|(j, &i)| (keys[i], array.slice(j, 1))),
                 );
             }

@@ -140,7 +140,9 @@ async fn embed_remote(
                     vectors[i] = Some(v);
                 }
             }
-            Err(_) if remote.settings.on_error == OnError::Null => {}
+            Err(e) if remote.settings.on_error == OnError::Null => {
+                crate::common::call_stats::record_failed(rows.len() as u64, &e.to_string());
+            }
             Err(e) => {
                 return Err(DataFusionError::Execution(format!(
                     "{function}: model '{}' at {}: rows {}..={}: {e}",

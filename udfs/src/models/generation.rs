@@ -225,7 +225,10 @@ async fn generate_remote(
         match answer {
             Ok(text) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(text),
             Ok(_) => {}
-            Err(_) if remote.settings.on_error == OnError::Null => {
+            Err(e) if remote.settings.on_error == OnError::Null => {
+                if !failed[row] {
+                    crate::common::call_stats::record_failed(1, &e.to_string());
+                }
                 failed[row] = true;
                 out[row] = None;
             }
