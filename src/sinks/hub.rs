@@ -1,9 +1,10 @@
 //! The Hugging Face Hub as a sink: `COPY … TO 'hf://datasets/ORG/NAME[@BRANCH][/PATH]'`.
 //!
 //! Before a row is read (so before any model work), [`Push::open`] checks the token (present,
-//! with write access), creates the repository if missing (private unless `private false`),
-//! refuses a public repository when a private one was asked for, creates the branch, and reads
-//! what an earlier run of the same statement pushed there.
+//! with write access), refuses a public repository when a private one was asked for, and reads
+//! what an earlier run of the same statement pushed there. A missing repository (private
+//! unless `private false`) or branch is created by the first commit, so a push that fails
+//! before one leaves nothing behind.
 //!
 //! Rows go to part files (`PATH/data/train-00000.parquet`, `…-00001…`) in a staging folder;
 //! every `checkpoint_rows` rows the open parts are closed and committed with the dataset card
@@ -202,6 +203,9 @@ pub(crate) struct Push {
     /// The branch's commit this run started from, then its own last commit: every commit names
     /// it as its parent, so a push by someone else in between is refused, not overwritten.
     head: Option<String>,
+    client: HFClient,
+    /// What the first commit creates first.
+    missing: Missing,
 }
 
 fn timeout() -> Duration {
@@ -222,21 +226,29 @@ impl Push {
         kind: FileKind,
         staging_root: &Path,
     ) -> Result<Self> {
-        let repo = connect(&target).await?;
+        let Connection {
+            client,
+            repo,
+            missing,
+        } = connect(&target).await?;
         let fail = |what: &str, e: HFError| target.err(format!("{what}: {}", describe(&e)));
-        let info = repo
-            .info()
-            .revision(target.branch.clone())
-            .send()
-            .await
-            .map_err(|e| fail("cannot list the dataset's files", e))?;
-        let head = info.sha.clone();
-        let files: Vec<String> = info
-            .siblings
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.rfilename)
-            .collect();
+        let (head, files): (Option<String>, Vec<String>) = if missing == Missing::Nothing {
+            let info = repo
+                .info()
+                .revision(target.branch.clone())
+                .send()
+                .await
+                .map_err(|e| fail("cannot list the dataset's files", e))?;
+            let files = info
+                .siblings
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.rfilename)
+                .collect();
+            (info.sha, files)
+        } else {
+            (None, Vec::new())
+        };
         let manifest_path = target.manifest_path();
         let previous: Option<Manifest> = if files.contains(&manifest_path) {
             let bytes = repo
@@ -329,6 +341,8 @@ impl Push {
             staging,
             kind,
             head,
+            client,
+            missing,
         })
     }
 
@@ -383,6 +397,10 @@ impl Push {
                     p.local.display()
                 ))
             })?;
+        }
+        if self.missing != Missing::Nothing {
+            self.head = create_missing(&self.target, &self.client, &self.repo, self.missing).await?;
+            self.missing = Missing::Nothing;
         }
         let mut manifest = self.manifest.clone();
         for p in &parts {
@@ -660,7 +678,7 @@ impl PartWriter {
 /// Checks a push before anything runs: the token (present, with write access), the
 /// repository (created if missing; a public one refused when a private one is asked for) and
 /// the branch (created if missing). Returns the repository's client.
-async fn connect(target: &HubTarget) -> Result<HFRepository<RepoTypeDataset>> {
+async fn connect(target: &HubTarget) -> Result<Connection> {
     let token = prefflow_udfs::models::hub::token().ok_or_else(|| {
         target.err(
             "no Hub token: set HF_TOKEN to a token with write access (or log in with `huggingface-cli login`) before pushing",
@@ -682,7 +700,7 @@ async fn connect(target: &HubTarget) -> Result<HFRepository<RepoTypeDataset>> {
     check_write_access(target, &http, client.endpoint(), &token).await?;
     let repo = client.dataset(target.org.clone(), target.name.clone());
     let fail = |what: &str, e: HFError| target.err(format!("{what}: {}", describe(&e)));
-    match repo.info().send().await {
+    let missing = match repo.info().send().await {
         Ok(info) => {
             if target.private && info.private == Some(false) {
                 return Err(target.err(format!(
@@ -690,35 +708,77 @@ async fn connect(target: &HubTarget) -> Result<HFRepository<RepoTypeDataset>> {
                     target.repo_id()
                 )));
             }
+            if target.branch != "main"
+                && !repo
+                    .revision_exists()
+                    .revision(&target.branch)
+                    .send()
+                    .await
+                    .map_err(|e| fail("cannot read the branch", e))?
+            {
+                Missing::Branch
+            } else {
+                Missing::Nothing
+            }
         }
-        Err(HFError::RepoNotFound { .. }) => {
-            client
-                .create_repository()
-                .repo_id(&target.repo_id())
-                .repo_type(RepoTypeDataset)
-                .private(target.private)
-                .exist_ok(true)
-                .send()
-                .await
-                .map_err(|e| fail("cannot create the dataset repository", e))?;
-        }
+        Err(HFError::RepoNotFound { .. }) => Missing::Repository,
         Err(e) => return Err(fail("cannot read the dataset repository", e)),
-    }
-    if target.branch != "main"
-        && !repo
-            .revision_exists()
-            .revision(&target.branch)
+    };
+    Ok(Connection {
+        client,
+        repo,
+        missing,
+    })
+}
+
+/// A checked Hub target. What does not exist yet is created by the first commit, so a push
+/// that fails before it (a bad query, a model error) leaves no empty repository or branch.
+struct Connection {
+    client: HFClient,
+    repo: HFRepository<RepoTypeDataset>,
+    missing: Missing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Nothing,
+    Repository,
+    Branch,
+}
+
+/// Creates what `missing` says is not there yet; returns the branch's head commit.
+async fn create_missing(
+    target: &HubTarget,
+    client: &HFClient,
+    repo: &HFRepository<RepoTypeDataset>,
+    missing: Missing,
+) -> Result<Option<String>> {
+    let fail = |what: &str, e: HFError| target.err(format!("{what}: {}", describe(&e)));
+    if missing == Missing::Repository {
+        client
+            .create_repository()
+            .repo_id(&target.repo_id())
+            .repo_type(RepoTypeDataset)
+            .private(target.private)
+            .exist_ok(true)
             .send()
             .await
-            .map_err(|e| fail("cannot read the branch", e))?
-    {
+            .map_err(|e| fail("cannot create the dataset repository", e))?;
+    }
+    if missing != Missing::Nothing && target.branch != "main" {
         repo.create_branch()
             .branch(&target.branch)
             .send()
             .await
             .map_err(|e| fail(&format!("cannot create branch {}", target.branch), e))?;
     }
-    Ok(repo)
+    let info = repo
+        .info()
+        .revision(target.branch.clone())
+        .send()
+        .await
+        .map_err(|e| fail("cannot read the new branch", e))?;
+    Ok(info.sha)
 }
 
 /// The checks of [`connect`] for a planned `COPY … TO 'hf://…'`, run by the engine before the

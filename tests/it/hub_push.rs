@@ -202,6 +202,39 @@ async fn two_statements_pushing_to_one_target_at_once_never_mix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_push_creates_no_repository_or_branch() {
+    let _env = HUB_ENV.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _server) = hub_for_test(dir.path()).await;
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{not json\n").unwrap();
+    let e = engine(&dir.path().join("cache"));
+    for target in ["hf://datasets/org/never", "hf://datasets/org/never@dev"] {
+        let err = e
+            .query(&format!(
+                "COPY (SELECT prompt, chosen, rejected FROM '{}') TO '{target}' STORED AS dpo",
+                bad.display()
+            ))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.jsonl:2"), "{err}");
+    }
+    assert!(hub.created.lock().unwrap().is_empty(), "no repository created");
+    assert!(!hub.repos.lock().unwrap().contains_key("datasets/org/never"));
+    // The same push with good rows creates it (private), at its first commit.
+    let file = pairs(dir.path());
+    e.query(&format!(
+        "COPY ({}) TO 'hf://datasets/org/never@dev' STORED AS dpo",
+        query(&file)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(hub.created.lock().unwrap()[0]["private"], true);
+    assert_eq!(split_rows(&files(&hub, "datasets/org/never", "dev"), "data/train-").len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hf_reads_see_the_branch_as_it_is_now() {
     let _env = HUB_ENV.lock().await;
     let dir = tempfile::tempdir().unwrap();
