@@ -282,24 +282,14 @@ fn cannot_write(target: &Path, e: &std::io::Error) -> PrefflowError {
     refuse(format!("cannot write {}: {}", target.display(), plain(e)))
 }
 
-/// An OS error in words a user can act on.
+/// An OS error in words a user can act on: plain words where the error says exactly what
+/// happened, the OS's own message (not a guess at the cause) otherwise.
 fn plain(e: &std::io::Error) -> String {
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::PermissionDenied => "permission denied".to_string(),
-        ErrorKind::NotFound => "its folder does not exist and cannot be created".to_string(),
         ErrorKind::ReadOnlyFilesystem => "the filesystem is read-only".to_string(),
         ErrorKind::StorageFull => "the disk is full".to_string(),
-        ErrorKind::ResourceBusy => {
-            "it is busy (a mount point, or in use by another program)".to_string()
-        }
-        ErrorKind::CrossesDevices => {
-            "the staging copy is on another filesystem (a mount point in the way)".to_string()
-        }
-        ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists => {
-            "another writer put something there while this query ran (a concurrent run?)"
-                .to_string()
-        }
         ErrorKind::NotADirectory => "a part of its path is a file, not a folder".to_string(),
         _ => e.to_string(),
     }
