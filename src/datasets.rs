@@ -99,7 +99,9 @@ pub(crate) fn shell_glob(pattern: &str) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(plan_datafusion_err!("{pattern}: no file matches this pattern"));
+        return Err(plan_datafusion_err!(
+            "{pattern}: no file matches this pattern"
+        ));
     }
     Ok(files)
 }
@@ -221,7 +223,11 @@ async fn name_conflicting_files(
     };
     let mut first: Option<(PathBuf, DataType)> = None;
     for file in local_files(location) {
-        if !file.display().to_string().ends_with(&listing.file_extension) {
+        if !file
+            .display()
+            .to_string()
+            .ends_with(&listing.file_extension)
+        {
             continue;
         }
         let Ok(url) = ListingTableUrl::parse(file.display().to_string()) else {
@@ -266,7 +272,9 @@ fn check_csv_headers(location: &str, delimiter: Option<&String>) -> Result<()> {
     let mut first: Option<(PathBuf, Vec<String>)> = None;
     for file in local_files(location) {
         let name = file.display().to_string();
-        if recognise(&name).is_none_or(|r| r.format != "csv" || r.options.contains_key("format.compression")) {
+        if recognise(&name)
+            .is_none_or(|r| r.format != "csv" || r.options.contains_key("format.compression"))
+        {
             continue;
         }
         let Ok(f) = std::fs::File::open(&file) else {

@@ -194,18 +194,27 @@ impl Engine {
                 let used = crate::script::used_params(&st.sql, params);
                 let message = e.to_string();
                 let note = if !used.is_empty()
-                    && ["syntax error", "during planning", "Schema error", "SQL error"]
-                        .iter()
-                        .any(|k| message.contains(k))
+                    && [
+                        "syntax error",
+                        "during planning",
+                        "Schema error",
+                        "SQL error",
+                    ]
+                    .iter()
+                    .any(|k| message.contains(k))
                 {
-                    format!(" (the statement was given --param {})", used.join(" --param "))
+                    format!(
+                        " (the statement was given --param {})",
+                        used.join(" --param ")
+                    )
                 } else {
                     String::new()
                 };
                 match crate::script::syntax_error(&e, st.line) {
                     // The line the parser stopped on, not the statement's first line.
-                    Some((line, message)) => PrefflowError::Script(message + &note)
-                        .at(format!("{}:{line}", script.name)),
+                    Some((line, message)) => {
+                        PrefflowError::Script(message + &note).at(format!("{}:{line}", script.name))
+                    }
                     None if !note.is_empty() => {
                         PrefflowError::Script(crate::error::one_line(&message) + &note)
                             .at(location.clone())
@@ -505,8 +514,8 @@ impl Engine {
                     };
                     if let Some(listing) = table
                         .as_ref()
-                        .downcast_ref::<datafusion::datasource::listing::ListingTable>()
-                    {
+                        .downcast_ref::<datafusion::datasource::listing::ListingTable>(
+                    ) {
                         out.extend(
                             listing
                                 .table_paths()

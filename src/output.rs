@@ -81,8 +81,8 @@ pub async fn write_result(df: DataFrame, format: Format, output: Option<&Path>) 
             let inputs = crate::target::plan_inputs(df.logical_plan());
             crate::target::check(path, &Output::File, &inputs)?;
             let staging = crate::target::Staged::new(temp_sibling(path), path, false)?;
-            let file = std::fs::File::create(staging.path())
-                .map_err(|e| PrefflowError::io(path, e))?;
+            let file =
+                std::fs::File::create(staging.path()).map_err(|e| PrefflowError::io(path, e))?;
             let rows = write_to(df, format, std::io::BufWriter::new(file)).await?;
             staging.commit(path, &Output::File)?;
             Ok(rows)

@@ -151,7 +151,10 @@ pub(crate) fn base_config(config: SessionConfig, models: &Arc<ModelRegistry>) ->
         // A folder means every file below it, as `ls -R` would list them (DataFusion reads
         // only the top level by default, silently); globs are expanded with shell rules in
         // datasets::listing_table.
-        .set_bool("datafusion.execution.listing_table_ignore_subdirectory", false)
+        .set_bool(
+            "datafusion.execution.listing_table_ignore_subdirectory",
+            false,
+        )
         // SET prefflow.max_batch_tokens / prefflow.device / prefflow.threads.
         .with_option_extension(PrefflowOptions::default())
         // The session's models, shared by every model function and query.

@@ -471,10 +471,9 @@ impl Shown {
         let hidden = self.total - self.head_rows - self.tail_rows;
         if hidden == 0 {
             let all: Vec<RecordBatch> = self.head.into_iter().chain(self.tail).collect();
-            let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
-                schema, &all,
-            )
-            .map_err(arrow)?;
+            let table =
+                datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &all)
+                    .map_err(arrow)?;
             return Ok(format!("{table}\n"));
         }
         // One table for both ends, so the columns line up; the cut is marked by a line.

@@ -399,7 +399,8 @@ impl Push {
             })?;
         }
         if self.missing != Missing::Nothing {
-            self.head = create_missing(&self.target, &self.client, &self.repo, self.missing).await?;
+            self.head =
+                create_missing(&self.target, &self.client, &self.repo, self.missing).await?;
             self.missing = Missing::Nothing;
         }
         let mut manifest = self.manifest.clone();

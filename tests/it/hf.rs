@@ -307,8 +307,7 @@ fn handle(
                         }
                     }
                     drop(repos);
-                    *hub
-                        .heads
+                    *hub.heads
                         .lock()
                         .unwrap()
                         .entry(format!("{key}@{branch}"))

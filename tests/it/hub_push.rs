@@ -194,7 +194,8 @@ async fn two_statements_pushing_to_one_target_at_once_never_mix() {
     .unwrap();
     let err = first.await.unwrap().unwrap_err();
     assert!(
-        err.contains("changed since this run started") && err.contains("nothing of this run was committed"),
+        err.contains("changed since this run started")
+            && err.contains("nothing of this run was committed"),
         "{err}"
     );
     // The branch holds the second push whole: its 20 rows, every part complete.
@@ -207,7 +208,11 @@ async fn a_failing_push_creates_no_repository_or_branch() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, _server) = hub_for_test(dir.path()).await;
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{not json\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{not json\n",
+    )
+    .unwrap();
     let e = engine(&dir.path().join("cache"));
     for target in ["hf://datasets/org/never", "hf://datasets/org/never@dev"] {
         let err = e
@@ -220,7 +225,10 @@ async fn a_failing_push_creates_no_repository_or_branch() {
             .to_string();
         assert!(err.contains("bad.jsonl:2"), "{err}");
     }
-    assert!(hub.created.lock().unwrap().is_empty(), "no repository created");
+    assert!(
+        hub.created.lock().unwrap().is_empty(),
+        "no repository created"
+    );
     assert!(!hub.repos.lock().unwrap().contains_key("datasets/org/never"));
     // The same push with good rows creates it (private), at its first commit.
     let file = pairs(dir.path());
@@ -231,7 +239,10 @@ async fn a_failing_push_creates_no_repository_or_branch() {
     .await
     .unwrap();
     assert_eq!(hub.created.lock().unwrap()[0]["private"], true);
-    assert_eq!(split_rows(&files(&hub, "datasets/org/never", "dev"), "data/train-").len(), 30);
+    assert_eq!(
+        split_rows(&files(&hub, "datasets/org/never", "dev"), "data/train-").len(),
+        30
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +283,9 @@ async fn a_finished_push_whose_input_changed_is_refused_before_any_commit() {
     let commits = hub.commits.lock().unwrap().len();
     // 8 answers change: the same statement now gives 8 rows the push does not hold, and
     // lacks 8 it does.
-    let text = std::fs::read_to_string(&file).unwrap().replacen("It is", "It was", 8);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replacen("It is", "It was", 8);
     std::fs::write(&file, text).unwrap();
     let err = e.query(&sql).await.unwrap_err().to_string();
     assert!(

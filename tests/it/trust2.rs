@@ -108,7 +108,11 @@ fn a_users_file_beside_a_dataset_of_another_format_is_kept() {
     std::fs::write(d.join("pairs/validation.jsonl"), "{\"mine\": true}\n").unwrap();
     let before = snapshot(d);
     fails(d, &copy("parquet"), &["validation.jsonl"]);
-    assert_eq!(snapshot(d), before, "the user's file and the dataset are unchanged");
+    assert_eq!(
+        snapshot(d),
+        before,
+        "the user's file and the dataset are unchanged"
+    );
     // A dataset may still change its own file_format: the earlier split files are its own.
     std::fs::remove_file(d.join("pairs/validation.jsonl")).unwrap();
     succeeds(d, &copy("jsonl"));
@@ -226,7 +230,11 @@ fn the_shells_output_file_follows_the_rules_of_output() {
         d,
         ".output result.parquet\nSELECT 1 AS a;\nSELECT x * 10 AS b FROM 'in.jsonl' ORDER BY b;\n.output\nSELECT 'screen' AS s;\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("| screen |"));
     let back = succeeds(d, "SELECT b FROM 'result.parquet'");
     assert_eq!(back, "{\"b\":10}\n{\"b\":20}\n");
@@ -236,12 +244,22 @@ fn the_shells_output_file_follows_the_rules_of_output() {
 #[test]
 fn the_shell_streams_a_long_result_and_shows_both_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let out = shell_with(dir.path(), "SELECT value FROM generate_series(1, 2000000);\n");
+    let out = shell_with(
+        dir.path(),
+        "SELECT value FROM generate_series(1, 2000000);\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("2000000 rows (40 shown)"), "{text}");
     assert!(text.contains("… 1999960 more rows …"), "{text}");
-    assert!(text.contains("| 1 ") && text.contains("| 2000000 "), "{text}");
+    assert!(
+        text.contains("| 1 ") && text.contains("| 2000000 "),
+        "{text}"
+    );
     assert!(text.lines().count() < 50, "{text}");
 }
 
@@ -260,7 +278,10 @@ fn a_second_ctrl_c_stops_a_piped_script_and_cancelled_copies_leave_no_staging() 
     stdin.flush().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     // The staging file exists while the COPY runs ...
-    assert!(!staging_left(d).is_empty(), "the COPY is staged while it runs");
+    assert!(
+        !staging_left(d).is_empty(),
+        "the COPY is staged while it runs"
+    );
     signal(&child, "INT");
     std::thread::sleep(Duration::from_millis(1500));
     // ... and is gone once Ctrl-C cancelled it, before the process ends (the next COPY runs).
@@ -326,12 +347,7 @@ fn ctrl_c_at_a_terminal_cancels_and_the_shell_goes_on() {
         .env("XDG_STATE_HOME", dir.path().join("state"))
         .output()
         .expect("python3 runs the pseudo-terminal driver");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }
 
 // ---- 14, 23. CREATE MODEL refuses what prefflow cannot run ----
@@ -436,7 +452,9 @@ fn create_model_refuses_architectures_it_cannot_run() {
     );
     succeeds(
         d,
-        &format!("CREATE MODEL m FROM '{path}'; SELECT length(ai_generate('m', 'hi', named_struct('max_tokens', 2))) >= 0 AS ran"),
+        &format!(
+            "CREATE MODEL m FROM '{path}'; SELECT length(ai_generate('m', 'hi', named_struct('max_tokens', 2))) >= 0 AS ran"
+        ),
     );
     // Two GGUF files: name one.
     std::fs::create_dir(d.join("two")).unwrap();
@@ -483,7 +501,11 @@ fn reward_templates_render_the_tokenizers_bos_token() {
         for e in std::fs::read_dir(&from).unwrap().flatten() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
-        std::fs::write(to.join("chat_template.jinja"), format!("{prefix}{template}")).unwrap();
+        std::fs::write(
+            to.join("chat_template.jinja"),
+            format!("{prefix}{template}"),
+        )
+        .unwrap();
         let path = to.join("tokenizer_config.json");
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -534,7 +556,11 @@ fn globs_and_nested_folders_read_what_a_shell_would_list() {
     assert_eq!(sum("data/"), "{\"s\":1111}", "a folder is read whole");
     assert_eq!(sum("data/**/*.jsonl"), "{\"s\":1111}", "** recurses");
     assert_eq!(sum("data/*.jsonl"), "{\"s\":1}", "* stays in its folder");
-    assert_eq!(sum("data/*/*.jsonl"), "{\"s\":110}", "* matches one segment");
+    assert_eq!(
+        sum("data/*/*.jsonl"),
+        "{\"s\":110}",
+        "* matches one segment"
+    );
     assert_eq!(sum("data/b/**/*.jsonl"), "{\"s\":1100}");
     fails(
         d,
@@ -560,7 +586,11 @@ fn csv_files_with_other_header_orders_or_duplicate_names_are_refused() {
         );
     }
     std::fs::write(d.join("dup.csv"), "a,b,a\n1,2,3\n").unwrap();
-    fails(d, "SELECT * FROM 'dup.csv'", &["dup.csv", "column 'a' twice"]);
+    fails(
+        d,
+        "SELECT * FROM 'dup.csv'",
+        &["dup.csv", "column 'a' twice"],
+    );
     // Files that agree read as one table.
     std::fs::write(d.join("csv/b.csv"), "prompt,score\nq2,2\n").unwrap();
     let out = succeeds(d, "SELECT sum(score) AS s FROM 'csv/'");
@@ -614,12 +644,23 @@ fn schema_conflicts_across_files_name_the_files_and_lines() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("pq")).unwrap();
-    succeeds(d, "COPY (SELECT arrow_cast(1, 'Int32') AS x) TO 'pq/a.parquet'");
-    succeeds(d, "COPY (SELECT arrow_cast(2, 'Int64') AS x) TO 'pq/b.parquet'");
+    succeeds(
+        d,
+        "COPY (SELECT arrow_cast(1, 'Int32') AS x) TO 'pq/a.parquet'",
+    );
+    succeeds(
+        d,
+        "COPY (SELECT arrow_cast(2, 'Int64') AS x) TO 'pq/b.parquet'",
+    );
     fails(
         d,
         "SELECT sum(x) FROM 'pq/'",
-        &["column 'x' is Int32 in", "a.parquet", "but Int64 in", "b.parquet"],
+        &[
+            "column 'x' is Int32 in",
+            "a.parquet",
+            "but Int64 in",
+            "b.parquet",
+        ],
     );
     std::fs::create_dir(d.join("js")).unwrap();
     std::fs::write(d.join("js/a.jsonl"), "{\"x\": 1}\n").unwrap();
@@ -627,7 +668,11 @@ fn schema_conflicts_across_files_name_the_files_and_lines() {
     fails(
         d,
         "SELECT * FROM 'js/'",
-        &["b.jsonl:1", "field 'x' is text here but a number on", "a.jsonl:1"],
+        &[
+            "b.jsonl:1",
+            "field 'x' is text here but a number on",
+            "a.jsonl:1",
+        ],
     );
     std::fs::write(
         d.join("nested.jsonl"),
@@ -637,7 +682,10 @@ fn schema_conflicts_across_files_name_the_files_and_lines() {
     fails(
         d,
         "SELECT * FROM 'nested.jsonl'",
-        &["nested.jsonl:2", "field 'm.k' is a list here but a number on line 1"],
+        &[
+            "nested.jsonl:2",
+            "field 'm.k' is a list here but a number on line 1",
+        ],
     );
 }
 
@@ -654,15 +702,26 @@ fn rows_refused_into_null_are_reported_and_asked_again_next_run() {
     );
     let o = prefflow(&["sql", &sql, "--quiet"], d);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("\"n\":3,\"answered\":0"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("\"n\":3,\"answered\":0"),
+        "{}",
+        stdout(&o)
+    );
     let err = stderr(&o);
     assert!(
         err.contains("3 of them NULL because their request failed") && err.contains("401"),
         "{err}"
     );
-    let analyze = succeeds(d, &format!("{sql}; EXPLAIN ANALYZE SELECT ai_generate('m', 'z')"));
+    let analyze = succeeds(
+        d,
+        &format!("{sql}; EXPLAIN ANALYZE SELECT ai_generate('m', 'z')"),
+    );
     assert!(analyze.contains("failed_as_null=1"), "{analyze}");
     // The NULLs were not cached: the next run asks the server again (and says so again).
     let o = prefflow(&["sql", &sql], d);
-    assert!(stderr(&o).contains("3 computed, 0 from cache"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 computed, 0 from cache"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -63,12 +63,7 @@ impl ScalarUDFImpl for TokenCount {
         args: ReturnFieldArgs,
     ) -> Result<datafusion::arrow::datatypes::FieldRef> {
         // Check the model while planning, so a typo fails before any row is read.
-        planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            None,
-        )?;
+        planned_model(self.name(), &self.registry.0, &args, None)?;
         crate::common::function_args::text_args(self.name(), &args, &[(1, "the text")])?;
         Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
             self.name(),

@@ -720,8 +720,7 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
         })?;
         let content = candle_core::quantized::gguf_file::Content::read(&mut reader)
             .map_err(|e| ModelError::candle(name, &e))?;
-        super::transformer::Config::from_gguf(&content)
-            .map_err(|e| unsupported(e.to_string()))?;
+        super::transformer::Config::from_gguf(&content).map_err(|e| unsupported(e.to_string()))?;
         return Ok(());
     }
     let config = read_json(name, &path.join("config.json"))?;

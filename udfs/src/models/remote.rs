@@ -547,7 +547,15 @@ mod tests {
             retry_after_seconds("1e300"),
             Some(Duration::from_secs(86_400))
         );
-        for bad in ["NaN", "nan", "inf", "-inf", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+        for bad in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "",
+        ] {
             assert_eq!(retry_after_seconds(bad), None, "{bad}");
         }
     }

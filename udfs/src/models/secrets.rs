@@ -85,7 +85,10 @@ mod tests {
             let text = format!("server said: {{\"authorization\": \"Bearer {e}\"}}");
             let masked = mask(&text, std::slice::from_ref(&key));
             assert!(masked.contains("Bearer ***"), "{e}: {masked}");
-            assert!(!masked.contains("sk-a") && !masked.contains("sk\\u"), "{masked}");
+            assert!(
+                !masked.contains("sk-a") && !masked.contains("sk\\u"),
+                "{masked}"
+            );
         }
         assert_eq!(mask("abc", &["ab".to_string()]), "abc");
     }
