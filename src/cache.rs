@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use prefflow_udfs::common::result_key::{Key, ResultStore};
-use redb::{ConcurrencyMode, Database, DatabaseError, ReadableDatabase, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    TableDefinition,
+};
 
 const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
 const META: TableDefinition<&str, &str> = TableDefinition::new("prefflow");
@@ -35,10 +38,35 @@ pub fn default_dir() -> PathBuf {
 }
 
 /// The result cache in `dir`.
-#[derive(Debug)]
 pub struct RedbStore {
     path: PathBuf,
+    /// Opened to write (`--cache readwrite`, the default).
     db: OnceLock<Result<Database, String>>,
+    /// Opened only to read (`--cache read`): the file is opened read-only, so a cache on a
+    /// read-only mount works and its bytes stay as they are.
+    reader: OnceLock<Result<ReadOnlyDatabase, String>>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").field("path", &self.path).finish()
+    }
+}
+
+/// Either handle, to read with.
+enum Handle<'a> {
+    Writer(&'a Database),
+    Reader(&'a ReadOnlyDatabase),
+}
+
+impl Handle<'_> {
+    fn begin_read(&self) -> Result<ReadTransaction, String> {
+        match self {
+            Handle::Writer(d) => d.begin_read(),
+            Handle::Reader(d) => d.begin_read(),
+        }
+        .map_err(|e| e.to_string())
+    }
 }
 
 impl RedbStore {
@@ -47,28 +75,34 @@ impl RedbStore {
         Self {
             path: dir.join("results.redb"),
             db: OnceLock::new(),
+            reader: OnceLock::new(),
         }
     }
 
-    /// The open database; None when only reading and there is no cache file yet (a read
+    /// The database to read; None when only reading and there is no cache file yet (a read
     /// never creates, renames or repairs the file: a shared cache stays as its writers left it).
-    fn db(&self, writable: bool) -> Result<Option<&Database>, String> {
-        if self.db.get().is_none() && !writable {
-            if !self.path.exists() {
-                return Ok(None);
-            }
-            // Opened for reading only; a later write reuses it (the file exists by then).
-            return self
-                .db
-                .get_or_init(|| open_existing(&self.path))
-                .as_ref()
-                .map(Some)
-                .map_err(Clone::clone);
+    fn db(&self, writable: bool) -> Result<Option<Handle<'_>>, String> {
+        if let Some(Ok(db)) = self.db.get() {
+            return Ok(Some(Handle::Writer(db)));
         }
+        if writable {
+            return self.writer().map(|db| Some(Handle::Writer(db)));
+        }
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        self.reader
+            .get_or_init(|| open_existing(&self.path))
+            .as_ref()
+            .map(|db| Some(Handle::Reader(db)))
+            .map_err(Clone::clone)
+    }
+
+    /// The database opened to write (created if missing).
+    fn writer(&self) -> Result<&Database, String> {
         self.db
             .get_or_init(|| open(&self.path))
             .as_ref()
-            .map(Some)
             .map_err(Clone::clone)
     }
 
@@ -78,7 +112,7 @@ impl RedbStore {
         let Some(db) = self.db(false)? else {
             return Ok(0);
         };
-        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let tx = db.begin_read()?;
         match tx.open_table(RESULTS) {
             Ok(t) => redb::ReadableTableMetadata::len(&t).map_err(|e| e.to_string()),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
@@ -92,7 +126,7 @@ impl ResultStore for RedbStore {
         let Some(db) = self.db(writable)? else {
             return Ok(vec![None; keys.len()]);
         };
-        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let tx = db.begin_read()?;
         let table = match tx.open_table(RESULTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
@@ -112,7 +146,7 @@ impl ResultStore for RedbStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let db = self.db(true)?.ok_or("the cache could not be created")?;
+        let db = self.writer()?;
         let tx = db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut table = tx.open_table(RESULTS).map_err(|e| e.to_string())?;
@@ -136,7 +170,7 @@ fn open(path: &Path) -> Result<Database, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    match try_open(path, true) {
+    match try_open(path) {
         Ok(db) => Ok(db),
         Err(Unusable::Busy(e) | Unusable::OtherVersion(e)) => Err(e),
         Err(Unusable::Foreign(why)) => {
@@ -155,21 +189,31 @@ fn open(path: &Path) -> Result<Database, String> {
                 path.display(),
                 aside.display()
             );
-            try_open(path, true).map_err(Unusable::message)
+            try_open(path).map_err(Unusable::message)
         }
     }
 }
 
 /// Opens an existing cache to read it, changing nothing: a file that is not a usable cache is
 /// an error, never moved aside.
-fn open_existing(path: &Path) -> Result<Database, String> {
-    try_open(path, false).map_err(|e| match e {
+fn open_existing(path: &Path) -> Result<ReadOnlyDatabase, String> {
+    let refused = |e: Unusable| match e {
         Unusable::Foreign(why) => format!(
             "{} is not a usable result cache ({why}); with --cache read it is left as it is: use --cache off, or another --cache-dir",
             path.display()
         ),
         other => other.message(),
-    })
+    };
+    check_magic(path).map_err(refused)?;
+    let opened = std::panic::catch_unwind(|| {
+        let mut builder = Database::builder();
+        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        builder.open_read_only(path)
+    });
+    let db = classify(path, opened).map_err(refused)?;
+    check_format(|| db.begin_read().map_err(|e| e.to_string()), None)
+        .map_err(|e| refused(format_problem(path, e)))?;
+    Ok(db)
 }
 
 enum Unusable {
@@ -190,9 +234,9 @@ impl Unusable {
     }
 }
 
-fn try_open(path: &Path, writable: bool) -> Result<Database, Unusable> {
-    // redb reports some damage with debug assertions (a panic) rather than an error: a file
-    // that is not redb at all is recognised here first.
+/// A file that is not redb at all is recognised before redb reads it: redb reports some
+/// damage with debug assertions (a panic) rather than an error.
+fn check_magic(path: &Path) -> Result<(), Unusable> {
     if let Ok(mut f) = std::fs::File::open(path) {
         use std::io::Read;
         let mut head = [0u8; 9];
@@ -201,47 +245,59 @@ fn try_open(path: &Path, writable: bool) -> Result<Database, Unusable> {
             return Err(Unusable::Foreign("not a redb database".to_string()));
         }
     }
-    let opened = std::panic::catch_unwind(|| {
-        let mut builder = Database::builder();
-        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
-        if writable {
-            builder.create(path)
-        } else {
-            builder.open(path)
-        }
-    });
-    let db = match opened {
-        Err(_) => return Err(Unusable::Foreign("damaged database".to_string())),
-        Ok(Ok(db)) => db,
+    Ok(())
+}
+
+/// What opening the file gave, as an open database or why it is unusable.
+fn classify<T>(
+    path: &Path,
+    opened: std::thread::Result<Result<T, DatabaseError>>,
+) -> Result<T, Unusable> {
+    match opened {
+        Err(_) => Err(Unusable::Foreign("damaged database".to_string())),
+        Ok(Ok(db)) => Ok(db),
         Ok(Err(e @ (DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch))) => {
-            return Err(Unusable::Busy(format!(
+            Err(Unusable::Busy(format!(
                 "{} is in use by another program: {e}",
                 path.display()
-            )));
+            )))
         }
-        Ok(Err(DatabaseError::UpgradeRequired(v))) => {
-            return Err(Unusable::OtherVersion(format!(
-                "{} was written by a different redb file format (version {v}), from another prefflow version: it is left as it is; use another --cache-dir (or --cache off) with this binary",
-                path.display()
-            )));
-        }
+        Ok(Err(DatabaseError::UpgradeRequired(v))) => Err(Unusable::OtherVersion(format!(
+            "{} was written by a different redb file format (version {v}), from another prefflow version: it is left as it is; use another --cache-dir (or --cache off) with this binary",
+            path.display()
+        ))),
         Ok(Err(DatabaseError::Storage(redb::StorageError::Io(e))))
             if e.kind() != std::io::ErrorKind::InvalidData =>
         {
-            return Err(Unusable::Busy(format!(
+            Err(Unusable::Busy(format!(
                 "cannot open {}: {e}",
                 path.display()
-            )));
+            )))
         }
-        Ok(Err(e)) => return Err(Unusable::Foreign(e.to_string())),
-    };
-    check_format(&db, writable).map_err(|e| match e {
+        Ok(Err(e)) => Err(Unusable::Foreign(e.to_string())),
+    }
+}
+
+fn format_problem(path: &Path, e: FormatProblem) -> Unusable {
+    match e {
         FormatProblem::Foreign(e) => Unusable::Foreign(e),
         FormatProblem::OtherVersion(f) => Unusable::OtherVersion(format!(
             "{} is a prefflow result cache of another format ('{f}', this prefflow writes '{FORMAT}'), from another prefflow version: it is left as it is; use another --cache-dir (or --cache off) with this binary",
             path.display()
         )),
-    })?;
+    }
+}
+
+fn try_open(path: &Path) -> Result<Database, Unusable> {
+    check_magic(path)?;
+    let opened = std::panic::catch_unwind(|| {
+        let mut builder = Database::builder();
+        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        builder.create(path)
+    });
+    let db = classify(path, opened)?;
+    check_format(|| db.begin_read().map_err(|e| e.to_string()), Some(&db))
+        .map_err(|e| format_problem(path, e))?;
     Ok(db)
 }
 
@@ -257,9 +313,12 @@ impl From<String> for FormatProblem {
     }
 }
 
-/// A new file gets prefflow's format mark (when writable); an existing one must carry it.
-fn check_format(db: &Database, writable: bool) -> Result<(), FormatProblem> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
+/// A new file gets prefflow's format mark (with a `writer`); an existing one must carry it.
+fn check_format(
+    begin_read: impl Fn() -> Result<ReadTransaction, String>,
+    writer: Option<&Database>,
+) -> Result<(), FormatProblem> {
+    let tx = begin_read()?;
     let format = match tx.open_table(META) {
         Ok(t) => t
             .get("format")
@@ -280,8 +339,8 @@ fn check_format(db: &Database, writable: bool) -> Result<(), FormatProblem> {
             "format '{f}', expected '{FORMAT}'"
         ))),
         None if has_results => Err("no prefflow format mark".to_string().into()),
-        None if !writable => Ok(()),
         None => {
+            let Some(db) = writer else { return Ok(()) };
             let tx = db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut t = tx.open_table(META).map_err(|e| e.to_string())?;

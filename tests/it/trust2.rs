@@ -725,3 +725,65 @@ fn rows_refused_into_null_are_reported_and_asked_again_next_run() {
         stderr(&o)
     );
 }
+
+// ---- 25. --cache read on a read-only mount ----
+
+/// A read-only bind mount of `src` at `at`, unmounted when dropped; None where this machine
+/// does not allow mounts (not root, or no mount namespace rights).
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn new(src: &Path, at: &Path) -> Option<Self> {
+        let ok = |args: &[&str]| {
+            Command::new("mount")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (src, at_s) = (src.display().to_string(), at.display().to_string());
+        if !ok(&["--bind", &src, &at_s]) {
+            return None;
+        }
+        let mount = Self(at.to_path_buf());
+        ok(&["-o", "remount,bind,ro", &at_s]).then_some(mount)
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn cache_read_works_on_a_read_only_mount_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward/bert");
+    let sql = format!(
+        "CREATE MODEL rm FROM '{}'; SELECT ai_reward('rm', 'q', 'a') AS s",
+        model.display()
+    );
+    let cache = d.join("cache");
+    let write = prefflow(
+        &["sql", &sql, "--cache-dir", &cache.display().to_string()],
+        d,
+    );
+    assert!(write.status.success(), "{}", stderr(&write));
+    let ro = d.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let Some(_mount) = ReadOnlyMount::new(&cache, &ro) else {
+        eprintln!("skipped: this machine does not allow a read-only bind mount");
+        return;
+    };
+    let before = snapshot(&cache);
+    let read = prefflow(
+        &["sql", &sql, "--cache-dir", &ro.display().to_string(), "--cache", "read"],
+        d,
+    );
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(stdout(&read), stdout(&write));
+    assert!(stderr(&read).contains("1 from cache"), "{}", stderr(&read));
+    assert_eq!(snapshot(&cache), before, "the cache bytes are unchanged");
+}
