@@ -779,7 +779,14 @@ fn cache_read_works_on_a_read_only_mount_and_changes_nothing() {
     };
     let before = snapshot(&cache);
     let read = prefflow(
-        &["sql", &sql, "--cache-dir", &ro.display().to_string(), "--cache", "read"],
+        &[
+            "sql",
+            &sql,
+            "--cache-dir",
+            &ro.display().to_string(),
+            "--cache",
+            "read",
+        ],
         d,
     );
     assert!(read.status.success(), "{}", stderr(&read));

@@ -13,15 +13,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
 use datafusion::functions_aggregate::first_last::first_value_udaf;
-use datafusion::logical_expr::expr::AggregateFunctionParams;
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::utils::AggregateOrderSensitivity;
+use datafusion::logical_expr::function::AccumulatorArgs;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    ReversedUDAF, SetMonotonicity, Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator,
 };
 
 use crate::common::picked_rows::PickedRows;
@@ -45,48 +42,10 @@ impl FirstValue {
 }
 
 impl AggregateUDFImpl for FirstValue {
-    fn name(&self) -> &str {
-        self.builtin().name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.builtin().aliases()
-    }
-
-    fn schema_name(&self, params: &AggregateFunctionParams) -> Result<String> {
-        self.builtin().schema_name(params)
-    }
-
-    fn human_display(&self, params: &AggregateFunctionParams) -> Result<String> {
-        self.builtin().human_display(params)
-    }
-
-    fn display_name(&self, params: &AggregateFunctionParams) -> Result<String> {
-        self.builtin().display_name(params)
-    }
-
-    fn signature(&self) -> &Signature {
-        self.builtin().signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.builtin().return_type(arg_types)
-    }
-
-    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
-        self.builtin().return_field(arg_fields)
-    }
-
-    fn is_nullable(&self) -> bool {
-        self.builtin().is_nullable()
-    }
+    crate::common::builtin_aggregate::builtin_aggregate_methods!();
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         self.builtin().accumulator(args)
-    }
-
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        self.builtin().state_fields(args)
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
@@ -122,40 +81,12 @@ impl AggregateUDFImpl for FirstValue {
         }))
     }
 
-    fn order_sensitivity(&self) -> AggregateOrderSensitivity {
-        self.builtin().order_sensitivity()
-    }
-
-    fn reverse_expr(&self) -> ReversedUDAF {
-        self.builtin().reverse_expr()
-    }
-
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        self.builtin().coerce_types(arg_types)
-    }
-
-    fn is_descending(&self) -> Option<bool> {
-        self.builtin().is_descending()
-    }
-
-    fn default_value(&self, data_type: &DataType) -> Result<datafusion::scalar::ScalarValue> {
-        self.builtin().default_value(data_type)
-    }
-
     fn supports_null_handling_clause(&self) -> bool {
         self.builtin().supports_null_handling_clause()
     }
 
     fn supports_within_group_clause(&self) -> bool {
         self.builtin().supports_within_group_clause()
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.builtin().documentation()
-    }
-
-    fn set_monotonicity(&self, data_type: &DataType) -> SetMonotonicity {
-        self.builtin().set_monotonicity(data_type)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by several SQL functions.
 
 pub mod boundary;
+pub mod builtin_aggregate;
 pub mod call_stats;
 pub mod call_wrapper;
 pub mod function_args;
