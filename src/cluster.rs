@@ -71,8 +71,20 @@ pub fn check_reachable(host: &str, port: u16) -> Result<()> {
     Err(unreachable(last))
 }
 
+/// Warnings and errors of Ballista's scheduler and executor (why a task could not be prepared,
+/// a lost executor, …) on standard error; `RUST_LOG` chooses others.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs a scheduler on `bind` until the process ends.
 pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
+    init_logging();
     // Physical planning only reads model declarations (for EXPLAIN labels); nothing loads.
     let models = Arc::new(ModelRegistry::new());
     let builder_models = Arc::clone(&models);
@@ -129,6 +141,7 @@ pub struct ExecutorOptions {
 
 /// Runs an executor until the process ends.
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
+    init_logging();
     let models = Arc::new(ModelRegistry::new());
     // Model calls reuse and store results as a local run does (per the job's prefflow.cache).
     models.set_result_store(Some(Arc::new(crate::cache::RedbStore::new(
