@@ -162,3 +162,19 @@ def test_a_failing_reader_is_a_clear_error(engine):
     engine.register("stream", pa.RecordBatchReader.from_batches(pa.schema([("i", pa.int64())]), batches()))
     with pytest.raises(prefflow.Error, match="the source went away"):
         engine.sql("SELECT count(*) FROM stream").to_arrow()
+
+
+def test_a_registered_table_is_split_by_shards(tmp_path):
+    # Rows from Python are a row source like a file: each shard gets its own rows, and the
+    # shards together hold every row once (they used to all get every row).
+    frame = pd.DataFrame({"i": range(200)})
+    seen = []
+    for shard in ["0/3", "1/3", "2/3"]:
+        engine = prefflow.Engine(
+            cache_dir=tmp_path, progress=False, settings={"prefflow.shard": shard}
+        )
+        engine.register("rows", frame)
+        got = engine.sql("SELECT i FROM rows").to_arrow().column("i").to_pylist()
+        assert 0 < len(got) < 200
+        seen.extend(got)
+    assert sorted(seen) == list(range(200))
