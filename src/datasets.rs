@@ -157,11 +157,19 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
         }
         r
     };
+    // The local files, listed once for the checks below and a glob's table paths.
+    let files = if location.contains("://") {
+        Vec::new()
+    } else if is_glob(location) {
+        shell_glob(location)?
+    } else {
+        local_files(location)
+    };
     if recognised.format == "parquet" {
-        check_parquet_files(location)?;
+        check_parquet_files(&files)?;
     }
     if recognised.format == "csv" {
-        check_csv_headers(location, recognised.options.get("format.delimiter"))?;
+        check_csv_headers(&files, recognised.options.get("format.delimiter"))?;
     }
     let mut options = recognised.options.clone();
     if recognised.extension == ".json"
@@ -181,7 +189,6 @@ async fn listing_table(state: &SessionState, location: &str) -> Result<Arc<dyn T
         // A glob means what it means in a shell: `*` and `?` match within one path segment,
         // `**` any number of folders (DataFusion's own matching lets `*` cross folders, or
         // sees only the top level).
-        let files = shell_glob(location)?;
         let urls = files
             .iter()
             .map(|f| ListingTableUrl::parse(f.display().to_string()))
@@ -266,11 +273,11 @@ async fn name_conflicting_files(
 /// two files with the same columns in another order would swap values silently. A header
 /// with a name twice is refused too (which column would a query mean?). Compressed files are
 /// not opened here.
-fn check_csv_headers(location: &str, delimiter: Option<&String>) -> Result<()> {
+fn check_csv_headers(files: &[PathBuf], delimiter: Option<&String>) -> Result<()> {
     use std::io::BufRead;
     let delimiter = delimiter.map_or(",", |d| d.as_str());
     let mut first: Option<(PathBuf, Vec<String>)> = None;
-    for file in local_files(location) {
+    for file in files {
         let name = file.display().to_string();
         if recognise(&name)
             .is_none_or(|r| r.format != "csv" || r.options.contains_key("format.compression"))
@@ -297,7 +304,7 @@ fn check_csv_headers(location: &str, delimiter: Option<&String>) -> Result<()> {
             ));
         }
         match &first {
-            None => first = Some((file.clone(), header)),
+            None => first = Some((file.to_path_buf(), header)),
             Some((f0, h0)) if *h0 != header => {
                 let same_names = {
                     let (mut a, mut b) = (h0.clone(), header.clone());
@@ -323,12 +330,12 @@ fn check_csv_headers(location: &str, delimiter: Option<&String>) -> Result<()> {
     Ok(())
 }
 
-/// Every local Parquet file of `location` (a file, folder or glob) must start and end with
+/// Every local Parquet file of a table (a file, folder or glob's files) must start and end with
 /// Parquet's magic bytes: an empty or truncated file (an interrupted copy) is an error naming
 /// it, never an empty table or a file silently skipped.
-fn check_parquet_files(location: &str) -> Result<()> {
+fn check_parquet_files(files: &[PathBuf]) -> Result<()> {
     use std::io::{Seek, SeekFrom};
-    for file in local_files(location) {
+    for file in files {
         if recognise(&file.display().to_string()).is_none_or(|r| r.format != "parquet") {
             continue;
         }
@@ -478,7 +485,7 @@ impl TableProviderFactory for ExternalTables {
         cmd.locations = locations;
         if cmd.file_type.eq_ignore_ascii_case("parquet") {
             for l in &cmd.locations {
-                check_parquet_files(l)?;
+                check_parquet_files(&local_files(l))?;
             }
         }
         if matches!(

@@ -129,7 +129,7 @@ impl Engine {
             if self.cluster
                 && let Some(format) = crate::sinks::format_of(copy)
             {
-                crate::sinks::check_copy(copy, format, &self.table_folders().await)?;
+                crate::sinks::check_copy(copy, format, &self.copy_inputs(copy).await)?;
                 let sink = crate::sinks::TrainingSink::plan_copy(
                     &self.models(),
                     copy,
@@ -139,14 +139,14 @@ impl Engine {
                 let rows = self.run_sink_here(copy, sink).await?;
                 return self.frame(rows);
             }
-            let tables = self.table_folders().await;
+            let inputs = self.copy_inputs(copy).await;
             let batches = if let Some(format) = crate::sinks::format_of(copy) {
                 // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan
                 // are known only here, so a target inside an input folder is refused now.
-                crate::sinks::check_copy(copy, format, &tables)?;
+                crate::sinks::check_copy(copy, format, &inputs)?;
                 None
             } else if let Some(target) = local_path(&copy.output_url) {
-                Some(self.atomic_copy(copy, &target, &tables).await?)
+                Some(self.atomic_copy(copy, &target, &inputs).await?)
             } else {
                 let scheme = copy.output_url.split("://").next().unwrap_or_default();
                 return Err(PrefflowError::Target(format!(
@@ -496,11 +496,11 @@ impl Engine {
         }
     }
 
-    /// The local folders the session's tables read (`CREATE EXTERNAL TABLE … LOCATION 'dir/'`):
-    /// inputs of every later query, so no output may be written inside one (the next read
-    /// would count it).
-    async fn table_folders(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
+    /// What a COPY must not write into: the files and folders its query reads, and the local
+    /// folders the session's tables read (`CREATE EXTERNAL TABLE … LOCATION 'dir/'`), inputs of
+    /// every later query (the next read would count the output).
+    async fn copy_inputs(&self, copy: &CopyTo) -> Vec<PathBuf> {
+        let mut out = plan_inputs(&copy.input);
         let catalogs = self.ctx.catalog_names();
         for catalog in catalogs.iter().filter_map(|c| self.ctx.catalog(c)) {
             for schema in catalog
@@ -534,7 +534,7 @@ impl Engine {
         &self,
         copy: &CopyTo,
         target: &Path,
-        tables: &[PathBuf],
+        inputs: &[PathBuf],
     ) -> Result<Vec<RecordBatch>> {
         // DataFusion writes one file for a name with an ending, else a folder of part files.
         let parts = copy.output_url.ends_with('/')
@@ -545,9 +545,7 @@ impl Engine {
         } else {
             Output::File
         };
-        let mut inputs = plan_inputs(&copy.input);
-        inputs.extend_from_slice(tables);
-        crate::target::check(target, &kind, &inputs)?;
+        crate::target::check(target, &kind, inputs)?;
         let staging = crate::target::Staged::new(temp_sibling(target), target, parts)?;
         let mut staged = copy.clone();
         staged.output_url = staging.path().display().to_string();

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use futures::StreamExt;
 use rustyline::error::ReadlineError;
 
@@ -110,8 +110,6 @@ struct Shell {
     timer: bool,
     output: Option<(PathBuf, Format)>,
     signals: Signals,
-    /// Lines come from a terminal (not a pipe).
-    interactive: bool,
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, counted. The handlers are installed before the first prompt:
@@ -199,12 +197,6 @@ impl From<PrefflowError> for Stop {
     }
 }
 
-impl From<datafusion::error::DataFusionError> for Stop {
-    fn from(e: datafusion::error::DataFusionError) -> Self {
-        Stop::Failed(e.into())
-    }
-}
-
 /// Runs the shell until `.quit`, Ctrl-D or the end of piped input. Errors of statements are
 /// printed and the shell goes on; with piped input, the exit status says whether any failed.
 pub async fn run(engine: Engine) -> Result<()> {
@@ -224,7 +216,6 @@ pub async fn run(engine: Engine) -> Result<()> {
         timer: false,
         output: None,
         signals,
-        interactive,
     };
     let mut buffer = String::new();
     let mut failed = false;
@@ -264,6 +255,13 @@ pub async fn run(engine: Engine) -> Result<()> {
         };
         let mut stop = false;
         for st in statements {
+            // A script (piped) stops at the second Ctrl-C: the first cancels a statement, the
+            // next one means the whole job.
+            if !interactive && shell.signals.interrupts() >= 2 {
+                eprintln!("prefflow: stopped by a second Ctrl-C");
+                stop = true;
+                break;
+            }
             match shell.statement(&st.sql).await {
                 Ok(()) => {}
                 Err(Stop::Failed(e)) => {
@@ -283,12 +281,6 @@ pub async fn run(engine: Engine) -> Result<()> {
                     break;
                 }
             }
-        }
-        // A script (piped) stops at the second Ctrl-C: the first cancels a statement, the
-        // next one means the whole job.
-        if !interactive && shell.signals.interrupts() >= 2 {
-            eprintln!("prefflow: stopped by a second Ctrl-C");
-            stop = true;
         }
         if stop || shell.signals.terminated() {
             buffer.clear();
@@ -372,9 +364,6 @@ impl Shell {
         let mut terminated = self.signals.terminated.clone();
         if *terminated.borrow_and_update() {
             return Err(Stop::Terminated);
-        }
-        if *interrupts.borrow() >= 2 && !self.interactive {
-            return Err(Stop::Cancelled);
         }
         // Dropping the statement's future cancels it: its staged outputs are removed.
         tokio::select! {
@@ -468,17 +457,16 @@ impl Shown {
 
     fn render(self, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<String> {
         let arrow = |e| PrefflowError::from(datafusion::error::DataFusionError::from(e));
-        let hidden = self.total - self.head_rows - self.tail_rows;
+        let shown = self.head_rows + self.tail_rows;
+        let hidden = self.total - shown;
+        // One table for both ends, so the columns line up; a cut is marked by a line.
+        let all: Vec<RecordBatch> = self.head.into_iter().chain(self.tail).collect();
+        let table = pretty_format_batches_with_schema(schema, &all)
+            .map_err(arrow)?
+            .to_string();
         if hidden == 0 {
-            let all: Vec<RecordBatch> = self.head.into_iter().chain(self.tail).collect();
-            let table =
-                datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &all)
-                    .map_err(arrow)?;
             return Ok(format!("{table}\n"));
         }
-        // One table for both ends, so the columns line up; the cut is marked by a line.
-        let all: Vec<RecordBatch> = self.head.iter().chain(self.tail.iter()).cloned().collect();
-        let table = pretty_format_batches(&all).map_err(arrow)?.to_string();
         let lines: Vec<&str> = table.lines().collect();
         // Header: border, names, border; then the rows; then a border.
         let head_end = 3 + self.head_rows;
@@ -498,11 +486,7 @@ impl Shown {
             out.push_str(l);
             out.push('\n');
         }
-        out.push_str(&format!(
-            "{} rows ({} shown)\n",
-            self.total,
-            self.head_rows + self.tail_rows
-        ));
+        out.push_str(&format!("{} rows ({shown} shown)\n", self.total));
         Ok(out)
     }
 }

@@ -412,10 +412,6 @@ pub fn temp_sibling(target: &Path) -> PathBuf {
 /// Removes the staging copies of `name` left by runs that were killed (their process is gone),
 /// so that a crash leaves nothing behind once the command is run again.
 fn remove_orphans(dir: &Path, name: &str) {
-    // Only where a process's liveness can be seen.
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     let listing = if dir.as_os_str().is_empty() {
         std::fs::read_dir(".")
     } else {
@@ -432,13 +428,19 @@ fn remove_orphans(dir: &Path, name: &str) {
         else {
             continue;
         };
-        if rest_name != name || pid.parse::<u32>().is_err() {
+        if rest_name != name {
             continue;
         }
-        if !Path::new("/proc").join(pid).exists() {
+        if pid.parse().is_ok_and(process_gone) {
             remove_path(&entry.path());
         }
     }
+}
+
+/// Whether process `pid` has ended; false where a process's liveness cannot be seen (no
+/// /proc), so nothing is removed on a guess.
+pub(crate) fn process_gone(pid: u32) -> bool {
+    Path::new("/proc/self").exists() && !Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Best-effort removal of a staged output.

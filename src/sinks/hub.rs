@@ -503,9 +503,6 @@ impl Drop for Push {
 /// gone, or it is this one and the push ended (a failed push's parts, which a new run of the
 /// same target makes again from the result cache).
 fn remove_dead_stagings(root: &Path, target_dir: &str) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
@@ -523,7 +520,7 @@ fn remove_dead_stagings(root: &Path, target_dir: &str) {
             && ACTIVE
                 .lock()
                 .is_ok_and(|active| !active.contains(&entry.path()));
-        if ours_and_over || !Path::new("/proc").join(pid.to_string()).exists() {
+        if ours_and_over || crate::target::process_gone(pid) {
             crate::target::remove_path(&entry.path());
         }
     }

@@ -376,10 +376,10 @@ fn plan_format(
 
 const COMMON_OPTIONS: &str = "validation_fraction, file_format, checkpoint_rows";
 
-/// Checks a `COPY … STORED AS <format>` before anything runs: the target (with the input files
-/// of the logical plan and the session's table folders, so a target inside an input folder is
+/// Checks a `COPY … STORED AS <format>` before anything runs: the target, against `inputs`
+/// (what the query and the session's tables read, so a target inside an input folder is
 /// refused too).
-pub fn check_copy(copy: &CopyTo, format: &'static str, tables: &[PathBuf]) -> Result<()> {
+pub fn check_copy(copy: &CopyTo, format: &'static str, inputs: &[PathBuf]) -> Result<()> {
     if copy.output_url.starts_with(crate::hf::PREFIX) {
         // Checked with the Hub when the sink starts, before its input runs.
         return Ok(());
@@ -388,9 +388,7 @@ pub fn check_copy(copy: &CopyTo, format: &'static str, tables: &[PathBuf]) -> Re
     let ext = Options::new(format, &copy.options)
         .take_choice("file_format", &["parquet", "jsonl"])?
         .unwrap_or("parquet");
-    let mut inputs = plan_inputs(&copy.input);
-    inputs.extend_from_slice(tables);
-    crate::target::check(&target, &Output::Dataset(format, ext), &inputs)
+    crate::target::check(&target, &Output::Dataset(format, ext), inputs)
 }
 
 /// A planned training sink: the format (checked against the query's schema), its settings and

@@ -356,14 +356,7 @@ fn every_query_file_matches_on_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("queries"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .collect();
-    files.sort();
-    for file in &files {
+    for file in &crate::queries::query_files() {
         let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
         let run = |out: &str, url: Option<&str>| {
             let mut c = prefflow();

@@ -16,18 +16,23 @@ fn params(out: &std::path::Path) -> HashMap<String, String> {
     ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_query_file_runs() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = tempfile::tempdir().unwrap();
-    let params = params(out.path());
-    let mut files: Vec<_> = std::fs::read_dir(format!("{root}/queries"))
+/// Every queries/*.sql of this checkout, sorted.
+pub(crate) fn query_files() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/queries"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_file_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let params = params(out.path());
+    let files = query_files();
     assert!(!files.is_empty());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

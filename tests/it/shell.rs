@@ -5,14 +5,15 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// `prefflow ARGS` in `dir`; the result cache goes to `dir` (XDG_CACHE_HOME, so `prefflow`
-/// alone, which takes no options, uses it too).
-fn shell(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+/// `prefflow ARGS` in `dir`, its standard streams piped; the result cache and history go to
+/// `dir/.prefflow-cache` (XDG_CACHE_HOME / XDG_STATE_HOME, so `prefflow` alone, which takes
+/// no options, uses them too; file snapshots of `dir` leave that folder out).
+pub(crate) fn shell(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_prefflow"))
         .args(args)
-        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("XDG_CACHE_HOME", dir.join(".prefflow-cache"))
         .env_remove("PREFFLOW_CACHE_DIR")
-        .env("XDG_STATE_HOME", dir.join("state"))
+        .env("XDG_STATE_HOME", dir.join(".prefflow-cache/state"))
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -22,16 +22,7 @@ fn shell_with(dir: &Path, input: &str) -> std::process::Output {
 }
 
 fn shell_child(dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_prefflow"))
-        .env("XDG_CACHE_HOME", dir.join(".prefflow-cache"))
-        .env_remove("PREFFLOW_CACHE_DIR")
-        .env("XDG_STATE_HOME", dir.join(".prefflow-cache/state"))
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    super::shell::shell(dir, &[])
 }
 
 fn signal(child: &std::process::Child, name: &str) {

@@ -712,15 +712,8 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
     if super::marian::is_marian(path) {
         return Ok(());
     }
-    if let Ok(file) = super::gguf::gguf_file(name, path) {
-        let mut reader = std::fs::File::open(&file).map_err(|e| ModelError::File {
-            model: name.to_string(),
-            path: file.display().to_string(),
-            problem: e.to_string(),
-        })?;
-        let content = candle_core::quantized::gguf_file::Content::read(&mut reader)
-            .map_err(|e| ModelError::candle(name, &e))?;
-        super::transformer::Config::from_gguf(&content).map_err(|e| unsupported(e.to_string()))?;
+    // A GGUF file's architecture is checked with its header (source::check_weights).
+    if super::gguf::gguf_file(name, path).is_ok() {
         return Ok(());
     }
     let config = read_json(name, &path.join("config.json"))?;

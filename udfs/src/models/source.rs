@@ -223,6 +223,11 @@ fn check_gguf(model: &str, path: &Path) -> ModelResult<()> {
             ));
         }
     }
+    // The header read here also says whether prefflow can run the architecture.
+    super::transformer::Config::from_gguf(&content).map_err(|e| ModelError::Unsupported {
+        model: model.to_string(),
+        problem: e.to_string(),
+    })?;
     Ok(())
 }
 
