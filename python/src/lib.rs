@@ -28,6 +28,12 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+// The system allocator, wrapped so a template render can be held to a memory budget
+// (prefflow_udfs::common::memory_budget), as in the `prefflow` binary.
+#[global_allocator]
+static ALLOCATOR: prefflow_udfs::common::memory_budget::Budgeted<std::alloc::System> =
+    prefflow_udfs::common::memory_budget::Budgeted(std::alloc::System);
+
 create_exception!(
     prefflow,
     Error,

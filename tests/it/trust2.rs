@@ -785,3 +785,57 @@ fn cache_read_works_on_a_read_only_mount_and_changes_nothing() {
     assert!(stderr(&read).contains("1 from cache"), "{}", stderr(&read));
     assert_eq!(snapshot(&cache), before, "the cache bytes are unchanged");
 }
+
+// ---- 18. A template whose values grow without writing anything ----
+
+/// Runs `sql` with the process's address space capped (so a regression fails this test with
+/// an allocation failure instead of taking the machine's memory).
+fn prefflow_capped(dir: &Path, sql: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 8000000 && exec \"$0\" sql \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_prefflow"))
+        .arg(sql)
+        .current_dir(dir)
+        .env("PREFFLOW_CACHE_DIR", dir.join(".prefflow-cache"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_template_whose_values_double_stops_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let grow = |op: &str| {
+        format!(
+            "{{% set ns = namespace(s=\"x\") %}}{{% for i in range(64) %}}{{% set ns.s = {op} %}}{{% endfor %}}{{{{ ns.s|length }}}}"
+        )
+    };
+    for (function, template) in [
+        ("render", grow("ns.s ~ ns.s")),
+        ("render", grow("[ns.s, ns.s]|join")),
+        ("apply_chat_template", grow("ns.s + ns.s")),
+    ] {
+        let call = match function {
+            "render" => format!("render('{template}', named_struct('n', x))"),
+            _ => format!("apply_chat_template('{template}', 'Hi')"),
+        };
+        // Three rows: the first stops at the budget, the others are refused at once.
+        let sql = format!("SELECT {call} FROM (VALUES (1), (2), (3)) AS t(x)");
+        let o = prefflow_capped(d, &sql);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{sql}\n{err}");
+        assert!(
+            err.contains(&format!("{function}:")) && err.contains("more than 256 MiB"),
+            "{sql}\n{err}"
+        );
+        assert!(!err.contains("panicked") && !err.contains("memory allocation"), "{err}");
+    }
+    // Under the same cap, a template that builds a 1 MiB value renders.
+    let o = prefflow_capped(
+        d,
+        "SELECT render('{% set ns = namespace(s=''x'') %}{% for i in range(20) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}', named_struct('n', 1)) AS n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1048576"), "{}", stdout(&o));
+}

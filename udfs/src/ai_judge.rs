@@ -145,7 +145,7 @@ pub fn parse_verdict(reply: &str) -> Option<Verdict> {
 
 /// The two prompt templates of a call.
 struct Templates {
-    env: Environment<'static>,
+    env: std::sync::Arc<Environment<'static>>,
     reverse_own: bool,
 }
 
@@ -173,7 +173,10 @@ impl Templates {
             env.add_template_owned("guide_reverse", r)
                 .map_err(|e| format!("ai_judge: template_reverse: {e}"))?;
         }
-        let t = Self { env, reverse_own };
+        let t = Self {
+            env: std::sync::Arc::new(env),
+            reverse_own,
+        };
         // Render once now, so a template naming a variable that does not exist fails at once.
         t.render("q", "a", "b", false)?;
         t.render("q", "a", "b", true)?;
@@ -187,12 +190,9 @@ impl Templates {
             (true, true) => ("guide_reverse", a, b),
             (true, false) => ("guide", b, a),
         };
-        let t = self
-            .env
-            .get_template(name)
-            .map_err(|e| format!("ai_judge: {name} template: {e}"))?;
         crate::common::template::render(
-            &t,
+            &self.env,
+            name,
             context! { question => question, answer_a => first, answer_b => second },
         )
         .map_err(|e| format!("ai_judge: {name} template: {e}"))

@@ -138,7 +138,7 @@ fn render(
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     crate::common::template::bound(&mut env);
     crate::common::template::render_str(
-        &env,
+        &std::sync::Arc::new(env),
         template,
         context! { text => text, target_lang => target, source_lang => source },
     )

@@ -31,7 +31,7 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
         "render",
         r#"`render(template, struct)`"#,
         r#"Utf8"#,
-        r#"minijinja (Jinja2) template; the struct's fields are the variables; undefined variables are errors; every template render (also chat templates, judge and translation prompts) stops with an error after 5,000,000 steps or 16 MiB of output"#,
+        r#"minijinja (Jinja2) template; the struct's fields are the variables; undefined variables are errors; every template render (also chat templates, judge and translation prompts) stops with an error after 5,000,000 steps, 16 MiB of output or 256 MiB of memory held (a value that grows in a loop)"#,
     ),
     (
         "arg_max",

@@ -29,3 +29,10 @@ pub mod token_count;
 pub mod translate_json;
 
 pub use functions::{aggregate_functions, scalar_functions, window_functions};
+
+// The unit tests run with the allocator the `prefflow` binary installs, so the template memory
+// budget is exercised as users get it.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: common::memory_budget::Budgeted<std::alloc::System> =
+    common::memory_budget::Budgeted(std::alloc::System);

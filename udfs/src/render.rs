@@ -97,30 +97,29 @@ impl ScalarUDFImpl for Render {
         // Templates are compiled once per distinct text in the batch (usually one literal).
         let mut env = template_environment();
         let mut names: HashMap<&str, String> = HashMap::new();
+        for i in 0..rows {
+            if templates.is_null(i) || values.is_null(i) {
+                continue;
+            }
+            let source = templates.value(i);
+            if !names.contains_key(source) {
+                let n = format!("t{}", names.len());
+                if let Err(e) = env.add_template_owned(n.clone(), source.to_string()) {
+                    return exec_err!("render: invalid template: {e}");
+                }
+                names.insert(source, n);
+            }
+        }
+        let env = Arc::new(env);
         let mut out = StringBuilder::with_capacity(rows, rows * 64);
         for i in 0..rows {
             if templates.is_null(i) || values.is_null(i) {
                 out.append_null();
                 continue;
             }
-            let source = templates.value(i);
-            let name = match names.get(source) {
-                Some(n) => n.clone(),
-                None => {
-                    let n = format!("t{}", names.len());
-                    if let Err(e) = env.add_template_owned(n.clone(), source.to_string()) {
-                        return exec_err!("render: invalid template: {e}");
-                    }
-                    names.insert(source, n.clone());
-                    n
-                }
-            };
             let ctx = to_template_value(values.as_ref(), i)?;
-            let t = env
-                .get_template(&name)
+            let text = crate::common::template::render(&env, &names[templates.value(i)], ctx)
                 .or_else(|e| exec_err!("render: {e}"))?;
-            let text =
-                crate::common::template::render(&t, ctx).or_else(|e| exec_err!("render: {e}"))?;
             out.append_value(text);
         }
         let array: ArrayRef = Arc::new(out.finish());

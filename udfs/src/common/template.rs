@@ -1,39 +1,95 @@
 //! Bounds on every template render (`render`, chat templates including those that come with
 //! downloaded models, judge and translation prompts): a template is code from a file or a
 //! model repository, and a loop that never ends or an output that grows without limit must
-//! stop with a clear error instead of running until the machine is out of memory.
+//! stop with a clear error instead of running until the machine is out of memory. Three bounds
+//! hold: steps (minijinja's fuel), bytes written, and bytes allocated by the render
+//! ([`super::memory_budget`]: a value doubled in a loop grows with neither many steps nor any
+//! output).
 
-use minijinja::{Environment, Template};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use minijinja::{Environment, Value};
+
+use super::memory_budget::{self, Outcome};
 
 /// Instructions one render may execute (minijinja's fuel). A long chat (hundreds of turns)
 /// through a model's template takes well under a million.
 pub const FUEL: u64 = 5_000_000;
 /// Bytes one render may write.
 pub const MAX_OUTPUT: usize = 16 << 20;
+/// Bytes one render may hold at once beyond its inputs (values it builds, its output).
+pub const MAX_MEMORY: usize = 256 << 20;
+
+/// Templates (by hash of their text) that went over [`MAX_MEMORY`]: each such render leaves
+/// its stopped thread's memory behind, so the same template is refused from then on instead of
+/// being tried on every row.
+static OVER_MEMORY: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
 
 /// Gives `env` the fuel limit; every environment prefflow renders with goes through this.
 pub fn bound(env: &mut Environment<'_>) {
     env.set_fuel(Some(FUEL));
 }
 
-/// Renders `template` with `ctx`, stopping at [`MAX_OUTPUT`] bytes; errors say which bound was
-/// hit.
-pub fn render<S: serde::Serialize>(template: &Template<'_, '_>, ctx: S) -> Result<String, String> {
-    let mut out = Capped(Vec::new());
-    match template.render_captured_to(ctx, &mut out) {
-        Ok(_) => String::from_utf8(out.0).map_err(|e| e.to_string()),
-        Err(e) => Err(explain(&e)),
+/// Renders template `name` of `env` with `ctx`, within the three bounds; errors say which
+/// bound was hit.
+pub fn render(env: &Arc<Environment<'static>>, name: &str, ctx: Value) -> Result<String, String> {
+    let source = env.get_template(name).map_err(|e| e.to_string())?.source().to_string();
+    let env = env.clone();
+    let name = name.to_string();
+    bounded(&source, move || {
+        let t = env.get_template(&name).map_err(|e| e.to_string())?;
+        write_capped(|out| t.render_captured_to(ctx, out).map(|_| ()))
+    })
+}
+
+/// Compiles `source` in `env` and renders it once with `ctx`, within the three bounds.
+pub fn render_str(env: &Arc<Environment<'static>>, source: &str, ctx: Value) -> Result<String, String> {
+    let env = env.clone();
+    let text = source.to_string();
+    bounded(source, move || {
+        let t = env.template_from_str(&text).map_err(|e| e.to_string())?;
+        write_capped(|out| t.render_captured_to(ctx, out).map(|_| ()))
+    })
+}
+
+fn bounded(
+    source: &str,
+    work: impl FnOnce() -> Result<String, String> + Send + 'static,
+) -> Result<String, String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut h);
+    let key = h.finish();
+    let over = || {
+        format!(
+            "the template held more than {} MiB while rendering (a value that grows in a loop?)",
+            MAX_MEMORY >> 20
+        )
+    };
+    let known = |set: &mut Option<HashSet<u64>>| set.get_or_insert_with(HashSet::new).contains(&key);
+    if known(&mut OVER_MEMORY.lock().unwrap_or_else(|p| p.into_inner())) {
+        return Err(over());
+    }
+    match memory_budget::run(MAX_MEMORY, work) {
+        Outcome::Done(result) => result,
+        Outcome::OverBudget => {
+            let mut set = OVER_MEMORY.lock().unwrap_or_else(|p| p.into_inner());
+            set.get_or_insert_with(HashSet::new).insert(key);
+            Err(over())
+        }
     }
 }
 
-/// Compiles `source` in `env` and renders it once with `ctx`, bounded.
-pub fn render_str<S: serde::Serialize>(
-    env: &Environment<'_>,
-    source: &str,
-    ctx: S,
+/// Runs a render into a buffer that stops at [`MAX_OUTPUT`] bytes.
+fn write_capped(
+    render: impl FnOnce(&mut Capped) -> Result<(), minijinja::Error>,
 ) -> Result<String, String> {
-    let t = env.template_from_str(source).map_err(|e| e.to_string())?;
-    render(&t, ctx)
+    let mut out = Capped(Vec::new());
+    match render(&mut out) {
+        Ok(()) => String::from_utf8(out.0).map_err(|e| e.to_string()),
+        Err(e) => Err(explain(&e)),
+    }
 }
 
 /// A template error in words, naming the bound that stopped it.
@@ -74,16 +130,39 @@ mod tests {
     fn endless_loops_and_huge_outputs_stop() {
         let mut env = Environment::new();
         bound(&mut env);
+        let env = Arc::new(env);
         let looping =
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
-        let e = render_str(&env, looping, ()).unwrap_err();
+        let e = render_str(&env, looping, Value::UNDEFINED).unwrap_err();
         assert!(e.contains("steps"), "{e}");
         let growing = format!(
             "{{% for i in range(50000) %}}{}{{% endfor %}}",
             "x".repeat(1000)
         );
-        let e = render_str(&env, &growing, ()).unwrap_err();
+        let e = render_str(&env, &growing, Value::UNDEFINED).unwrap_err();
         assert!(e.contains("MiB"), "{e}");
-        assert_eq!(render_str(&env, "{{ 1 + 1 }}", ()).unwrap(), "2");
+        assert_eq!(render_str(&env, "{{ 1 + 1 }}", Value::UNDEFINED).unwrap(), "2");
+    }
+
+    #[test]
+    fn values_that_grow_without_output_stop() {
+        let mut env = Environment::new();
+        bound(&mut env);
+        let env = Arc::new(env);
+        for doubling in [
+            "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+            "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+            "{% set ns = namespace(s='xx') %}{% for i in range(60) %}{% set ns.s = ns.s|replace('x', ns.s) %}{% endfor %}{{ ns.s|length }}",
+            "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}{{ ns.s|length }}",
+        ] {
+            let e = render_str(&env, doubling, Value::UNDEFINED).unwrap_err();
+            assert!(e.contains("256 MiB"), "{doubling}: {e}");
+            // Refused at once from then on.
+            let again = render_str(&env, doubling, Value::UNDEFINED).unwrap_err();
+            assert_eq!(again, e);
+        }
+        // A template that builds a large value within the budget still renders.
+        let big = "{% set ns = namespace(s='x') %}{% for i in range(20) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+        assert_eq!(render_str(&env, big, Value::UNDEFINED).unwrap(), (1 << 20).to_string());
     }
 }

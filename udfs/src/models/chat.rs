@@ -12,7 +12,7 @@ use crate::common::values::to_template_value;
 
 /// A model's prompt renderer.
 pub struct ChatPrompts {
-    env: Environment<'static>,
+    env: std::sync::Arc<Environment<'static>>,
     has_template: bool,
     model: String,
     bos: String,
@@ -97,7 +97,7 @@ impl ChatPrompts {
             })?;
         }
         Ok(Self {
-            env,
+            env: std::sync::Arc::new(env),
             has_template: template.is_some(),
             model: model.to_string(),
             bos,
@@ -144,12 +144,9 @@ impl ChatPrompts {
                 self.model
             );
         }
-        let t = self
-            .env
-            .get_template("chat")
-            .map_err(|e| DataFusionError::Execution(format!("{function}: chat template: {e}")))?;
         crate::common::template::render(
-            &t,
+            &self.env,
+            "chat",
             context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
