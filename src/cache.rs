@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use prefflow_udfs::common::result_key::{Key, ResultStore};
+use prefflow_udfs::models::result_key::{Key, ResultStore};
 use redb::{
     ConcurrencyMode, Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
     TableDefinition,

@@ -245,13 +245,13 @@ async fn run(cli: Cli) -> Result<()> {
 
 #[cfg(feature = "cluster")]
 async fn serve_scheduler(bind: std::net::SocketAddr) -> Result<()> {
-    crate::cluster::run_scheduler(bind).await
+    crate::cluster_server::run_scheduler(bind).await
 }
 
 #[cfg(feature = "cluster")]
 async fn serve_executor(args: ExecutorArgs) -> Result<()> {
-    crate::cluster::run_executor(crate::cluster::ExecutorOptions {
-        scheduler: crate::cluster::parse_address(&args.scheduler)?,
+    crate::cluster_server::run_executor(crate::cluster_server::ExecutorOptions {
+        scheduler: crate::cluster_client::parse_address(&args.scheduler)?,
         bind_host: args.bind_host,
         port: args.port,
         grpc_port: args.grpc_port,

@@ -145,7 +145,7 @@ impl Engine {
                 // are known only here, so a target inside an input folder is refused now.
                 crate::sinks::check_copy(copy, format, &inputs)?;
                 None
-            } else if let Some(target) = local_path(&copy.output_url) {
+            } else if let Some(target) = crate::target::local_path(&copy.output_url) {
                 Some(self.atomic_copy(copy, &target, &inputs).await?)
             } else {
                 let scheme = copy.output_url.split("://").next().unwrap_or_default();
@@ -250,7 +250,7 @@ impl Engine {
     /// executors load the same ones.
     #[cfg(feature = "cluster")]
     fn share_models(&self) -> Result<()> {
-        let declared = crate::cluster::encode_models(&self.models());
+        let declared = crate::cluster_client::encode_models(&self.models());
         let state = self.ctx.state_ref();
         let mut state = state.write();
         state
@@ -633,14 +633,6 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
             .create_physical_plan(plan, state)
             .await
     }
-}
-
-/// A local filesystem path for a COPY target, or None for object-store URLs.
-pub(crate) fn local_path(url: &str) -> Option<PathBuf> {
-    if let Some(p) = url.strip_prefix("file://") {
-        return Some(PathBuf::from(p));
-    }
-    (!url.contains("://")).then(|| PathBuf::from(url.trim_end_matches('/')))
 }
 
 /// A record-batch reader as a table's one partition ([`Engine::register_reader`]).

@@ -34,7 +34,9 @@ pub mod bom;
 pub mod cache;
 pub mod cli;
 #[cfg(feature = "cluster")]
-pub mod cluster;
+pub mod cluster_client;
+#[cfg(feature = "cluster")]
+pub mod cluster_server;
 pub mod datasets;
 pub mod engine;
 pub mod error;

@@ -1,10 +1,10 @@
 //! The `prefflow` command; everything lives in the library (`prefflow::cli`).
 
 // mimalloc, wrapped so a template render can be held to a memory budget
-// (prefflow_udfs::common::memory_budget).
+// (prefflow_udfs::models::memory_budget).
 #[global_allocator]
-static ALLOCATOR: prefflow_udfs::common::memory_budget::Budgeted<mimalloc::MiMalloc> =
-    prefflow_udfs::common::memory_budget::Budgeted(mimalloc::MiMalloc);
+static ALLOCATOR: prefflow_udfs::models::memory_budget::Budgeted<mimalloc::MiMalloc> =
+    prefflow_udfs::models::memory_budget::Budgeted(mimalloc::MiMalloc);
 
 fn main() -> std::process::ExitCode {
     // SAFETY: nothing else runs yet (no thread has started), so setting the environment

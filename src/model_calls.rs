@@ -38,7 +38,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use futures::Stream;
-use prefflow_udfs::common::call_stats::{NodeCalls, Snapshot};
+use prefflow_udfs::models::call_stats::{NodeCalls, Snapshot};
 use prefflow_udfs::models::ModelRegistry;
 
 /// The rule: wraps every `AsyncFuncExec` in a [`ModelCallsExec`].

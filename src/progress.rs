@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use prefflow_udfs::common::call_stats::{Activity, CallStats, Snapshot};
+use prefflow_udfs::models::call_stats::{Activity, CallStats, Snapshot};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

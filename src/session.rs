@@ -9,7 +9,7 @@ use datafusion::error::Result;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-pub use prefflow_udfs::common::result_key::CacheMode;
+pub use prefflow_udfs::models::result_key::CacheMode;
 use prefflow_udfs::models::{ModelRegistry, PrefflowOptions};
 
 use crate::datasets::{EXTERNAL_TABLE_TYPES, ExternalTables, PathTables};
@@ -95,8 +95,8 @@ fn on_cluster(
     models: &Arc<ModelRegistry>,
 ) -> Result<datafusion::execution::session_state::SessionState> {
     use ballista_core::extension::SessionStateExt;
-    let (host, port) = crate::cluster::parse_address(url)?;
-    crate::cluster::check_reachable(&host, port)?;
+    let (host, port) = crate::cluster_client::parse_address(url)?;
+    crate::cluster_client::check_reachable(&host, port)?;
     let mut state = state.upgrade_for_ballista(format!("http://{host}:{port}"))?;
     state
         .config_mut()

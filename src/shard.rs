@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
     Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
-use prefflow_udfs::common::result_key::KeyPrefix;
+use prefflow_udfs::models::result_key::KeyPrefix;
 use prefflow_udfs::models::PrefflowOptions;
 
 /// Shard `index` of `count`, by `key` or by whole rows.

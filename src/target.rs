@@ -143,8 +143,8 @@ fn foreign_entries(dir: &Path, kind: &Output) -> Vec<String> {
     let earlier_ext = match kind {
         Output::Dataset(format, _) => std::fs::read_to_string(dir.join("README.md"))
             .ok()
-            .filter(|card| crate::sinks::card::written_as(card, format))
-            .and_then(|card| crate::sinks::card::file_format_of(&card)),
+            .filter(|card| written_as(card, format))
+            .and_then(|card| file_format_of(&card)),
         _ => None,
     };
     let ok = |name: &str, is_file: bool| -> bool {
@@ -195,7 +195,7 @@ fn is_part_file(name: &str, ext: &str) -> bool {
 
 /// Does `card` say prefflow wrote its folder as `format`?
 fn is_card_of(card: &Path, format: &str) -> bool {
-    std::fs::read_to_string(card).is_ok_and(|text| crate::sinks::card::written_as(&text, format))
+    std::fs::read_to_string(card).is_ok_and(|text| written_as(&text, format))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -450,6 +450,33 @@ pub fn remove_path(p: &Path) {
     } else {
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// A local filesystem path for a COPY target, or None for object-store URLs.
+pub(crate) fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(p));
+    }
+    (!url.contains("://")).then(|| PathBuf::from(url.trim_end_matches('/')))
+}
+
+/// The front matter's tags: how a later run recognises a folder prefflow wrote in `format`
+/// (see [`written_as`]; `sinks::card` writes them).
+pub(crate) fn card_tags(format: &str) -> String {
+    format!("tags:\n- prefflow\n- {format}\n")
+}
+
+/// Whether a card's text says prefflow wrote its folder as `format` (so a later COPY of the same
+/// format may replace it).
+pub(crate) fn written_as(card: &str, format: &str) -> bool {
+    card.contains(&card_tags(format)) && card.contains("Written by prefflow (`COPY")
+}
+
+/// The split files' ending a prefflow card records (`- file_format: jsonl`), if it records one.
+pub(crate) fn file_format_of(card: &str) -> Option<&'static str> {
+    ["parquet", "jsonl"]
+        .into_iter()
+        .find(|ext| card.lines().any(|l| l == format!("- file_format: {ext}")))
 }
 
 #[cfg(test)]

@@ -22,17 +22,17 @@ use datafusion::logical_expr::LogicalPlan;
 use futures::StreamExt;
 use prefflow::progress::{Progress, ProgressMode};
 use prefflow::{CacheMode, PrefflowError, Script, SessionOptions};
-use prefflow_udfs::common::call_stats::Activity;
+use prefflow_udfs::models::call_stats::Activity;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 // The system allocator, wrapped so a template render can be held to a memory budget
-// (prefflow_udfs::common::memory_budget), as in the `prefflow` binary.
+// (prefflow_udfs::models::memory_budget), as in the `prefflow` binary.
 #[global_allocator]
-static ALLOCATOR: prefflow_udfs::common::memory_budget::Budgeted<std::alloc::System> =
-    prefflow_udfs::common::memory_budget::Budgeted(std::alloc::System);
+static ALLOCATOR: prefflow_udfs::models::memory_budget::Budgeted<std::alloc::System> =
+    prefflow_udfs::models::memory_budget::Budgeted(std::alloc::System);
 
 create_exception!(
     prefflow,

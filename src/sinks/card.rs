@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::rows;
+use crate::target::card_tags as tags;
 
 /// Running min / mean / max.
 #[derive(Debug, Clone, Default)]
@@ -137,25 +138,6 @@ pub struct Settings {
 }
 
 /// Writes README.md into `dir`, for a dataset that will live at `target`.
-/// The front matter's tags: how a later run recognises a folder prefflow wrote in `format`
-/// (see [`written_as`]).
-fn tags(format: &str) -> String {
-    format!("tags:\n- prefflow\n- {format}\n")
-}
-
-/// Whether a card's text says prefflow wrote its folder as `format` (so a later COPY of the same
-/// format may replace it).
-pub(crate) fn written_as(card: &str, format: &str) -> bool {
-    card.contains(&tags(format)) && card.contains("Written by prefflow (`COPY")
-}
-
-/// The split files' ending a prefflow card records (`- file_format: jsonl`), if it records one.
-pub(crate) fn file_format_of(card: &str) -> Option<&'static str> {
-    ["parquet", "jsonl"]
-        .into_iter()
-        .find(|ext| card.lines().any(|l| l == format!("- file_format: {ext}")))
-}
-
 /// The split files of a local dataset: each split with rows (train when nothing was written).
 pub(crate) fn local_files(s: &Settings, stats: &Stats) -> Vec<(&'static str, String)> {
     let mut splits = vec![("train", stats.train)];

@@ -56,9 +56,8 @@ use datafusion::physical_expr_common::sort_expr::LexRequirement;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
-use crate::engine::local_path;
 use crate::error::{PrefflowError, Result};
-use crate::target::{Output, plan_inputs, temp_sibling};
+use crate::target::{Output, local_path, plan_inputs, temp_sibling};
 
 pub use card::Stats;
 

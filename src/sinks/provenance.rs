@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prefflow_udfs::common::call_stats::Snapshot;
+use prefflow_udfs::models::call_stats::Snapshot;
 use prefflow_udfs::models::ModelRegistry;
 use prefflow_udfs::models::remote::redact_uri;
 

@@ -165,7 +165,7 @@ impl Templates {
         let mut env = Environment::new();
         // A misspelt variable is an error, not an empty string in the judge's prompt.
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        crate::common::template::bound(&mut env);
+        crate::models::template::bound(&mut env);
         env.add_template_owned("guide", forward)
             .map_err(|e| format!("ai_judge: template: {e}"))?;
         let reverse_own = reverse.is_some();
@@ -190,7 +190,7 @@ impl Templates {
             (true, true) => ("guide_reverse", a, b),
             (true, false) => ("guide", b, a),
         };
-        crate::common::template::render(
+        crate::models::template::render(
             &self.env,
             name,
             context! { question => question, answer_a => first, answer_b => second },

@@ -133,7 +133,7 @@ impl AsyncScalarUDFImpl for AiLogprob {
                 Ok((enc(text)?, enc(response)?))
             })
             .await?;
-            crate::common::call_stats::record_tokens((p.len() + r.len()) as u64, 0);
+            crate::models::call_stats::record_tokens((p.len() + r.len()) as u64, 0);
             out.append_value(
                 decoder
                     .logprob(p, r)

@@ -136,8 +136,8 @@ fn render(
 ) -> Result<String, String> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    crate::common::template::bound(&mut env);
-    crate::common::template::render_str(
+    crate::models::template::bound(&mut env);
+    crate::models::template::render_str(
         &std::sync::Arc::new(env),
         template,
         context! { text => text, target_lang => target, source_lang => source },

@@ -25,7 +25,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::common::function_args::{SharedRegistry, model_err};
-use crate::common::values::to_template_value;
+use crate::models::values::to_template_value;
 use crate::models::ModelRegistry;
 use crate::models::chat::ChatPrompts;
 

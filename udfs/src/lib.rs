@@ -34,5 +34,5 @@ pub use functions::{aggregate_functions, scalar_functions, window_functions};
 // budget is exercised as users get it.
 #[cfg(test)]
 #[global_allocator]
-static ALLOCATOR: common::memory_budget::Budgeted<std::alloc::System> =
-    common::memory_budget::Budgeted(std::alloc::System);
+static ALLOCATOR: models::memory_budget::Budgeted<std::alloc::System> =
+    models::memory_budget::Budgeted(std::alloc::System);

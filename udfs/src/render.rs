@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::common::text::{expect_args, string_arg};
-use crate::common::values::to_template_value;
+use crate::models::values::to_template_value;
 
 /// The `render` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -48,7 +48,7 @@ impl Default for Render {
 pub fn template_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    crate::common::template::bound(&mut env);
+    crate::models::template::bound(&mut env);
     env
 }
 
@@ -118,7 +118,7 @@ impl ScalarUDFImpl for Render {
                 continue;
             }
             let ctx = to_template_value(values.as_ref(), i)?;
-            let text = crate::common::template::render(&env, &names[templates.value(i)], ctx)
+            let text = crate::models::template::render(&env, &names[templates.value(i)], ctx)
                 .or_else(|e| exec_err!("render: {e}"))?;
             out.append_value(text);
         }

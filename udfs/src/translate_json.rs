@@ -250,7 +250,7 @@ impl AsyncScalarUDFImpl for TranslateJson {
                 Err(e) => {
                     return exec_err!(
                         "translate_json: {}: not valid JSON: {e}",
-                        crate::common::text::row_label(texts.value(i))
+                        crate::models::values::row_label(texts.value(i))
                     );
                 }
             }

@@ -1,5 +1,5 @@
 //! Every model function runs through [`ModelCall`]: it counts rows, tokens, batches and time
-//! (see [`super::call_stats`]) and serves rows from the result cache, calling the function itself
+//! (see [`crate::models::call_stats`]) and serves rows from the result cache, calling the function itself
 //! only on the rows the cache does not have; their results are committed to the cache before
 //! the batch is handed on, so a run killed at any point loses at most its batches in flight.
 
@@ -16,9 +16,9 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use super::call_stats::{self, CallStats};
+use crate::models::call_stats::{self, CallStats};
 use super::function_args::{SharedRegistry, blocking, executed_model};
-use super::result_key::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
+use crate::models::result_key::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
 use crate::models::PrefflowOptions;
 
 /// A model function with counters and the result cache around it.
@@ -241,7 +241,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         args: &ScalarFunctionArgs,
         misses: &[usize],
         keys: &[Key],
-        store: Arc<dyn super::result_key::ResultStore>,
+        store: Arc<dyn crate::models::result_key::ResultStore>,
         done_rows: Done<'_>,
     ) -> Result<ArrayRef> {
         use futures::StreamExt;
@@ -294,7 +294,7 @@ const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn commit_entries(
     function: &str,
-    store: &dyn super::result_key::ResultStore,
+    store: &dyn crate::models::result_key::ResultStore,
     entries: Vec<(Key, ArrayRef)>,
 ) -> Result<()> {
     let encoded = entries
@@ -350,7 +350,7 @@ impl Done<'_> {
 
 fn cache_err(
     function: &str,
-    store: &dyn super::result_key::ResultStore,
+    store: &dyn crate::models::result_key::ResultStore,
     e: String,
 ) -> DataFusionError {
     DataFusionError::Execution(format!(

@@ -1,7 +1,7 @@
 //! What every model function shares: reading the model argument, the session's settings,
 //! tokenizing off the async runtime, and naming the function in every error.
 
-pub use super::boundary::{FunctionError, blocking, model_err};
+pub use crate::models::boundary::{FunctionError, blocking, model_err};
 
 use std::sync::Arc;
 

@@ -72,14 +72,3 @@ pub fn expect_args(name: &str, args: &[ColumnarValue], n: usize) -> Result<()> {
     }
     Ok(())
 }
-
-/// Names a row by the start of its text, which a user can search for in the input (a batch's
-/// row index means nothing outside the engine): `the row "What is the capital of Fr…"`.
-pub fn row_label(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut prefix: String = flat.chars().take(40).collect();
-    if flat.chars().count() > 40 {
-        prefix.push('…');
-    }
-    format!("the row {prefix:?}")
-}

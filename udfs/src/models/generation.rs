@@ -13,7 +13,7 @@ use super::chat::ChatPrompts;
 use super::decode::{Decoder, Sampler, Watch};
 use super::model::{Capability, Model};
 use super::types::{GenerateParams, ModelSpec};
-use crate::common::boundary::{blocking, model_err};
+use crate::models::boundary::{blocking, model_err};
 
 /// FNV-1a: a stable hash, so a row's seed is the same in every build and on every machine.
 pub fn row_seed(prompt: &str, sample: u64, seed: u64) -> u64 {
@@ -84,7 +84,7 @@ async fn generate_rows(
     let watch = Watch {
         stop: options.stop.clone(),
         tokenizer: Some(Arc::clone(&decoder.tokenizer)),
-        counter: crate::common::call_stats::current_call(),
+        counter: crate::models::call_stats::current_call(),
     };
     let mut pending = Vec::with_capacity(ids.len());
     for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
@@ -126,7 +126,7 @@ async fn generate_rows(
                 watch: watch.clone(),
             })
             .collect();
-        crate::common::call_stats::record_tokens(ids.len() as u64, 0);
+        crate::models::call_stats::record_tokens(ids.len() as u64, 0);
         pending.push(Some(decoder.generate(ids, samplers)));
     }
     let mut out = Vec::with_capacity(pending.len());
@@ -195,7 +195,7 @@ async fn generate_remote(
         if nulls.as_ref().is_some_and(|m| m.is_null(row)) {
             continue;
         }
-        let value = crate::common::values::to_template_value(prompts, row)?;
+        let value = crate::models::values::to_template_value(prompts, row)?;
         let json = serde_json::to_value(&value)
             .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
         let (prompt, seed_text) = match (&json, options.chat) {
@@ -227,7 +227,7 @@ async fn generate_remote(
             Ok(_) => {}
             Err(e) if remote.settings.on_error == OnError::Null => {
                 if !failed[row] {
-                    crate::common::call_stats::record_failed(1, &e.to_string());
+                    crate::models::call_stats::record_failed(1, &e.to_string());
                 }
                 failed[row] = true;
                 out[row] = None;
@@ -248,12 +248,12 @@ async fn generate_remote(
 /// Names a row by the start of its prompt as the user wrote it (text, or a conversation as
 /// JSON), which can be searched for in the input.
 fn prompt_label(prompts: &dyn Array, row: usize) -> String {
-    crate::common::values::to_template_value(prompts, row)
+    crate::models::values::to_template_value(prompts, row)
         .ok()
         .and_then(|v| serde_json::to_value(&v).ok())
         .map(|j| match j {
-            serde_json::Value::String(t) => crate::common::text::row_label(&t),
-            other => crate::common::text::row_label(&other.to_string()),
+            serde_json::Value::String(t) => crate::models::values::row_label(&t),
+            other => crate::models::values::row_label(&other.to_string()),
         })
         .unwrap_or_else(|| format!("row {row}"))
 }

@@ -3,6 +3,10 @@
 //!
 //! Layers, bottom up (`scripts/module-graph` checks there is no import cycle):
 //! - `types`, `error`, `settings`: shared types; import nothing else of the crate.
+//! - `call_stats` (what calls did, for progress and the card), `result_key` (the result
+//!   cache's keys and store), `boundary` (model errors named after the SQL function, CPU work
+//!   off the runtime), `template` and `memory_budget` (bounded Jinja renders), `values` (SQL
+//!   rows as template values): what the services below and the SQL functions share.
 //! - `source`, `hub`, `gguf`, `transformer`, `bert`, `qwen2`: files and architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
@@ -14,9 +18,12 @@
 //!   local or remote).
 //!
 //! SQL functions (one file each in the crate root) parse their arguments and options and call
-//! these; `common` holds what they share at the SQL boundary.
+//! these; `common` holds what only they share (argument parsing, the cached call wrapper).
+//! Nothing here imports `common` or a SQL function.
 
 pub mod bert;
+pub mod boundary;
+pub mod call_stats;
 pub mod chat;
 pub mod decode;
 pub mod encode;
@@ -28,16 +35,20 @@ pub mod hub;
 pub mod identity;
 pub mod marian;
 pub mod marian_net;
+pub mod memory_budget;
 pub mod model;
 pub mod qwen2;
 pub mod registry;
 pub mod remote;
+pub mod result_key;
 pub mod secrets;
 pub mod settings;
 pub mod source;
+pub mod template;
 pub mod thread;
 pub mod transformer;
 pub mod types;
+pub mod values;
 
 pub use error::ModelError;
 pub use registry::{ModelRegistry, ModelSpec};
