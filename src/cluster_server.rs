@@ -23,8 +23,8 @@ use ballista_scheduler::scheduler_process::start_server;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
-use prefflow_udfs::models::settings::PrefflowOptions;
 use prefflow_udfs::models::ModelRegistry;
+use prefflow_udfs::models::settings::PrefflowOptions;
 
 use crate::cluster_client::decode_models;
 use crate::error::{PrefflowError, Result};
@@ -268,4 +268,3 @@ fn adopt(models: &ModelRegistry, config: &SessionConfig) -> datafusion::error::R
     }
     Ok(())
 }
-

@@ -38,8 +38,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use futures::Stream;
-use prefflow_udfs::models::call_stats::{NodeCalls, Snapshot};
 use prefflow_udfs::models::ModelRegistry;
+use prefflow_udfs::models::call_stats::{NodeCalls, Snapshot};
 
 /// The rule: wraps every `AsyncFuncExec` in a [`ModelCallsExec`].
 #[derive(Debug)]

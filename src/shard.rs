@@ -27,8 +27,8 @@ use datafusion::logical_expr::{
     Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
-use prefflow_udfs::models::result_key::KeyPrefix;
 use prefflow_udfs::models::PrefflowOptions;
+use prefflow_udfs::models::result_key::KeyPrefix;
 
 /// Shard `index` of `count`, by `key` or by whole rows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int8Type, SchemaRef};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::rows;
+use super::formats::rows;
 use crate::target::card_tags as tags;
 
 /// Running min / mean / max.

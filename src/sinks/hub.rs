@@ -38,7 +38,8 @@ use hub_client::repository::{AddSource, CommitOperation, HFRepository};
 use hub_client::{HFClient, HFError, RepoTypeDataset};
 use serde::{Deserialize, Serialize};
 
-use super::{FileKind, Options, Writer};
+use super::files::{FileKind, Writer};
+use super::options::Options;
 use crate::error::{PrefflowError, Result};
 use prefflow_udfs::models::hub::describe;
 
@@ -613,7 +614,7 @@ impl PartWriter {
             let room = self.every.map_or(left, |n| n - self.rows).min(left) as usize;
             let rows = out.slice(offset, room);
             let mask = validation.map(|m| m.slice(offset, room));
-            for (split, part) in super::by_split(&rows, mask.as_ref())? {
+            for (split, part) in super::files::by_split(&rows, mask.as_ref())? {
                 self.write_split(split, &part)?;
             }
             offset += room;

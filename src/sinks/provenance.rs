@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prefflow_udfs::models::call_stats::Snapshot;
 use prefflow_udfs::models::ModelRegistry;
+use prefflow_udfs::models::call_stats::Snapshot;
 use prefflow_udfs::models::remote::redact_uri;
 
 /// The COPY option the engine passes the statement's text in (taken out before the format's

@@ -829,7 +829,10 @@ fn a_template_whose_values_double_stops_with_a_clear_error() {
             err.contains(&format!("{function}:")) && err.contains("more than 256 MiB"),
             "{sql}\n{err}"
         );
-        assert!(!err.contains("panicked") && !err.contains("memory allocation"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{err}"
+        );
     }
     // Under the same cap, a template that builds a 1 MiB value renders.
     let o = prefflow_capped(

@@ -25,9 +25,9 @@ use datafusion::logical_expr::{
 };
 
 use crate::common::function_args::{SharedRegistry, model_err};
-use crate::models::values::to_template_value;
 use crate::models::ModelRegistry;
 use crate::models::chat::ChatPrompts;
+use crate::models::values::to_template_value;
 
 const NAME: &str = "apply_chat_template";
 

@@ -16,10 +16,10 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::models::call_stats::{self, CallStats};
 use super::function_args::{SharedRegistry, blocking, executed_model};
-use crate::models::result_key::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
 use crate::models::PrefflowOptions;
+use crate::models::call_stats::{self, CallStats};
+use crate::models::result_key::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
 
 /// A model function with counters and the result cache around it.
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -168,7 +168,10 @@ fn companion() -> std::io::Result<mpsc::Sender<Job>> {
 }
 
 /// Runs `work` with at most `limit` bytes of net allocations (see the module docs).
-pub fn run(limit: usize, work: impl FnOnce() -> Result<String, String> + Send + 'static) -> Outcome {
+pub fn run(
+    limit: usize,
+    work: impl FnOnce() -> Result<String, String> + Send + 'static,
+) -> Outcome {
     if !INSTALLED.load(Ordering::Relaxed) {
         return Outcome::Done(work());
     }

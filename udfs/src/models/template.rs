@@ -34,7 +34,11 @@ pub fn bound(env: &mut Environment<'_>) {
 /// Renders template `name` of `env` with `ctx`, within the three bounds; errors say which
 /// bound was hit.
 pub fn render(env: &Arc<Environment<'static>>, name: &str, ctx: Value) -> Result<String, String> {
-    let source = env.get_template(name).map_err(|e| e.to_string())?.source().to_string();
+    let source = env
+        .get_template(name)
+        .map_err(|e| e.to_string())?
+        .source()
+        .to_string();
     let env = env.clone();
     let name = name.to_string();
     bounded(&source, move || {
@@ -44,7 +48,11 @@ pub fn render(env: &Arc<Environment<'static>>, name: &str, ctx: Value) -> Result
 }
 
 /// Compiles `source` in `env` and renders it once with `ctx`, within the three bounds.
-pub fn render_str(env: &Arc<Environment<'static>>, source: &str, ctx: Value) -> Result<String, String> {
+pub fn render_str(
+    env: &Arc<Environment<'static>>,
+    source: &str,
+    ctx: Value,
+) -> Result<String, String> {
     let env = env.clone();
     let text = source.to_string();
     bounded(source, move || {
@@ -67,7 +75,8 @@ fn bounded(
             MAX_MEMORY >> 20
         )
     };
-    let known = |set: &mut Option<HashSet<u64>>| set.get_or_insert_with(HashSet::new).contains(&key);
+    let known =
+        |set: &mut Option<HashSet<u64>>| set.get_or_insert_with(HashSet::new).contains(&key);
     if known(&mut OVER_MEMORY.lock().unwrap_or_else(|p| p.into_inner())) {
         return Err(over());
     }
@@ -141,7 +150,10 @@ mod tests {
         );
         let e = render_str(&env, &growing, Value::UNDEFINED).unwrap_err();
         assert!(e.contains("MiB"), "{e}");
-        assert_eq!(render_str(&env, "{{ 1 + 1 }}", Value::UNDEFINED).unwrap(), "2");
+        assert_eq!(
+            render_str(&env, "{{ 1 + 1 }}", Value::UNDEFINED).unwrap(),
+            "2"
+        );
     }
 
     #[test]
@@ -163,6 +175,9 @@ mod tests {
         }
         // A template that builds a large value within the budget still renders.
         let big = "{% set ns = namespace(s='x') %}{% for i in range(20) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
-        assert_eq!(render_str(&env, big, Value::UNDEFINED).unwrap(), (1 << 20).to_string());
+        assert_eq!(
+            render_str(&env, big, Value::UNDEFINED).unwrap(),
+            (1 << 20).to_string()
+        );
     }
 }

@@ -9,9 +9,10 @@
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::rows::{self, Columns, Kind, Message, MessagesBuilder, Shape, Texts};
-use super::{Converted, Format, Options, Picks};
+use super::rows::{self, Columns, Kind, Message, MessagesBuilder, Picks, Shape, Texts};
 use crate::error::Result;
+use crate::sinks::format::{Converted, Format};
+use crate::sinks::options::Options;
 
 /// Where a conversation comes from: a messages column, or prompt and completion.
 pub(crate) enum Source {

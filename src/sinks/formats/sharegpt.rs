@@ -7,10 +7,11 @@
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::rows::{self, Columns, Kind, MessagesBuilder};
+use super::rows::{self, Columns, Kind, MessagesBuilder, Picks};
 use super::sft::Source;
-use super::{Converted, Format, Options, Picks};
 use crate::error::Result;
+use crate::sinks::format::{Converted, Format};
+use crate::sinks::options::Options;
 
 pub struct ShareGpt {
     source: Source,

@@ -16,8 +16,9 @@ use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
 use datafusion::error::DataFusionError;
 use serde_json::Value;
 
-use super::Options;
 use crate::error::Result;
+use crate::sinks::format::Converted;
+use crate::sinks::options::Options;
 
 /// What a text-or-conversation column holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,4 +546,59 @@ pub fn lengths(array: &dyn Array) -> Vec<Option<usize>> {
         }
         _ => vec![None; n],
     }
+}
+
+/// The input rows a format keeps (in output order; one may repeat) and the reasons of those
+/// it drops.
+#[derive(Default)]
+pub(crate) struct Picks {
+    pub rows: Vec<u32>,
+    pub dropped: Vec<&'static str>,
+}
+
+impl Picks {
+    pub fn keep(&mut self, i: usize) {
+        self.rows.push(i as u32);
+    }
+
+    pub fn drop(&mut self, reason: &'static str) {
+        self.dropped.push(reason);
+    }
+
+    /// The kept rows as `take` indices.
+    pub fn indices(&self) -> UInt32Array {
+        UInt32Array::from(self.rows.clone())
+    }
+
+    /// The written columns: the kept rows' prompt_id first where the format writes one (every
+    /// format puts it first), then the format's own `columns` in schema order.
+    pub fn into_converted(
+        self,
+        batch: &RecordBatch,
+        format: &str,
+        schema: &SchemaRef,
+        columns: impl IntoIterator<Item = ArrayRef>,
+    ) -> Result<Converted> {
+        let mut all = Vec::with_capacity(schema.fields().len());
+        if let Some(field) = schema.fields().first().filter(|f| f.name() == "prompt_id") {
+            all.push(take_column(batch, format, field, &self.indices())?);
+        }
+        all.extend(columns);
+        Ok(Converted {
+            columns: all,
+            sources: self.rows,
+            dropped: self.dropped,
+        })
+    }
+}
+
+/// The kept rows of an input column, cast to its written type.
+pub(crate) fn take_column(
+    batch: &RecordBatch,
+    format: &str,
+    field: &datafusion::arrow::datatypes::Field,
+    rows: &UInt32Array,
+) -> Result<ArrayRef> {
+    let a = cast_column(batch, format, field.name(), field.data_type())?;
+    Ok(datafusion::arrow::compute::take(&a, rows, None).map_err(DataFusionError::from)?)
 }

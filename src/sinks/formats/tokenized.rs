@@ -22,10 +22,11 @@ use prefflow_udfs::models::decode::DecoderInfo;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::rows::{self, Columns, Kind, Message, Shape, Texts};
+use super::rows::{self, Columns, Kind, Message, Picks, Shape, Texts};
 use super::sft::{Conversations, Source};
-use super::{Converted, Format, Options, Picks};
 use crate::error::Result;
+use crate::sinks::format::{Converted, Format};
+use crate::sinks::options::Options;
 
 /// What the rows hold.
 enum Input {

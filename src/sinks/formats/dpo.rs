@@ -13,9 +13,10 @@
 use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 
-use super::rows::{self, Columns, Kind, Shape, Texts};
-use super::{Converted, Format, Options, Picks, take_column};
+use super::rows::{self, Columns, Kind, Picks, Shape, Texts, take_column};
 use crate::error::Result;
+use crate::sinks::format::{Converted, Format};
+use crate::sinks::options::Options;
 use datafusion::error::DataFusionError;
 
 pub struct Dpo {

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 
-use super::rows::{self, Columns, Kind, Output, Shape, Texts};
-use super::{Converted, Format, Options, Picks};
+use super::rows::{self, Columns, Kind, Output, Picks, Shape, Texts};
 use crate::error::Result;
+use crate::sinks::format::{Converted, Format};
+use crate::sinks::options::Options;
 
 pub struct Kto {
     paired: bool,

@@ -5,8 +5,8 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
-use super::{Converted, Format};
 use crate::error::Result;
+use crate::sinks::format::{Converted, Format};
 
 pub(crate) struct Plain {
     name: &'static str,
