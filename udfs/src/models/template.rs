@@ -7,6 +7,7 @@
 //! output).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use minijinja::{Environment, Value};
@@ -25,6 +26,9 @@ pub const MAX_MEMORY: usize = 256 << 20;
 /// its stopped thread's memory behind, so the same template is refused from then on instead of
 /// being tried on every row.
 static OVER_MEMORY: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+/// Whether [`OVER_MEMORY`] holds any template: until one goes over, a render neither hashes
+/// its template nor takes the lock.
+static ANY_OVER_MEMORY: AtomicBool = AtomicBool::new(false);
 
 /// Gives `env` the fuel limit; every environment prefflow renders with goes through this.
 pub fn bound(env: &mut Environment<'_>) {
@@ -34,14 +38,10 @@ pub fn bound(env: &mut Environment<'_>) {
 /// Renders template `name` of `env` with `ctx`, within the three bounds; errors say which
 /// bound was hit.
 pub fn render(env: &Arc<Environment<'static>>, name: &str, ctx: Value) -> Result<String, String> {
-    let source = env
-        .get_template(name)
-        .map_err(|e| e.to_string())?
-        .source()
-        .to_string();
+    let template = env.get_template(name).map_err(|e| e.to_string())?;
     let env = env.clone();
     let name = name.to_string();
-    bounded(&source, move || {
+    bounded(template.source(), move || {
         let t = env.get_template(&name).map_err(|e| e.to_string())?;
         write_capped(|out| t.render_captured_to(ctx, out).map(|_| ()))
     })
@@ -65,26 +65,31 @@ fn bounded(
     source: &str,
     work: impl FnOnce() -> Result<String, String> + Send + 'static,
 ) -> Result<String, String> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    source.hash(&mut h);
-    let key = h.finish();
+    let key = || {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        h.finish()
+    };
     let over = || {
         format!(
             "the template held more than {} MiB while rendering (a value that grows in a loop?)",
             MAX_MEMORY >> 20
         )
     };
-    let known =
-        |set: &mut Option<HashSet<u64>>| set.get_or_insert_with(HashSet::new).contains(&key);
-    if known(&mut OVER_MEMORY.lock().unwrap_or_else(|p| p.into_inner())) {
+    let over_memory = || OVER_MEMORY.lock().unwrap_or_else(|p| p.into_inner());
+    if ANY_OVER_MEMORY.load(Ordering::Acquire)
+        && over_memory()
+            .as_ref()
+            .is_some_and(|set| set.contains(&key()))
+    {
         return Err(over());
     }
     match memory_budget::run(MAX_MEMORY, work) {
         Outcome::Done(result) => result,
         Outcome::OverBudget => {
-            let mut set = OVER_MEMORY.lock().unwrap_or_else(|p| p.into_inner());
-            set.get_or_insert_with(HashSet::new).insert(key);
+            over_memory().get_or_insert_with(HashSet::new).insert(key());
+            ANY_OVER_MEMORY.store(true, Ordering::Release);
             Err(over())
         }
     }
