@@ -1,7 +1,6 @@
 //! The library API: run SQL and query files against a prefflow session.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::dml::CopyTo;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prefflow_udfs::models::remote::redact_uri;
 use prefflow_udfs::models::{ModelError, ModelSpec};
 
@@ -22,7 +21,6 @@ use crate::error::{PrefflowError, Result};
 use crate::model_statements::{self, ModelStatement};
 use crate::script::{Script, substitute};
 use crate::session::{SessionOptions, build_session};
-use crate::target::{Output, plan_inputs, temp_sibling};
 
 /// A prefflow session: every prefflow function, format and dataset address registered.
 #[derive(Clone)]
@@ -64,9 +62,10 @@ impl Engine {
         crate::session::models(&self.ctx)
     }
 
-    /// Plans one statement. DDL runs now; a `COPY … TO` runs now too, writing atomically (a
-    /// failed query leaves no partial output and the previous file intact), and the returned
-    /// frame holds its row count.
+    /// Plans one statement. DDL runs now; a `COPY … TO` runs now too (through the prefflow
+    /// format DataFusion plans it with: staged, sharded, pushed; see `sinks::route`), and the
+    /// returned frame holds its row count. What DataFusion's SQL cannot express is routed
+    /// here: model DDL, and a statement on a cluster.
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
         if let Some(statement) = model_statements::parse(sql) {
             let statement = statement.map_err(PrefflowError::Script)?;
@@ -76,8 +75,36 @@ impl Engine {
             }
             return result;
         }
-        let mut plan = self.ctx.state().create_logical_plan(sql).await?;
-        if self.cluster && runs_in_process_only(&plan)? {
+        let plan = match self.ctx.state().create_logical_plan(sql).await? {
+            LogicalPlan::Copy(mut copy) => {
+                // A dataset card's provenance names the statement that wrote it.
+                copy.options.insert(
+                    crate::sinks::provenance::STATEMENT_OPTION.to_string(),
+                    sql.to_string(),
+                );
+                // Routed here too, not only by the session's rule: a cluster session (and
+                // its in-process twin) has none.
+                let (copy, _) = crate::sinks::route(copy, self.ctx.state().config_options())?;
+                LogicalPlan::Copy(copy)
+            }
+            plan => plan,
+        };
+        if self.cluster {
+            return self.on_cluster(sql, plan).await;
+        }
+        let copy = matches!(plan, LogicalPlan::Copy(_));
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        if copy {
+            return self.frame(collect(df).await?);
+        }
+        Ok(df)
+    }
+
+    /// A statement on a cluster: what Ballista cannot ship runs here; a COPY's query runs
+    /// there and its rows stream into the sink planned here (the same route as a local run:
+    /// the dataset is written and committed as a local run does).
+    async fn on_cluster(&self, sql: &str, plan: LogicalPlan) -> Result<DataFrame> {
+        if runs_in_process_only(&plan)? {
             // Ballista cannot ship this plan to its executors: the statement runs here, over
             // the same tables and models.
             eprintln!(
@@ -85,80 +112,24 @@ impl Engine {
             );
             return Box::pin(self.in_process().sql(sql)).await;
         }
-        if self.cluster
-            && let LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateMemoryTable(
-                create,
-            )) = &plan
-        {
-            return self.create_table_on_cluster(create).await;
-        }
-        // A shard writes its own files, beside the other shards'.
-        if let LogicalPlan::Copy(copy) = &mut plan
-            && let Some(shard) =
-                crate::shard::Shard::from_config(self.ctx.state().config_options())?
-        {
-            copy.output_url = crate::shard::shard_path(&copy.output_url, &shard);
-        }
-        // A training sink writes the statement into its card's provenance.
-        if let LogicalPlan::Copy(copy) = &mut plan
-            && (crate::sinks::format_of(copy).is_some()
-                || copy.output_url.starts_with(crate::hf::PREFIX))
-        {
-            copy.options.insert(
-                crate::sinks::provenance::STATEMENT_OPTION.to_string(),
-                sql.to_string(),
-            );
-        }
-        if let LogicalPlan::Copy(copy) = &plan {
-            if copy.output_url.starts_with(crate::hf::PREFIX) {
-                // The token, repository and branch are checked before the query starts, so
-                // a bad token fails before any model work.
-                crate::sinks::hub::preflight(&copy.output_url, &copy.options).await?;
-                if crate::sinks::format_of(copy).is_none() {
-                    let sink = crate::sinks::TrainingSink::plan_plain(
-                        &self.models(),
-                        copy,
-                        crate::sinks::push_staging(self.ctx.state().config()),
-                    )?;
-                    let rows = self.run_sink_here(copy, sink).await?;
-                    return self.frame(rows);
-                }
+        match plan {
+            LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateMemoryTable(create)) => {
+                self.create_table_on_cluster(&create).await
             }
-            // On a cluster the query runs there and its rows stream into the sink here, which
-            // writes and commits the dataset as a local run does.
-            if self.cluster
-                && let Some(format) = crate::sinks::format_of(copy)
-            {
-                crate::sinks::check_copy(copy, format, &self.copy_inputs(copy).await)?;
-                let sink = crate::sinks::TrainingSink::plan_copy(
-                    &self.models(),
-                    copy,
-                    format,
-                    crate::sinks::push_staging(self.ctx.state().config()),
-                )?;
-                let rows = self.run_sink_here(copy, sink).await?;
-                return self.frame(rows);
+            LogicalPlan::Copy(copy) => {
+                let (copy, _) = crate::sinks::route(copy, self.ctx.state().config_options())?;
+                let rows =
+                    RemoteRows::scan(self.ctx.execute_logical_plan((*copy.input).clone()).await?)?;
+                let local = self.in_process();
+                let copy = LogicalPlan::Copy(CopyTo {
+                    input: Arc::new(rows),
+                    ..copy
+                });
+                let written = collect(local.ctx.execute_logical_plan(copy).await?).await?;
+                self.frame(written)
             }
-            let inputs = self.copy_inputs(copy).await;
-            let batches = if let Some(format) = crate::sinks::format_of(copy) {
-                // DataFusion runs the sink (a DataSinkExec); the inputs of the logical plan
-                // are known only here, so a target inside an input folder is refused now.
-                crate::sinks::check_copy(copy, format, &inputs)?;
-                None
-            } else if let Some(target) = crate::target::local_path(&copy.output_url) {
-                Some(self.atomic_copy(copy, &target, &inputs).await?)
-            } else {
-                let scheme = copy.output_url.split("://").next().unwrap_or_default();
-                return Err(PrefflowError::Target(format!(
-                    "COPY TO '{}': writing to {scheme}:// is not supported; write to a local path or an hf://datasets/ORG/NAME dataset",
-                    redact_uri(&copy.output_url)
-                )));
-            };
-            if let Some(batches) = batches {
-                return self.frame(batches);
-            }
+            plan => Ok(self.ctx.execute_logical_plan(plan).await?),
         }
-        Ok(self.ctx.execute_logical_plan(plan).await?)
     }
 
     /// Runs one statement and collects its rows.
@@ -455,34 +426,6 @@ impl Engine {
         self.frame(Vec::new())
     }
 
-    /// Runs a COPY's query (here, or on the cluster) into `sink` in this process; returns the
-    /// count row a COPY answers with.
-    async fn run_sink_here(
-        &self,
-        copy: &CopyTo,
-        sink: crate::sinks::TrainingSink,
-    ) -> Result<Vec<RecordBatch>> {
-        let state = self.ctx.state();
-        let device =
-            prefflow_udfs::models::settings::PrefflowOptions::from_config(state.config_options())
-                .0
-                .device;
-        let input = (*copy.input).clone();
-        let stream = self
-            .ctx
-            .execute_logical_plan(input)
-            .await?
-            .execute_stream()
-            .await?;
-        let rows = sink.run(stream, device).await?;
-        let batch = RecordBatch::try_from_iter(vec![(
-            "count",
-            Arc::new(datafusion::arrow::array::UInt64Array::from(vec![rows])) as ArrayRef,
-        )])
-        .map_err(DataFusionError::from)?;
-        Ok(vec![batch])
-    }
-
     /// Rows computed here as a frame: on a cluster, a frame of the engine's session would be
     /// sent there to be read back.
     fn frame(&self, batches: Vec<RecordBatch>) -> Result<DataFrame> {
@@ -494,73 +437,6 @@ impl Engine {
         } else {
             Ok(self.ctx.read_batches(batches)?)
         }
-    }
-
-    /// What a COPY must not write into: the files and folders its query reads, and the local
-    /// folders the session's tables read (`CREATE EXTERNAL TABLE … LOCATION 'dir/'`), inputs of
-    /// every later query (the next read would count the output).
-    async fn copy_inputs(&self, copy: &CopyTo) -> Vec<PathBuf> {
-        let mut out = plan_inputs(&copy.input);
-        let catalogs = self.ctx.catalog_names();
-        for catalog in catalogs.iter().filter_map(|c| self.ctx.catalog(c)) {
-            for schema in catalog
-                .schema_names()
-                .iter()
-                .filter_map(|s| catalog.schema(s))
-            {
-                for name in schema.table_names() {
-                    let Ok(Some(table)) = schema.table(&name).await else {
-                        continue;
-                    };
-                    if let Some(listing) = table
-                        .as_ref()
-                        .downcast_ref::<datafusion::datasource::listing::ListingTable>(
-                    ) {
-                        out.extend(
-                            listing
-                                .table_paths()
-                                .iter()
-                                .filter_map(|u| u.get_url().to_file_path().ok())
-                                .filter(|p| p.is_dir()),
-                        );
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    async fn atomic_copy(
-        &self,
-        copy: &CopyTo,
-        target: &Path,
-        inputs: &[PathBuf],
-    ) -> Result<Vec<RecordBatch>> {
-        // DataFusion writes one file for a name with an ending, else a folder of part files.
-        let parts = copy.output_url.ends_with('/')
-            || target.extension().is_none()
-            || !copy.partition_by.is_empty();
-        let kind = if parts {
-            Output::Parts(copy.file_type.get_ext())
-        } else {
-            Output::File
-        };
-        crate::target::check(target, &kind, inputs)?;
-        let staging = crate::target::Staged::new(temp_sibling(target), target, parts)?;
-        let mut staged = copy.clone();
-        staged.output_url = staging.path().display().to_string();
-        if copy.output_url.ends_with('/') {
-            staged.output_url.push('/');
-        }
-        let batches = self
-            .ctx
-            .execute_logical_plan(LogicalPlan::Copy(staged))
-            .await?
-            .collect()
-            .await
-            .map_err(|e| with_plan_json_diagnostics(e, &copy.input))?;
-        staging.commit(target, &kind)?;
-        Ok(batches)
     }
 }
 
@@ -632,6 +508,65 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
         datafusion::physical_planner::DefaultPhysicalPlanner::default()
             .create_physical_plan(plan, state)
             .await
+    }
+}
+
+/// The rows of a query run on the cluster, as a table scanned here: a COPY on a cluster
+/// writes them through its sink in this process.
+struct RemoteRows {
+    rows: std::sync::Mutex<Option<DataFrame>>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl RemoteRows {
+    /// A plan scanning `rows` once.
+    fn scan(rows: DataFrame) -> Result<LogicalPlan> {
+        let schema = Arc::new(rows.schema().as_arrow().clone());
+        let partition = RemoteRows {
+            rows: std::sync::Mutex::new(Some(rows)),
+            schema: Arc::clone(&schema),
+        };
+        let table = datafusion::catalog::streaming::StreamingTable::try_new(
+            schema,
+            vec![Arc::new(partition)],
+        )?;
+        Ok(datafusion::logical_expr::LogicalPlanBuilder::scan(
+            "cluster_rows",
+            datafusion::datasource::provider_as_source(Arc::new(table)),
+            None,
+        )?
+        .build()?)
+    }
+}
+
+impl std::fmt::Debug for RemoteRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteRows")
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for RemoteRows {
+    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<datafusion::execution::TaskContext>) -> SendableRecordBatchStream {
+        let rows = self.rows.lock().map(|mut r| r.take()).unwrap_or(None);
+        let stream = futures::stream::once(async move {
+            match rows {
+                Some(rows) => rows.execute_stream().await,
+                None => Err(DataFusionError::Execution(
+                    "a COPY's cluster rows are read once".to_string(),
+                )),
+            }
+        })
+        .try_flatten();
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                stream,
+            ),
+        )
     }
 }
 

@@ -163,19 +163,20 @@ pub(crate) fn base_config(config: SessionConfig, models: &Arc<ModelRegistry>) ->
 
 /// A session state with every prefflow function, format, table factory and rule, for
 /// `config` (which carries the model registry). The cluster's scheduler builds its planning
-/// sessions with it too, without the model-calls node (`model_calls`: false), which only a
-/// local run can ship.
+/// sessions with it too, and the cluster client its session, without what only a local run
+/// can ship (`local`: false): the model-calls node, and the COPY route's sinks (a cluster
+/// client routes a COPY itself and runs its sink here; see `Engine::sql`).
 pub(crate) fn build_state(
     config: SessionConfig,
     models: &Arc<ModelRegistry>,
-    model_calls: bool,
+    local: bool,
 ) -> Result<datafusion::execution::session_state::SessionState> {
     // Model calls keep the input's order and count their work (see model_calls): first, so
     // that every later rule sees the order.
     let mut rules: Vec<
         Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
     > = Vec::new();
-    if model_calls {
+    if local {
         rules.push(Arc::new(crate::model_calls::ModelCallsRule::new(
             Arc::clone(models),
         )));
@@ -192,6 +193,10 @@ pub(crate) fn build_state(
         // information_schema.routines describes the model functions too.
         .with_analyzer_rule(Arc::new(crate::routine_docs::RoutineDocs))
         .build();
+    if local {
+        // Every COPY writes through prefflow: staged, sharded, pushed (see sinks::route).
+        state.add_analyzer_rule(Arc::new(crate::sinks::CopyRoute));
+    }
 
     // Schemas are inferred from every record of JSON lines and CSV files, not the first
     // 1,000: a field that first appears later (a `system` prompt only some records have) is
@@ -203,7 +208,7 @@ pub(crate) fn build_state(
     for ext in ["jsonl", "ndjson"] {
         state.register_file_format(Arc::new(JsonLines(ext)), false)?;
     }
-    // COPY ... STORED AS dpo | kto | sft | sharegpt | tokenized (run by the Engine).
+    // COPY ... STORED AS dpo | kto | sft | sharegpt | tokenized.
     crate::sinks::register(&mut state)?;
     // CREATE EXTERNAL TABLE: hf:// locations and JSONL / NDJSON as names for JSON lines.
     for file_type in EXTERNAL_TABLE_TYPES {

@@ -14,33 +14,18 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::sink::DataSink;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::dml::CopyTo;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::error::{PrefflowError, Result};
-use crate::target::{Output, local_path, plan_inputs, temp_sibling};
+use crate::target::{Output, local_path, temp_sibling};
 
 use super::files::{self, FileKind};
 use super::format::Format;
 use super::options::{self, COMMON_OPTIONS, Options};
 use super::{Stats, card, hub, provenance};
-
-/// Checks a `COPY … STORED AS <format>` before anything runs: the target, against `inputs`
-/// (what the query and the session's tables read, so a target inside an input folder is
-/// refused too).
-pub fn check_copy(copy: &CopyTo, format: &'static str, inputs: &[PathBuf]) -> Result<()> {
-    if copy.output_url.starts_with(crate::hf::PREFIX) {
-        // Checked with the Hub when the sink starts, before its input runs.
-        return Ok(());
-    }
-    let target = local_dir(format, &copy.output_url)?;
-    let ext = Options::new(format, &copy.options)
-        .take_choice("file_format", &["parquet", "jsonl"])?
-        .unwrap_or("parquet");
-    crate::target::check(&target, &Output::Dataset(format, ext), inputs)
-}
 
 /// A planned training sink: the format (checked against the query's schema), its settings and
 /// the target folder. Written once, by [`DataSink::write_all`].
@@ -50,7 +35,7 @@ pub struct TrainingSink {
     kind: FileKind,
     validation_fraction: f64,
     settings: card::Settings,
-    /// Input files found in the physical plan, which the output must not touch.
+    /// What the query and the session's tables read (see [`copy_inputs`]): the output must not touch it.
     inputs: Vec<PathBuf>,
     planned: std::sync::Mutex<Option<Box<dyn Format>>>,
     /// The query's schema (what the sink reads).
@@ -175,66 +160,48 @@ impl TrainingSink {
     /// Plans a push of plain rows (`COPY … TO 'hf://…' STORED AS parquet | json`).
     pub(crate) fn plan_plain(
         registry: &Arc<prefflow_udfs::models::ModelRegistry>,
-        copy: &CopyTo,
+        stored_as: &str,
+        raw_options: &HashMap<String, String>,
+        url: &str,
+        input: &Schema,
+        inputs: Vec<PathBuf>,
         staging_root: PathBuf,
     ) -> Result<Self> {
-        let format = match copy.file_type.get_ext().as_str() {
+        let format = match stored_as {
             "parquet" => "parquet",
-            "json" => "json",
+            "json" | "jsonl" | "ndjson" => "json",
             other => {
                 return Err(PrefflowError::Target(format!(
-                    "COPY TO '{}': the Hub takes parquet, json or a training format, not {other}",
-                    copy.output_url
+                    "COPY TO '{url}': the Hub takes parquet, json or a training format, not {other}"
                 )));
             }
         };
-        let mut raw = copy.options.clone();
+        let mut raw = raw_options.clone();
         if raw
             .keys()
             .any(|k| k.trim_start_matches("format.") == "validation_fraction")
         {
             return Err(PrefflowError::Target(format!(
-                "COPY TO '{}' STORED AS {format}: validation_fraction splits by prompt and applies to the training formats (dpo, kto, sft, sharegpt, tokenized)",
-                copy.output_url
+                "COPY TO '{url}' STORED AS {format}: validation_fraction splits by prompt and applies to the training formats (dpo, kto, sft, sharegpt, tokenized)"
             )));
         }
         if format == "json" {
             raw.insert("file_format".into(), "jsonl".into());
         }
-        let copy = CopyTo {
-            options: raw,
-            ..copy.clone()
-        };
-        Self::plan_copy(registry, &copy, format, staging_root)
+        Self::plan(registry, format, &raw, url, input, inputs, staging_root)
     }
 
-    /// Plans the sink of a `COPY … STORED AS <format>` outside DataFusion's physical planning
-    /// (the engine's path on a cluster, where the query runs remotely and the sink here).
-    pub(crate) fn plan_copy(
-        registry: &Arc<prefflow_udfs::models::ModelRegistry>,
-        copy: &CopyTo,
-        format: &'static str,
-        staging_root: PathBuf,
-    ) -> Result<Self> {
-        let schema = copy.input.schema().as_arrow().clone();
-        Self::plan(
-            registry,
-            format,
-            &copy.options,
-            &copy.output_url,
-            &schema,
-            plan_inputs(&copy.input),
-            staging_root,
-        )
-    }
-
-    /// Runs a planned sink over `stream` (the engine's path for plain pushes).
-    pub(crate) async fn run(
-        &self,
-        stream: SendableRecordBatchStream,
-        device: String,
-    ) -> Result<u64> {
-        self.write(stream, device).await
+    /// Checks that writing the dataset destroys nothing prefflow did not write (a Hub target
+    /// is checked with the Hub as the push opens).
+    pub(crate) fn check_target(&self) -> Result<()> {
+        match &self.target {
+            Destination::Local(target) => crate::target::check(
+                target,
+                &Output::Dataset(self.format, self.kind.ext()),
+                &self.inputs,
+            ),
+            Destination::Hub(_) => Ok(()),
+        }
     }
 
     /// Checks the target, stages, writes splits and card, and commits; a failure leaves the
@@ -255,8 +222,9 @@ impl TrainingSink {
             Destination::Local(p) => p,
             Destination::Hub(t) => return self.push(t.clone(), stream, fmt, device).await,
         };
+        // Again as the sink starts: another writer may have written since it was planned.
+        self.check_target()?;
         let output = Output::Dataset(self.format, self.kind.ext());
-        crate::target::check(target, &output, &self.inputs)?;
         let staging = crate::target::Staged::new(temp_sibling(target), target, true)?;
         let tmp = staging.path();
         let started = self.started.clone();
@@ -507,8 +475,55 @@ pub(crate) fn push_staging(config: &datafusion::prelude::SessionConfig) -> PathB
         .unwrap_or_else(|| crate::cache::default_dir().join("push"))
 }
 
+/// What a COPY must not write into, as its writer is planned: the files and folders its query
+/// reads (`logical`, from [`route`], and the files of the physical plan) and the local folders
+/// the session's tables read (`CREATE EXTERNAL TABLE … LOCATION 'dir/'`), inputs of every
+/// later query (the next read would count the output).
+pub(crate) async fn copy_inputs(
+    state: &dyn datafusion::catalog::Session,
+    logical: Option<&[PathBuf]>,
+    input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = logical.map(|l| l.to_vec()).unwrap_or_default();
+    out.extend(physical_inputs(input));
+    let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
+        return out;
+    };
+    let catalogs = state.catalog_list();
+    for catalog in catalogs
+        .catalog_names()
+        .iter()
+        .filter_map(|c| catalogs.catalog(c))
+    {
+        for schema in catalog
+            .schema_names()
+            .iter()
+            .filter_map(|s| catalog.schema(s))
+        {
+            for name in schema.table_names() {
+                let Ok(Some(table)) = schema.table(&name).await else {
+                    continue;
+                };
+                if let Some(listing) = table
+                    .as_ref()
+                    .downcast_ref::<datafusion::datasource::listing::ListingTable>()
+                {
+                    out.extend(
+                        listing
+                            .table_paths()
+                            .iter()
+                            .filter_map(|u| u.get_url().to_file_path().ok())
+                            .filter(|p| p.is_dir()),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Local files an executable plan reads.
-pub(crate) fn physical_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<PathBuf> {
+fn physical_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let _ = plan.apply(|node| {
         if let Some(source) = node.downcast_ref::<DataSourceExec>()

@@ -32,6 +32,8 @@ mod formats;
 pub(crate) mod hub;
 mod options;
 pub(crate) mod provenance;
+mod route;
+mod staged;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,42 +46,56 @@ use datafusion::datasource::file_format::{FileFormat, FileFormatFactory};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::dml::CopyTo;
 use datafusion::object_store::{ObjectMeta, ObjectStore};
 use datafusion::physical_expr_common::sort_expr::LexRequirement;
 use datafusion::physical_plan::ExecutionPlan;
 
-use dataset::physical_inputs;
+use dataset::copy_inputs;
 pub(crate) use dataset::push_staging;
-pub use dataset::{PushStaging, TrainingSink, check_copy};
+pub use dataset::{PushStaging, TrainingSink};
+pub use route::{CopyRoute, route};
 
 pub use card::Stats;
 
 /// The training formats, as written after `STORED AS`.
 pub const FORMATS: [&str; 5] = ["dpo", "kto", "sft", "sharegpt", "tokenized"];
 
-/// Registers the formats so `COPY … STORED AS dpo` plans; [`crate::Engine`] runs them.
+/// Registers the formats so `COPY … STORED AS dpo` plans; [`route`] (the [`CopyRoute`] rule
+/// of a local session) makes every COPY a prefflow one.
 pub fn register(state: &mut datafusion::execution::session_state::SessionState) -> DfResult<()> {
     for name in FORMATS {
-        state.register_file_format(Arc::new(TrainingFormatName(name)), false)?;
+        state.register_file_format(Arc::new(TrainingFormatName { name, inputs: None }), false)?;
     }
     Ok(())
 }
 
-/// The training format a planned COPY writes, if it is one.
-pub fn format_of(copy: &CopyTo) -> Option<&'static str> {
-    let ext = copy.file_type.get_ext();
-    FORMATS.into_iter().find(|f| *f == ext)
-}
-
 /// The name after `STORED AS`: DataFusion asks it for the format when it plans the COPY.
 #[derive(Debug)]
-struct TrainingFormatName(&'static str);
+struct TrainingFormatName {
+    name: &'static str,
+    /// The files and folders the COPY's query reads, once [`route`]d.
+    inputs: Option<Arc<Vec<std::path::PathBuf>>>,
+}
 
 impl GetExt for TrainingFormatName {
     fn get_ext(&self) -> String {
-        self.0.to_string()
+        self.name.to_string()
     }
+}
+
+/// The session's model registry, which a sink's provenance and formats read.
+fn registry_of(
+    state: &dyn datafusion::catalog::Session,
+    name: &str,
+) -> DfResult<Arc<prefflow_udfs::models::ModelRegistry>> {
+    state
+        .config()
+        .get_extension::<prefflow_udfs::models::ModelRegistry>()
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "{name}: the session has no model registry; build it with prefflow::build_session"
+            ))
+        })
 }
 
 impl FileFormatFactory for TrainingFormatName {
@@ -89,15 +105,17 @@ impl FileFormatFactory for TrainingFormatName {
         format_options: &HashMap<String, String>,
     ) -> DfResult<Arc<dyn FileFormat>> {
         Ok(Arc::new(TrainingFormat {
-            name: self.0,
+            name: self.name,
             options: format_options.clone(),
+            inputs: self.inputs.clone(),
         }))
     }
 
     fn default(&self) -> Arc<dyn FileFormat> {
         Arc::new(TrainingFormat {
-            name: self.0,
+            name: self.name,
             options: HashMap::new(),
+            inputs: self.inputs.clone(),
         })
     }
 }
@@ -107,6 +125,7 @@ impl FileFormatFactory for TrainingFormatName {
 struct TrainingFormat {
     name: &'static str,
     options: HashMap<String, String>,
+    inputs: Option<Arc<Vec<std::path::PathBuf>>>,
 }
 
 impl TrainingFormat {
@@ -172,24 +191,24 @@ impl FileFormat for TrainingFormat {
                 self.name
             )));
         }
-        let registry = state
-            .config()
-            .get_extension::<prefflow_udfs::models::ModelRegistry>()
-            .ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "{}: the session has no model registry; build it with prefflow::build_session",
-                    self.name
-                ))
-            })?;
+        let url = &conf.original_url;
+        if url.starts_with(crate::hf::PREFIX) {
+            // The token, repository and branch are checked before the query starts, so a
+            // bad token fails before any model work.
+            hub::preflight(url, &self.options).await?;
+        }
+        let inputs = copy_inputs(state, self.inputs.as_deref().map(|v| v.as_slice()), &input).await;
         let sink = TrainingSink::plan(
-            &registry,
+            &registry_of(state, self.name)?,
             self.name,
             &self.options,
-            &conf.original_url,
+            url,
             &conf.output_schema,
-            physical_inputs(&input),
+            inputs,
             push_staging(state.config()),
         )?;
+        // The target is checked before the query starts (and again as the sink starts).
+        sink.check_target()?;
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 

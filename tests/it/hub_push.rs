@@ -667,3 +667,45 @@ TO '${{target}}' STORED AS parquet OPTIONS (checkpoint_rows 8);",
         .sum();
     assert_eq!(rows, 24);
 }
+
+/// A plain COPY to the Hub through the DataFrame API (no prefflow::Engine::sql) is planned by
+/// prefflow's format: EXPLAIN shows the push, and `write_parquet` pushes what `Engine::sql`
+/// would (a finished push, every row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataframe_api_copy_pushes_to_the_hub() {
+    let _env = HUB_ENV.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _server) = hub_for_test(dir.path()).await;
+    let file = pairs(dir.path());
+    let e = engine(&dir.path().join("cache"));
+    let explained = e
+        .query(&format!(
+            "EXPLAIN COPY ({}) TO 'hf://datasets/org/frame' STORED AS parquet",
+            query(&file)
+        ))
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("TrainingSink: format=parquet, target=hf://datasets/org/frame"),
+        "{text}"
+    );
+    assert!(
+        !hub.repos.lock().unwrap().contains_key("datasets/org/frame"),
+        "EXPLAIN pushed"
+    );
+    e.context()
+        .sql(&query(&file))
+        .await
+        .unwrap()
+        .write_parquet(
+            "hf://datasets/org/frame",
+            datafusion::dataframe::DataFrameWriteOptions::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(published_rows(&hub, "datasets/org/frame").len(), 30);
+}

@@ -359,3 +359,106 @@ async fn cards_carry_provenance() {
         assert!(provenance.contains("https://***@host/x"), "{card}");
     }
 }
+
+/// A plain COPY is planned by prefflow's format too: EXPLAIN shows the staged writer, and a
+/// write through the DataFrame API (no prefflow::Engine::sql) is atomic (a failing query
+/// leaves the previous file as it was, and no staging copy), refuses what prefflow did not
+/// write, and writes a shard's own file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataframe_api_copy_is_staged_checked_and_sharded() {
+    use datafusion::dataframe::DataFrameWriteOptions;
+    let e = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.parquet");
+    let explained = e
+        .query(&format!(
+            "EXPLAIN COPY (SELECT 1 AS x) TO '{}' STORED AS parquet",
+            out.display()
+        ))
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("StagedWriteExec: target={}", out.display()))
+            && text.contains("ParquetSink"),
+        "{text}"
+    );
+    assert!(!out.exists(), "EXPLAIN wrote output");
+
+    let ctx = e.context();
+    let write = |sql: String, path: std::path::PathBuf| async move {
+        ctx.sql(&sql)
+            .await?
+            .write_parquet(
+                &path.display().to_string(),
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+    };
+    write("SELECT 1 AS x UNION ALL SELECT 2".into(), out.clone())
+        .await
+        .unwrap();
+    let count = |path: &std::path::Path| {
+        let file = std::fs::File::open(path).unwrap();
+        datafusion::parquet::file::reader::SerializedFileReader::new(file)
+            .map(|r| {
+                datafusion::parquet::file::reader::FileReader::metadata(&r)
+                    .file_metadata()
+                    .num_rows()
+            })
+            .unwrap()
+    };
+    assert_eq!(count(&out), 2);
+
+    // A query that fails as it runs (a malformed record on line 2) leaves the file as it was.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"x\": 1}\n{\"x\": \n").unwrap();
+    let err = write(format!("SELECT x FROM '{}'", bad.display()), out.clone())
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    assert_eq!(count(&out), 2);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".prefflow-tmp")),
+        "{names:?}"
+    );
+
+    // A file prefflow did not write inside a target folder is not replaced.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
+    let err = ctx
+        .sql("SELECT 1 AS x")
+        .await
+        .unwrap()
+        .write_parquet(
+            &format!("{}/", mine.display()),
+            DataFrameWriteOptions::new(),
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notes.txt"), "{err}");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+
+    // A shard writes its own file beside the other shards'.
+    ctx.sql("SET prefflow.shard = '1/2'").await.unwrap();
+    let sharded = dir.path().join("shards.parquet");
+    write(
+        "SELECT * FROM (VALUES (1), (2), (3), (4), (5), (6)) v(x)".into(),
+        sharded.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(!sharded.exists());
+    let shard_file = dir.path().join("shards.shard-00001-of-00002.parquet");
+    assert!(count(&shard_file) < 6, "{}", shard_file.display());
+}
