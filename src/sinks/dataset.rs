@@ -1,14 +1,18 @@
 //! The training sink DataFusion runs for `COPY … STORED AS <format>` (and for a plain
-//! `hf://` push): it checks the target, stages, writes the splits and the card locally or
-//! pushes them to the Hub, and commits.
+//! `hf://` push). One loop — convert a batch, mark its validation rows, hand it to the
+//! destination, which writes and checkpoints — runs over two destinations: a local folder
+//! (staged in a hidden sibling, its card written and the folder swapped into place at the
+//! end) and a Hub push (skipping what an earlier run of the job pushed, committing every
+//! `checkpoint_rows`, the card with each commit).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::sink::DataSink;
@@ -31,7 +35,7 @@ use super::{Stats, card, hub, provenance};
 /// the target folder. Written once, by [`DataSink::write_all`].
 pub struct TrainingSink {
     format: &'static str,
-    target: Destination,
+    target: Target,
     kind: FileKind,
     validation_fraction: f64,
     settings: card::Settings,
@@ -49,16 +53,16 @@ pub struct TrainingSink {
 }
 
 /// Where a sink writes.
-pub(crate) enum Destination {
+pub(crate) enum Target {
     Local(PathBuf),
     Hub(hub::HubTarget),
 }
 
-impl std::fmt::Display for Destination {
+impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Destination::Local(p) => write!(f, "{}", p.display()),
-            Destination::Hub(t) => write!(f, "{}", t.url),
+            Target::Local(p) => write!(f, "{}", p.display()),
+            Target::Hub(t) => write!(f, "{}", t.url),
         }
     }
 }
@@ -82,7 +86,7 @@ impl DisplayAs for TrainingSink {
             self.target,
             self.kind.ext()
         )?;
-        if let Destination::Hub(t) = &self.target {
+        if let Target::Hub(t) = &self.target {
             write!(f, ", private={}", t.private)?;
             if let Some(n) = t.checkpoint_rows {
                 write!(f, ", checkpoint_rows={n}")?;
@@ -112,10 +116,10 @@ impl TrainingSink {
         let mut options = Options::new(format, raw_options);
         let statement = options.take(provenance::STATEMENT_OPTION);
         let target = if url.starts_with(crate::hf::PREFIX) {
-            Destination::Hub(hub::HubTarget::parse(url, &mut options)?)
+            Target::Hub(hub::HubTarget::parse(url, &mut options)?)
         } else {
             hub::take_checkpoint_rows(&mut options)?;
-            Destination::Local(local_dir(format, url)?)
+            Target::Local(local_dir(format, url)?)
         };
         let validation_fraction = options.take_f64("validation_fraction")?.unwrap_or(0.0);
         if !(0.0..1.0).contains(&validation_fraction) {
@@ -135,8 +139,8 @@ impl TrainingSink {
         };
         let fmt = super::formats::plan_format(registry, format, input, &mut options)?;
         let hub_options = match &target {
-            Destination::Hub(_) => format!(", {}", hub::HUB_OPTIONS),
-            Destination::Local(_) => String::new(),
+            Target::Hub(_) => format!(", {}", hub::HUB_OPTIONS),
+            Target::Local(_) => String::new(),
         };
         options.finish(&format!(
             "{COMMON_OPTIONS}, {}{hub_options}",
@@ -195,19 +199,20 @@ impl TrainingSink {
     /// is checked with the Hub as the push opens).
     pub(crate) fn check_target(&self) -> Result<()> {
         match &self.target {
-            Destination::Local(target) => crate::target::check(
+            Target::Local(target) => crate::target::check(
                 target,
                 &Output::Dataset(self.format, self.kind.ext()),
                 &self.inputs,
             ),
-            Destination::Hub(_) => Ok(()),
+            Target::Hub(_) => Ok(()),
         }
     }
 
-    /// Checks the target, stages, writes splits and card, and commits; a failure leaves the
-    /// previous output as it was.
-    async fn write(&self, stream: SendableRecordBatchStream, device: String) -> Result<u64> {
-        let fmt = self
+    /// The sink loop: converts each batch, marks its validation rows, and hands them to the
+    /// destination (a local folder, or a Hub push, which checkpoints), then commits. A failure
+    /// leaves the previous output as it was.
+    async fn write(&self, mut stream: SendableRecordBatchStream, device: String) -> Result<u64> {
+        let mut fmt = self
             .planned
             .lock()
             .map_err(|_| DataFusionError::Execution(format!("{}: sink poisoned", self.format)))?
@@ -218,41 +223,24 @@ impl TrainingSink {
                     self.format
                 ))
             })?;
-        let target = match &self.target {
-            Destination::Local(p) => p,
-            Destination::Hub(t) => return self.push(t.clone(), stream, fmt, device).await,
+        let schema = fmt.schema();
+        let mut destination: Box<dyn Destination + '_> = match &self.target {
+            Target::Local(dir) => Box::new(LocalFolder::open(self, dir, &schema, device)?),
+            Target::Hub(t) => Box::new(HubPush::open(self, t.clone(), &schema, device).await?),
         };
-        // Again as the sink starts: another writer may have written since it was planned.
-        self.check_target()?;
-        let output = Output::Dataset(self.format, self.kind.ext());
-        let staging = crate::target::Staged::new(temp_sibling(target), target, true)?;
-        let tmp = staging.path();
-        let started = self.started.clone();
-        let result = async {
-            let (stats, fmt) =
-                files::write_splits(stream, fmt, tmp, self.kind, self.validation_fraction).await?;
-            let registry = Arc::clone(&self.registry);
-            let sink_model = self.settings.options.get("model").cloned();
-            // Model identities may read files the first time: off the runtime.
-            let provenance = tokio::task::spawn_blocking(move || {
-                started.finish(&registry, &device, sink_model.as_deref())
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
-            let name = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "dataset".into());
-            let files = card::local_files(&self.settings, &stats);
-            let text = card::render(&name, &self.settings, &fmt.describe(), &stats, &files)
-                + &provenance.render(stats.written());
-            let path = tmp.join("README.md");
-            std::fs::write(&path, text).map_err(|e| PrefflowError::io(&path, e))?;
-            Ok::<_, PrefflowError>(stats)
+        let mut stats = Stats::new(&schema);
+        while let Some(batch) = stream.next().await {
+            let (back, out, in_validation) =
+                files::convert_counted(fmt, batch?, &schema, self.validation_fraction, &mut stats)
+                    .await?;
+            fmt = back;
+            if out.num_rows() > 0 {
+                destination
+                    .write(out, in_validation, &stats, &fmt.describe())
+                    .await?;
+            }
         }
-        .await;
-        let stats = result?;
-        staging.commit(target, &output)?;
+        destination.commit(&stats, &fmt.describe()).await?;
         Ok(stats.written())
     }
 }
@@ -302,15 +290,7 @@ impl TrainingSink {
             })
             .map(|split| (split, target.split_pattern(split, self.kind)))
             .collect();
-        let registry = Arc::clone(&self.registry);
-        let started = self.started.clone();
-        let sink_model = self.settings.options.get("model").cloned();
-        let device = device.to_string();
-        let provenance = tokio::task::spawn_blocking(move || {
-            started.finish(&registry, &device, sink_model.as_deref())
-        })
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+        let provenance = self.provenance(device).await?;
         let mut text = card::render(&target.name, &self.settings, description, stats, &files);
         if !last {
             let pushed = push.pushed_rows() + new_parts.iter().map(|p| p.rows).sum::<u64>();
@@ -322,110 +302,245 @@ impl TrainingSink {
         Ok(text)
     }
 
-    /// Pushes to the Hub: checks first, skips the rows an earlier run of this job pushed, and
-    /// commits the rest in checkpoints.
-    async fn push(
-        &self,
-        target: hub::HubTarget,
-        mut stream: SendableRecordBatchStream,
-        mut fmt: Box<dyn Format>,
+    /// The card's provenance: the statement and the model calls of this run (model
+    /// identities may read files the first time: off the runtime).
+    async fn provenance(&self, device: &str) -> Result<provenance::Provenance> {
+        let registry = Arc::clone(&self.registry);
+        let started = self.started.clone();
+        let sink_model = self.settings.options.get("model").cloned();
+        let device = device.to_string();
+        tokio::task::spawn_blocking(move || {
+            started.finish(&registry, &device, sink_model.as_deref())
+        })
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")).into())
+    }
+}
+
+/// An open destination of the sink loop.
+#[async_trait::async_trait]
+trait Destination: Send {
+    /// Takes one batch of converted rows (those marked by `validation` go to the validation
+    /// split); `stats` and `description` are the dataset's so far, for a checkpoint's card.
+    async fn write(
+        &mut self,
+        out: RecordBatch,
+        validation: Option<BooleanArray>,
+        stats: &Stats,
+        description: &str,
+    ) -> Result<()>;
+
+    /// After the last batch: writes the card and commits.
+    async fn commit(self: Box<Self>, stats: &Stats, description: &str) -> Result<()>;
+}
+
+/// A local dataset folder, staged in a hidden sibling and swapped into place by the commit.
+struct LocalFolder<'a> {
+    sink: &'a TrainingSink,
+    target: PathBuf,
+    staging: crate::target::Staged,
+    files: files::SplitFiles,
+    device: String,
+}
+
+impl<'a> LocalFolder<'a> {
+    fn open(
+        sink: &'a TrainingSink,
+        target: &Path,
+        schema: &SchemaRef,
         device: String,
-    ) -> Result<u64> {
+    ) -> Result<Self> {
+        // Again as the sink starts: another writer may have written since it was planned.
+        sink.check_target()?;
+        let staging = crate::target::Staged::new(temp_sibling(target), target, true)?;
+        let files = files::SplitFiles::create(
+            staging.path(),
+            sink.kind,
+            schema,
+            sink.validation_fraction > 0.0,
+        )?;
+        Ok(Self {
+            sink,
+            target: target.to_path_buf(),
+            staging,
+            files,
+            device,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for LocalFolder<'_> {
+    async fn write(
+        &mut self,
+        out: RecordBatch,
+        validation: Option<BooleanArray>,
+        _stats: &Stats,
+        _description: &str,
+    ) -> Result<()> {
+        self.files.write(out, validation).await
+    }
+
+    async fn commit(self: Box<Self>, stats: &Stats, description: &str) -> Result<()> {
+        let this = *self;
+        let sink = this.sink;
+        this.files.finish(stats).await?;
+        let provenance = sink.provenance(&this.device).await?;
+        let name = this
+            .target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dataset".into());
+        let files = card::local_files(&sink.settings, stats);
+        let text = card::render(&name, &sink.settings, description, stats, &files)
+            + &provenance.render(stats.written());
+        let path = this.staging.path().join("README.md");
+        std::fs::write(&path, text).map_err(|e| PrefflowError::io(&path, e))?;
+        this.staging
+            .commit(&this.target, &Output::Dataset(sink.format, sink.kind.ext()))
+    }
+}
+
+/// A push to the Hub: skips the rows an earlier run of this job pushed, and commits the rest
+/// in checkpoints.
+struct HubPush<'a> {
+    sink: &'a TrainingSink,
+    push: hub::Push,
+    pushed: hub::RowSet,
+    /// Part files being written, on a blocking thread while they encode (hence the Option).
+    parts: Option<hub::PartWriter>,
+    /// Checkpoints wait until every row an earlier run of this job pushed has come again, so
+    /// a result that lost some (its input changed) is refused before anything is committed.
+    deferred: Vec<Vec<hub::StagedPart>>,
+    new_rows: usize,
+    device: String,
+}
+
+impl<'a> HubPush<'a> {
+    /// Checks first (token, repository, branch) and reads what an earlier run pushed.
+    async fn open(
+        sink: &'a TrainingSink,
+        target: hub::HubTarget,
+        schema: &SchemaRef,
+        device: String,
+    ) -> Result<Self> {
         let every = target.checkpoint_rows;
-        let mut push = hub::Push::open(target, self.job(), self.kind, &self.staging_root).await?;
-        let schema = fmt.schema();
-        let mut pushed = push.pushed(&schema).await?;
-        let mut stats = Stats::new(&schema);
-        let mut parts = hub::PartWriter::new(&push, Arc::clone(&schema), every);
-        let validation_fraction = self.validation_fraction;
-        let mut new_rows = 0usize;
-        // Checkpoints wait until every row an earlier run of this job pushed has come again, so
-        // a result that lost some (its input changed) is refused before anything is committed.
-        let mut deferred: Vec<Vec<hub::StagedPart>> = Vec::new();
-        let changed = |url: &str, what: String| PrefflowError::Hub {
-            url: url.to_string(),
+        let push = hub::Push::open(target, sink.job(), sink.kind, &sink.staging_root).await?;
+        let pushed = push.pushed(schema).await?;
+        let parts = hub::PartWriter::new(&push, Arc::clone(schema), every);
+        Ok(Self {
+            sink,
+            push,
+            pushed,
+            parts: Some(parts),
+            deferred: Vec::new(),
+            new_rows: 0,
+            device,
+        })
+    }
+
+    fn changed(&self, what: String) -> PrefflowError {
+        PrefflowError::Hub {
+            url: self.push.target.url.clone(),
             message: format!(
                 "{what} (did its input change?): nothing was committed; push to another branch (@BRANCH) or dataset"
             ),
-        };
-        while let Some(batch) = stream.next().await {
-            let (back, out, in_validation) =
-                files::convert_counted(fmt, batch?, &schema, validation_fraction, &mut stats)
-                    .await?;
-            fmt = back;
-            // Rows an earlier run of this job pushed are counted in the card, not pushed again.
-            let (out, in_validation) = match pushed.new_rows(&out)? {
-                None => (out, in_validation),
-                Some(keep) => {
-                    let mask = match in_validation {
-                        Some(m) => Some(
-                            datafusion::arrow::compute::filter(&m, &keep)
-                                .map_err(DataFusionError::from)?
-                                .as_boolean()
-                                .clone(),
-                        ),
-                        None => None,
-                    };
-                    (
-                        filter_record_batch(&out, &keep).map_err(DataFusionError::from)?,
-                        mask,
-                    )
-                }
-            };
-            if out.num_rows() == 0 {
-                continue;
-            }
-            if push.finished() {
-                return Err(changed(
-                    &push.target.url,
-                    "this statement was pushed whole before and its result now has rows that push does not".to_string(),
-                ));
-            }
-            new_rows += out.num_rows();
-            let (back, written) = tokio::task::spawn_blocking(move || {
-                let r = parts.write(&out, in_validation.as_ref());
-                (parts, r)
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
-            parts = back;
-            deferred.extend(written?);
-            if pushed.left() == 0 {
-                for checkpoint in std::mem::take(&mut deferred) {
-                    let card = self
-                        .hub_card(&push, &fmt.describe(), &stats, &device, &checkpoint, false)
-                        .await?;
-                    push.commit(checkpoint, card, false).await?;
-                }
-            }
         }
-        let last = parts.close()?;
-        if pushed.left() > 0 {
-            return Err(changed(
-                &push.target.url,
-                format!(
-                    "{} rows pushed by an earlier run of this statement are not in its result any more",
-                    pushed.left()
-                ),
+    }
+
+    async fn checkpoint(
+        &mut self,
+        parts: Vec<hub::StagedPart>,
+        stats: &Stats,
+        description: &str,
+        last: bool,
+    ) -> Result<()> {
+        let card = self
+            .sink
+            .hub_card(&self.push, description, stats, &self.device, &parts, last)
+            .await?;
+        self.push.commit(parts, card, last).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for HubPush<'_> {
+    async fn write(
+        &mut self,
+        out: RecordBatch,
+        validation: Option<BooleanArray>,
+        stats: &Stats,
+        description: &str,
+    ) -> Result<()> {
+        // Rows an earlier run of this job pushed are counted in the card, not pushed again.
+        let (out, validation) = match self.pushed.new_rows(&out)? {
+            None => (out, validation),
+            Some(keep) => {
+                let mask = match validation {
+                    Some(m) => Some(
+                        datafusion::arrow::compute::filter(&m, &keep)
+                            .map_err(DataFusionError::from)?
+                            .as_boolean()
+                            .clone(),
+                    ),
+                    None => None,
+                };
+                (
+                    filter_record_batch(&out, &keep).map_err(DataFusionError::from)?,
+                    mask,
+                )
+            }
+        };
+        if out.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.push.finished() {
+            return Err(self.changed(
+                "this statement was pushed whole before and its result now has rows that push does not".to_string(),
             ));
         }
-        for checkpoint in deferred {
-            let card = self
-                .hub_card(&push, &fmt.describe(), &stats, &device, &checkpoint, false)
+        self.new_rows += out.num_rows();
+        let mut parts = self.parts.take().ok_or_else(|| {
+            DataFusionError::Execution("the part writer failed before".to_string())
+        })?;
+        let (back, written) = tokio::task::spawn_blocking(move || {
+            let r = parts.write(&out, validation.as_ref());
+            (parts, r)
+        })
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("sink task failed: {e}")))?;
+        self.parts = Some(back);
+        self.deferred.extend(written?);
+        if self.pushed.left() == 0 {
+            for checkpoint in std::mem::take(&mut self.deferred) {
+                self.checkpoint(checkpoint, stats, description, false)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, stats: &Stats, description: &str) -> Result<()> {
+        let last = match self.parts.take() {
+            Some(mut parts) => parts.close()?,
+            None => Vec::new(),
+        };
+        if self.pushed.left() > 0 {
+            return Err(self.changed(format!(
+                "{} rows pushed by an earlier run of this statement are not in its result any more",
+                self.pushed.left()
+            )));
+        }
+        for checkpoint in std::mem::take(&mut self.deferred) {
+            self.checkpoint(checkpoint, stats, description, false)
                 .await?;
-            push.commit(checkpoint, card, false).await?;
         }
-        if new_rows == 0 && push.finished() {
-            // The job was pushed whole before: nothing to commit.
-            push.clean();
-            return Ok(stats.written());
+        if self.new_rows > 0 || !self.push.finished() {
+            self.checkpoint(last, stats, description, true).await?;
         }
-        let card = self
-            .hub_card(&push, &fmt.describe(), &stats, &device, &last, true)
-            .await?;
-        push.commit(last, card, true).await?;
-        push.clean();
-        Ok(stats.written())
+        // Pushed whole (now or before: then nothing was committed).
+        self.push.clean();
+        Ok(())
     }
 }
 

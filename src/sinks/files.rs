@@ -1,6 +1,6 @@
-//! Local split files: the open train / validation files of a dataset (Parquet or JSONL), the
-//! split of each prompt (a stable hash), and the loop that converts the query's batches and
-//! writes them to their splits.
+//! Local split files: the open train / validation files of a dataset (Parquet or JSONL) and
+//! their writer thread, the split of each prompt (a stable hash), and the conversion of one
+//! batch that the sink loop (`dataset`) runs.
 
 use std::fs::File;
 use std::path::Path;
@@ -12,9 +12,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::parquet::arrow::ArrowWriter;
-use futures::StreamExt;
 
 use crate::error::{PrefflowError, Result};
 
@@ -143,57 +141,83 @@ pub(crate) fn by_split(
     Ok(splits)
 }
 
-/// Reads the query's batches, converts their rows, and writes each to its split; hands the
-/// format back for the card.
-pub(crate) async fn write_splits(
-    mut stream: SendableRecordBatchStream,
-    mut fmt: Box<dyn Format>,
-    dir: &Path,
+/// A dataset's split files in a folder, written on a thread of their own: encoding the files
+/// overlaps converting the next batch (the sink's two halves take about the same time) and
+/// stays off the async runtime.
+pub(crate) struct SplitFiles {
+    dir: std::path::PathBuf,
     kind: FileKind,
-    validation_fraction: f64,
-) -> Result<(Stats, Box<dyn Format>)> {
-    let schema = fmt.schema();
-    let mut stats = Stats::new(&schema);
-    let splits = Splits::create(dir, kind, &schema, validation_fraction > 0.0)?;
-    // Encoding the files runs on its own thread, so it overlaps converting the next batch
-    // (the sink's two halves take about the same time) and stays off the async runtime.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(RecordBatch, Option<BooleanArray>)>(2);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut splits = splits;
-        while let Some((out, mask)) = rx.blocking_recv() {
-            splits.write(&out, mask.as_ref())?;
+    tx: Option<tokio::sync::mpsc::Sender<(RecordBatch, Option<BooleanArray>)>>,
+    writer: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl SplitFiles {
+    /// Creates `train` (and `validation`) in `dir`.
+    pub(crate) fn create(
+        dir: &Path,
+        kind: FileKind,
+        schema: &SchemaRef,
+        validation: bool,
+    ) -> Result<Self> {
+        let splits = Splits::create(dir, kind, schema, validation)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(RecordBatch, Option<BooleanArray>)>(2);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut splits = splits;
+            while let Some((out, mask)) = rx.blocking_recv() {
+                splits.write(&out, mask.as_ref())?;
+            }
+            splits.finish()
+        });
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            kind,
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Writes rows, those marked by `validation` to the validation split.
+    pub(crate) async fn write(
+        &mut self,
+        out: RecordBatch,
+        validation: Option<BooleanArray>,
+    ) -> Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send((out, validation)).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
         }
-        splits.finish()
-    });
-    let sent = async {
-        while let Some(batch) = stream.next().await {
-            let (back, out, in_validation) =
-                convert_counted(fmt, batch?, &schema, validation_fraction, &mut stats).await?;
-            fmt = back;
-            if out.num_rows() > 0 && tx.send((out, in_validation)).await.is_err() {
-                // The writer stopped: its error is the one to report.
-                break;
+        // The writer stopped: its error is the one to report.
+        self.tx = None;
+        self.wait().await?;
+        Err(DataFusionError::Execution("the split writer stopped".to_string()).into())
+    }
+
+    async fn wait(&mut self) -> Result<()> {
+        match self.writer.take() {
+            Some(w) => w
+                .await
+                .map_err(|e| DataFusionError::Execution(format!("sink writer failed: {e}")))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the files. `datasets` refuses a split with no data: an empty split's file goes
+    /// (the card says so), unless nothing was written at all.
+    pub(crate) async fn finish(mut self, stats: &Stats) -> Result<()> {
+        self.tx = None;
+        self.wait().await?;
+        let (train_rows, validation_rows) = stats.split_rows();
+        for (split, n) in [("train", train_rows), ("validation", validation_rows)] {
+            let file = self.dir.join(format!("{split}.{}", self.kind.ext()));
+            if n == 0 && train_rows + validation_rows > 0 && file.exists() {
+                std::fs::remove_file(&file).map_err(|e| PrefflowError::io(&file, e))?;
             }
         }
-        Ok::<_, PrefflowError>(fmt)
+        Ok(())
     }
-    .await;
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("sink writer failed: {e}")))?;
-    let fmt = sent?;
-    written?;
-    // `datasets` refuses a split with no data: an empty split's file goes (the card says so),
-    // unless nothing was written at all.
-    let (train_rows, validation_rows) = stats.split_rows();
-    for (split, n) in [("train", train_rows), ("validation", validation_rows)] {
-        let file = dir.join(format!("{split}.{}", kind.ext()));
-        if n == 0 && train_rows + validation_rows > 0 && file.exists() {
-            std::fs::remove_file(&file).map_err(|e| PrefflowError::io(&file, e))?;
-        }
-    }
-    Ok((stats, fmt))
 }
 
 /// Converts one batch off the async runtime (conversion, and for `tokenized` tokenizing, is
@@ -282,11 +306,7 @@ pub(crate) fn split_fractions(batch: &RecordBatch) -> Result<Vec<f64>> {
 /// Where a prompt falls in [0, 1): FNV-1a of its text, mixed (splitmix64's finaliser) so
 /// prompts differing in their last bytes spread evenly. Stable across builds and machines.
 pub(crate) fn split_fraction(key: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = prefflow_udfs::models::stable_hash::fnv1a(key.as_bytes());
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;

@@ -18,11 +18,18 @@
 //! the sink, and `Engine::context()` / DataFrame users get it too); the sink checks the target,
 //! stages, writes the splits and the card, and commits.
 //!
+//! Every other COPY is a prefflow one too: [`route`] (run by the session's [`CopyRoute`]
+//! rule and by `Engine::sql`) wraps DataFusion's formats so their writer is staged (written
+//! into a hidden sibling, moved into place when done), sharded, checked against the query's
+//! inputs, and for `hf://` pushed by the same sink.
+//!
 //! The folder, bottom up: `format` (the contract a format implements: a leaf) and `options`;
 //! `formats/` (dpo, kto, sft, sharegpt, tokenized, plain, and `rows`, the Arrow helpers they
-//! share); `files` (local split files and the loop writing them); `card` and `provenance`
-//! (the dataset card); `hub` (pushes to the Hugging Face Hub); `dataset` (the sink over all of
-//! them); this file registers the formats with DataFusion.
+//! share); `files` (local split files and their writer); `card` and `provenance` (the
+//! dataset card); `hub/` (target, client, push, resume: pushes to the Hugging Face Hub);
+//! `dataset` (the sink loop over a local folder or a Hub push); `staged` (DataFusion's
+//! formats behind prefflow's writer); `route` (the planning door); this file registers the
+//! training formats with DataFusion.
 
 pub(crate) mod card;
 mod dataset;

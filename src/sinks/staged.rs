@@ -40,14 +40,21 @@ use prefflow_udfs::models::remote::redact_uri;
 use crate::error::PrefflowError;
 use crate::target::{Output, Staged, local_path, temp_sibling};
 
+use super::options::Options;
 use super::{TrainingSink, copy_inputs, hub, provenance, push_staging, registry_of};
 
-/// The options prefflow reads from a plain COPY (the others are the DataFusion format's).
-const HUB_ONLY: [&str; 3] = ["private", "commit_message", "checkpoint_rows"];
+/// Options only a push to the Hub takes.
+const HUB_ONLY: [&str; 2] = ["private", "commit_message"];
 
+/// The options prefflow reads from a plain COPY (the others are the DataFusion format's):
+/// `checkpoint_rows` is taken by a local file too (written once, atomically), so one query
+/// file serves a local and a Hub target.
 fn is_prefflow_option(key: &str) -> bool {
     let key = key.trim_start_matches("format.");
-    key == provenance::STATEMENT_OPTION || key == "validation_fraction" || HUB_ONLY.contains(&key)
+    key == provenance::STATEMENT_OPTION
+        || key == "validation_fraction"
+        || key == "checkpoint_rows"
+        || HUB_ONLY.contains(&key)
 }
 
 /// A DataFusion file format factory, with the input files of the COPY it writes.
@@ -196,6 +203,8 @@ impl FileFormat for StagedFormat {
                 self.ext
             )));
         }
+        let mut options = Options::new("COPY", &self.options);
+        hub::take_checkpoint_rows(&mut options)?;
         let Some(target) = local_path(&url) else {
             let scheme = url.split("://").next().unwrap_or_default();
             return Err(refuse(format!(

@@ -2,14 +2,13 @@
 
 use std::path::Path;
 
-use datafusion::arrow::util::pretty::pretty_format_batches;
 use prefflow::{CacheMode, Engine, SessionOptions};
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/decoders/qwen2");
 
 /// A session on `cache` with the tiny decoder declared as `tiny`.
 async fn engine(cache: &Path, settings: &[(&str, &str)]) -> Engine {
-    let engine = Engine::with_options(&SessionOptions {
+    let engine = super::support::engine_with(SessionOptions {
         target_partitions: Some(2),
         cache_dir: Some(cache.to_path_buf()),
         cache: Some(CacheMode::ReadWrite),
@@ -18,8 +17,7 @@ async fn engine(cache: &Path, settings: &[(&str, &str)]) -> Engine {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ..Default::default()
-    })
-    .unwrap();
+    });
     engine
         .sql(&format!("CREATE MODEL tiny FROM '{TINY}'"))
         .await
@@ -27,11 +25,7 @@ async fn engine(cache: &Path, settings: &[(&str, &str)]) -> Engine {
     engine
 }
 
-async fn text(engine: &Engine, sql: &str) -> String {
-    pretty_format_batches(&engine.query(sql).await.unwrap())
-        .unwrap()
-        .to_string()
-}
+use super::support::text;
 
 fn prompts(dir: &Path, n: usize) {
     let rows: String = (0..n)

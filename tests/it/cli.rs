@@ -1,25 +1,6 @@
 //! The `prefflow` binary as a user runs it: exit codes, parameters, formats, errors.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn prefflow(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prefflow"))
-        .args(args)
-        .current_dir(dir)
-        // A fresh result cache per test folder: models really run.
-        .env("PREFFLOW_CACHE_DIR", dir.join(".prefflow-cache"))
-        .output()
-        .expect("run prefflow")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use super::support::{prefflow, stderr, stdout};
 
 #[test]
 fn sql_with_each_format() {

@@ -5,7 +5,7 @@
 //! output.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Scheduler and executors, killed when dropped (also when a test fails).
@@ -37,9 +37,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn prefflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_prefflow"))
-}
+use super::support::binary as prefflow;
 
 fn start(executors: usize) -> Cluster {
     let logs = tempfile::tempdir().unwrap();

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
+use super::support::ROOT;
+
 use datafusion::arrow::array::{AsArray, Float64Array};
 use prefflow_udfs::models::gguf::read_metadata;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn fixture(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap()).unwrap()
@@ -28,12 +28,11 @@ fn quote(v: &serde_json::Value) -> String {
 }
 
 async fn engine(declarations: &[String]) -> prefflow::Engine {
-    std::env::set_current_dir(ROOT).unwrap();
-    let engine = prefflow::Engine::with_options(&prefflow::SessionOptions {
+    super::support::at_root();
+    let engine = super::support::engine_with(prefflow::SessionOptions {
         cache: Some(prefflow::CacheMode::Off),
         ..Default::default()
-    })
-    .unwrap();
+    });
     for d in declarations {
         engine.sql(d).await.unwrap();
     }

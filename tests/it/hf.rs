@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prefflow::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -426,69 +426,6 @@ fn handle(
     Some(reply)
 }
 
-/// Reads one request: method, path, headers (lower-case names) and body (Content-Length or
-/// chunked).
-async fn read_request(
-    socket: &mut tokio::net::TcpStream,
-) -> Option<(String, String, HashMap<String, String>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match socket.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let method = first.next().unwrap_or("").to_string();
-    let path = first.next().unwrap_or("").to_string();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    let mut body = buf[head_end..].to_vec();
-    if let Some(n) = headers
-        .get("content-length")
-        .and_then(|n| n.parse::<usize>().ok())
-    {
-        while body.len() < n {
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(k) => body.extend_from_slice(&chunk[..k]),
-            }
-        }
-    } else if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.contains("chunked"))
-    {
-        while !body.windows(5).any(|w| w == b"0\r\n\r\n") {
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(k) => body.extend_from_slice(&chunk[..k]),
-            }
-        }
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[i + 2..i + 2 + size]);
-            rest = &rest[i + 4 + size..];
-        }
-        body = out;
-    }
-    Some((method, path, headers, body))
-}
-
 pub(crate) async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
@@ -496,7 +433,13 @@ pub(crate) async fn serve(listener: TcpListener, hub: Arc<Hub>) {
         };
         let hub = Arc::clone(&hub);
         tokio::spawn(async move {
-            let Some((method, path, headers, body)) = read_request(&mut socket).await else {
+            let Some(super::support::Request {
+                method,
+                path,
+                headers,
+                body,
+            }) = super::support::read_request(&mut socket).await
+            else {
                 return;
             };
             if let Some(a) = headers.get("authorization") {

@@ -41,11 +41,10 @@ fn query(file: &str) -> String {
 }
 
 fn engine(cache: &Path) -> Engine {
-    Engine::with_options(&prefflow::SessionOptions {
+    super::support::engine_with(prefflow::SessionOptions {
         cache_dir: Some(cache.to_path_buf()),
         ..Default::default()
     })
-    .unwrap()
 }
 
 fn files(hub: &Hub, repo: &str, branch: &str) -> BTreeMap<String, Vec<u8>> {
@@ -685,9 +684,7 @@ async fn a_dataframe_api_copy_pushes_to_the_hub() {
         ))
         .await
         .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained)
-        .unwrap()
-        .to_string();
+    let text = super::support::table(&explained);
     assert!(
         text.contains("TrainingSink: format=parquet, target=hf://datasets/org/frame"),
         "{text}"

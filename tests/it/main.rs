@@ -16,6 +16,7 @@ mod remote;
 mod resume;
 mod shell;
 mod sinks;
+mod support;
 mod translate;
 mod trl;
 mod trust;

@@ -3,27 +3,18 @@
 //! transformers on tiny random-weight models (tests/fixtures/reward/). Both references are
 //! made by the committed scripts in scripts/reference/.
 
-use std::path::Path;
-
 use datafusion::arrow::array::{Array, AsArray, Float64Array};
 use datafusion::arrow::datatypes::Float32Type;
 use prefflow::{Engine, SessionOptions};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 fn engine(partitions: usize) -> Engine {
-    std::env::set_current_dir(ROOT).unwrap();
-    assert!(
-        Path::new("models/all-minilm-l6-v2/model.safetensors").exists(),
-        "models/ is missing: run scripts/fetch-models (scripts/test does)"
-    );
-    Engine::with_options(&SessionOptions {
+    super::support::at_root();
+    super::support::engine_with(SessionOptions {
         target_partitions: Some(partitions),
         // The model must really run: no results from earlier runs.
         cache: Some(prefflow::CacheMode::Off),
         ..Default::default()
     })
-    .unwrap()
 }
 
 fn quote(s: &str) -> String {

@@ -87,9 +87,7 @@ async fn run_file(engine: &Engine, name: &str, params: &HashMap<String, String>)
         Script::from_file(format!("{}/queries/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let last = engine.run_script(&script, params).await.unwrap().unwrap();
     let batches = prefflow::engine::collect(last.dataframe).await.unwrap();
-    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string()
+    super::support::table(&batches)
 }
 
 /// The pipelines' outputs hold what their headers promise.
@@ -107,9 +105,7 @@ async fn pipeline_results() {
         let engine = engine.clone();
         async move {
             let batches = engine.query(&sql).await.unwrap();
-            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-                .unwrap()
-                .to_string()
+            super::support::table(&batches)
         }
     };
     let table = csv(format!(
@@ -163,9 +159,7 @@ async fn data_selection_pipeline() {
         ))
         .await
         .unwrap();
-    let n = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
+    let n = super::support::table(&batches);
     assert!(
         n.contains("| 0 "),
         "the over-long and the duplicate question must be gone: {n}"

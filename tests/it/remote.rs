@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use prefflow::{CacheMode, Engine, SessionOptions};
+use prefflow::Engine;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &str = "sk-test-5ecret-never-print-me";
@@ -57,35 +56,11 @@ async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>) {
 }
 
 async fn handle(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let (head_end, length) = loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            break (end + 4, length);
-        }
+    let Some(request) = super::support::read_request(&mut stream).await else {
+        return;
     };
-    while buf.len() < head_end + length {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-    let body: Value =
-        serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+    let path = request.path;
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let key = match path.as_str() {
         "/v1/chat/completions" => body["messages"]
             .as_array()
@@ -100,9 +75,10 @@ async fn handle(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
     let seed = body["seed"].as_u64();
     let attempt = {
         let mut log = log.lock().unwrap();
-        if head
-            .lines()
-            .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {SECRET}")))
+        if request
+            .headers
+            .get("authorization")
+            .is_some_and(|a| a.eq_ignore_ascii_case(&format!("Bearer {SECRET}")))
         {
             log.authorized += 1;
         }
@@ -180,15 +156,8 @@ async fn server() -> (String, Arc<Mutex<Log>>) {
     (addr, log)
 }
 
-fn engine() -> Engine {
-    Engine::with_options(&SessionOptions {
-        target_partitions: Some(2),
-        // Every row goes to the server.
-        cache: Some(CacheMode::Off),
-        ..Default::default()
-    })
-    .unwrap()
-}
+// Every row goes to the server: the support session has no result cache.
+use super::support::engine;
 
 async fn declare(e: &Engine, name: &str, addr: &str, extra: &str) {
     // SAFETY: set once with the same value by every test; read by the client per request.
@@ -202,11 +171,7 @@ async fn declare(e: &Engine, name: &str, addr: &str, extra: &str) {
     .unwrap();
 }
 
-async fn text(e: &Engine, sql: &str) -> String {
-    pretty_format_batches(&e.query(sql).await.unwrap())
-        .unwrap()
-        .to_string()
-}
+use super::support::text;
 
 const ROWS: usize = 40;
 
@@ -228,7 +193,7 @@ async fn every_row_is_answered_exactly_once_through_injected_faults() {
         prompts()
     );
     let out = e.query(&query).await.unwrap();
-    let table = pretty_format_batches(&out).unwrap().to_string();
+    let table = super::support::table(&out);
     for i in 0..ROWS {
         assert!(
             table.contains(&format!("| prompt number {i} "))

@@ -3,16 +3,7 @@
 
 use super::trl;
 
-use prefflow::{Engine, SessionOptions};
-
-fn engine() -> Engine {
-    Engine::with_options(&SessionOptions {
-        target_partitions: Some(2),
-        cache: Some(prefflow::CacheMode::Off),
-        ..Default::default()
-    })
-    .unwrap()
-}
+use super::support::{engine, table};
 
 const SETUP: &str = "
 CREATE TABLE scored AS SELECT * FROM (VALUES
@@ -210,9 +201,7 @@ async fn pairing_streams_through_model_calls() {
         FROM (SELECT prompt_id, response, token_count('smol', response) AS score FROM samples)
         GROUP BY prompt_id";
     let batches = e.query(&format!("EXPLAIN {pairing}")).await.unwrap();
-    let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
+    let plan = table(&batches);
     assert!(plan.contains("ModelCallsExec"), "{plan}");
     let aggregates: Vec<_> = plan
         .lines()
@@ -229,9 +218,7 @@ async fn pairing_streams_through_model_calls() {
         .query(&format!("{pairing} ORDER BY prompt_id"))
         .await
         .unwrap();
-    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
+    let table = table(&batches);
     assert!(
         table.contains("| a         | Hi there | Hi       |"),
         "{table}"
@@ -253,9 +240,7 @@ async fn training_sinks_are_datafusion_sinks() {
     let d = dir.path().display();
     let copy = format!("COPY ({PAIRS}) TO '{d}/pairs' STORED AS dpo OPTIONS (min_margin 0.2)");
     let plan = e.query(&format!("EXPLAIN {copy}")).await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
+    let text = table(&plan);
     assert!(
         text.contains("DataSinkExec: sink=TrainingSink: format=dpo")
             && text.contains("min_margin=0.2"),
@@ -304,12 +289,11 @@ async fn training_sinks_are_datafusion_sinks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cards_carry_provenance() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Engine::with_options(&SessionOptions {
+    let e = super::support::engine_with(prefflow::SessionOptions {
         target_partitions: Some(2),
         cache_dir: Some(dir.path().join("cache")),
         ..Default::default()
-    })
-    .unwrap();
+    });
     e.sql("CREATE MODEL smol FROM 'models/smollm2-135m-instruct' OPTIONS (dtype 'f32')")
         .await
         .unwrap();
@@ -377,9 +361,7 @@ async fn a_dataframe_api_copy_is_staged_checked_and_sharded() {
         ))
         .await
         .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained)
-        .unwrap()
-        .to_string();
+    let text = table(&explained);
     assert!(
         text.contains(&format!("StagedWriteExec: target={}", out.display()))
             && text.contains("ParquetSink"),
@@ -461,4 +443,28 @@ async fn a_dataframe_api_copy_is_staged_checked_and_sharded() {
     assert!(!sharded.exists());
     let shard_file = dir.path().join("shards.shard-00001-of-00002.parquet");
     assert!(count(&shard_file) < 6, "{}", shard_file.display());
+}
+
+/// One query file serves a local and a Hub target: a local plain COPY takes `checkpoint_rows`
+/// (written once, atomically) and checks it, and refuses the options only a push takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_plain_copy_takes_checkpoint_rows_and_refuses_hub_options() {
+    let e = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rows.parquet");
+    let copy = |options: &str| {
+        format!(
+            "COPY (SELECT 1 AS x) TO '{}' STORED AS parquet OPTIONS ({options})",
+            out.display()
+        )
+    };
+    e.query(&copy("checkpoint_rows 8")).await.unwrap();
+    assert!(out.is_file());
+    let err = e.query(&copy("checkpoint_rows 0")).await.unwrap_err();
+    assert!(err.to_string().contains("checkpoint_rows"), "{err}");
+    let err = e.query(&copy("private false")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("private applies to a push"),
+        "{err}"
+    );
 }

@@ -6,34 +6,13 @@
 use std::collections::BTreeMap;
 
 use datafusion::arrow::array::Array;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub(crate) fn prefflow(args: &[&str], dir: &Path) -> Output {
-    prefflow_env(args, dir, &[])
-}
-
-pub(crate) fn prefflow_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_prefflow"));
-    c.args(args)
-        .current_dir(dir)
-        .env("PREFFLOW_CACHE_DIR", dir.join(".prefflow-cache"));
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run prefflow")
-}
-
-pub(crate) fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub(crate) fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+pub(crate) use super::support::{prefflow, prefflow_env, stderr, stdout};
 
 /// Runs `sql` and expects it to fail with an error containing every one of `needles`.
 pub(crate) fn fails(dir: &Path, sql: &str, needles: &[&str]) -> String {
@@ -587,46 +566,33 @@ fn null_arguments_in_every_position_never_panic() {
 pub(crate) fn server(status: &'static str, headers: &'static str, body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    // Its own runtime: the tests that use it are plain #[test]s.
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = vec![0u8; 65536];
-            let mut got = Vec::new();
-            // Headers and the (small) body.
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if got.len() >= end + 4 + length {
-                        break;
-                    }
-                }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let Some(request) = super::support::read_request(&mut s).await else {
+                    continue;
+                };
+                let auth = request
+                    .headers
+                    .get("authorization")
+                    .map(|a| format!("authorization: {a}"))
+                    .unwrap_or_default();
+                let body = body.replace("{auth}", &auth);
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut s, reply.as_bytes()).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
             }
-            let text = String::from_utf8_lossy(&got);
-            let auth = text
-                .lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
-                .unwrap_or("")
-                .to_string();
-            let body = body.replace("{auth}", &auth);
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+        });
     });
     addr
 }

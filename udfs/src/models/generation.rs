@@ -15,19 +15,16 @@ use super::model::{Capability, Model};
 use super::types::{GenerateParams, ModelSpec};
 use crate::models::boundary::{blocking, model_err};
 
-/// FNV-1a: a stable hash, so a row's seed is the same in every build and on every machine.
+/// A row's seed: a stable hash of its prompt, sample index and the run's seed, the same in
+/// every build and on every machine.
 pub fn row_seed(prompt: &str, sample: u64, seed: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt
-        .as_bytes()
-        .iter()
-        .chain(&sample.to_le_bytes())
-        .chain(&seed.to_le_bytes())
-    {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    super::stable_hash::fnv1a(
+        prompt
+            .as_bytes()
+            .iter()
+            .chain(&sample.to_le_bytes())
+            .chain(&seed.to_le_bytes()),
+    )
 }
 
 /// Generates `n` samples for every row of `prompts` (None for NULL prompts): chat-templated

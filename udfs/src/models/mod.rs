@@ -44,6 +44,7 @@ pub mod result_key;
 pub mod secrets;
 pub mod settings;
 pub mod source;
+pub mod stable_hash;
 pub mod template;
 pub mod thread;
 pub mod transformer;
