@@ -21,7 +21,6 @@ pub mod first_value;
 pub mod functions;
 pub mod kmeans;
 pub mod min_max;
-pub mod models;
 pub mod near_duplicate;
 pub mod render;
 pub mod strip_think;
@@ -29,6 +28,9 @@ pub mod token_count;
 pub mod translate_json;
 
 pub use functions::{aggregate_functions, scalar_functions, window_functions};
+/// The model layer the functions call (its own crate, so the compiler holds the direction
+/// SQL functions → model services → runtimes → kernels).
+pub use prefflow_models as models;
 
 // The unit tests run with the allocator the `prefflow` binary installs, so the template memory
 // budget is exercised as users get it.

@@ -17,9 +17,8 @@
 //!   batching, stop strings, local or remote), `encoding` (embeddings and reward scores,
 //!   local or remote).
 //!
-//! SQL functions (one file each in the crate root) parse their arguments and options and call
-//! these; `common` holds what only they share (argument parsing, the cached call wrapper).
-//! Nothing here imports `common` or a SQL function.
+//! The SQL functions (`prefflow-udfs`, one file each) parse their arguments and options and
+//! call these; this crate knows nothing of them (the compiler holds the direction).
 
 pub mod bert;
 pub mod boundary;
@@ -54,3 +53,10 @@ pub mod values;
 pub use error::ModelError;
 pub use registry::{ModelRegistry, ModelSpec};
 pub use settings::PrefflowOptions;
+
+// The unit tests run with the allocator the `prefflow` binary installs, so the template memory
+// budget is exercised as users get it.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: memory_budget::Budgeted<std::alloc::System> =
+    memory_budget::Budgeted(std::alloc::System);

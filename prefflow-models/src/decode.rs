@@ -49,7 +49,7 @@ pub struct Watch {
     /// Decodes the tail of a sample to look for a stop string.
     pub tokenizer: Option<Arc<Tokenizer>>,
     /// The call whose output_tokens grow with each new token.
-    pub counter: Option<Arc<crate::models::call_stats::CallStats>>,
+    pub counter: Option<Arc<crate::call_stats::CallStats>>,
 }
 
 impl std::fmt::Debug for Watch {

@@ -20,8 +20,8 @@ use super::settings::PrefflowOptions;
 use super::source::{check_weights, read_json, resolve, validate};
 use super::transformer::Matrices;
 pub use super::types::{ModelInfo, ModelSpec, Pooling};
-use crate::models::call_stats::Activity;
-use crate::models::result_key::{Key, ResultStore};
+use crate::call_stats::Activity;
+use crate::result_key::{Key, ResultStore};
 
 impl ModelInfo {
     /// Reads config.json and the sentence-transformers files of a model folder.

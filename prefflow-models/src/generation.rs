@@ -13,7 +13,7 @@ use super::chat::ChatPrompts;
 use super::decode::{Decoder, Sampler, Watch};
 use super::model::{Capability, Model};
 use super::types::{GenerateParams, ModelSpec};
-use crate::models::boundary::{blocking, model_err};
+use crate::boundary::{blocking, model_err};
 
 /// A row's seed: a stable hash of its prompt, sample index and the run's seed, the same in
 /// every build and on every machine.
@@ -81,7 +81,7 @@ async fn generate_rows(
     let watch = Watch {
         stop: options.stop.clone(),
         tokenizer: Some(Arc::clone(&decoder.tokenizer)),
-        counter: crate::models::call_stats::current_call(),
+        counter: crate::call_stats::current_call(),
     };
     let mut pending = Vec::with_capacity(ids.len());
     for (row, (ids, text)) in ids.into_iter().zip(&texts).enumerate() {
@@ -123,7 +123,7 @@ async fn generate_rows(
                 watch: watch.clone(),
             })
             .collect();
-        crate::models::call_stats::record_tokens(ids.len() as u64, 0);
+        crate::call_stats::record_tokens(ids.len() as u64, 0);
         pending.push(Some(decoder.generate(ids, samplers)));
     }
     let mut out = Vec::with_capacity(pending.len());
@@ -180,19 +180,19 @@ pub async fn generate(
 /// Every row's samples from a remote model, all requests under its concurrency limit at once.
 async fn generate_remote(
     name: &str,
-    remote: &crate::models::remote::RemoteModel,
+    remote: &crate::remote::RemoteModel,
     prompts: &dyn Array,
     options: &GenerateParams,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
-    use crate::models::remote::{OnError, Prompt};
+    use crate::remote::{OnError, Prompt};
     let nulls = prompts.logical_nulls();
     let mut requests = Vec::new();
     for row in 0..prompts.len() {
         if nulls.as_ref().is_some_and(|m| m.is_null(row)) {
             continue;
         }
-        let value = crate::models::values::to_template_value(prompts, row)?;
+        let value = crate::values::to_template_value(prompts, row)?;
         let json = serde_json::to_value(&value)
             .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
         let (prompt, seed_text) = match (&json, options.chat) {
@@ -224,7 +224,7 @@ async fn generate_remote(
             Ok(_) => {}
             Err(e) if remote.settings.on_error == OnError::Null => {
                 if !failed[row] {
-                    crate::models::call_stats::record_failed(1, &e.to_string());
+                    crate::call_stats::record_failed(1, &e.to_string());
                 }
                 failed[row] = true;
                 out[row] = None;
@@ -245,12 +245,12 @@ async fn generate_remote(
 /// Names a row by the start of its prompt as the user wrote it (text, or a conversation as
 /// JSON), which can be searched for in the input.
 fn prompt_label(prompts: &dyn Array, row: usize) -> String {
-    crate::models::values::to_template_value(prompts, row)
+    crate::values::to_template_value(prompts, row)
         .ok()
         .and_then(|v| serde_json::to_value(&v).ok())
         .map(|j| match j {
-            serde_json::Value::String(t) => crate::models::values::row_label(&t),
-            other => crate::models::values::row_label(&other.to_string()),
+            serde_json::Value::String(t) => crate::values::row_label(&t),
+            other => crate::values::row_label(&other.to_string()),
         })
         .unwrap_or_else(|| format!("row {row}"))
 }

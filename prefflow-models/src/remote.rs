@@ -315,7 +315,7 @@ impl RemoteModel {
         let answer = self.post(path, &body).await?;
         if let Some(usage) = answer.get("usage") {
             let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
-            crate::models::call_stats::record_tokens(n("prompt_tokens"), n("completion_tokens"));
+            crate::call_stats::record_tokens(n("prompt_tokens"), n("completion_tokens"));
         }
         let choice = answer
             .get("choices")
@@ -338,7 +338,7 @@ impl RemoteModel {
             .pointer("/usage/prompt_tokens")
             .and_then(Value::as_u64)
         {
-            crate::models::call_stats::record_tokens(n, 0);
+            crate::call_stats::record_tokens(n, 0);
         }
         let data = answer
             .get("data")
@@ -448,7 +448,7 @@ impl RemoteModel {
                 }
             }
             if attempt + 1 < attempts {
-                crate::models::call_stats::record_retry();
+                crate::call_stats::record_retry();
                 let backoff = self.backoff(attempt);
                 let asked = wait.map_or(backoff, |w| w.max(backoff));
                 // A Retry-After of a day must not hang the run: waits are capped.

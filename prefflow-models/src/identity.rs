@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 use datafusion::common::{DataFusionError, Result};
 
 use super::types::{ModelSpec, is_remote};
-use crate::models::result_key::{FORMAT, Key, ResultStore, field};
+use crate::result_key::{FORMAT, Key, ResultStore, field};
 
 /// File identities already hashed in this process: (path, length, modified) → BLAKE3.
 pub type FileMemo = Mutex<HashMap<(PathBuf, u64, u128), Key>>;

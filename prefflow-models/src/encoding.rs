@@ -14,7 +14,7 @@ use super::error::ModelError;
 use super::model::{Capability, Model};
 use super::remote::{OnError, RemoteModel};
 use super::types::{ModelInfo, ModelSpec};
-use crate::models::boundary::{blocking, model_err};
+use crate::boundary::{blocking, model_err};
 
 /// Texts per request to a remote embeddings endpoint.
 const REMOTE_CHUNK: usize = 64;
@@ -101,7 +101,7 @@ async fn run(
     encoded: Vec<Encoded>,
     max_batch_tokens: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    crate::models::call_stats::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
+    crate::call_stats::record_tokens(encoded.iter().map(|e| e.ids.len() as u64).sum(), 0);
     encoder
         .worker
         .run(task, encoded, max_batch_tokens)
@@ -141,7 +141,7 @@ async fn embed_remote(
                 }
             }
             Err(e) if remote.settings.on_error == OnError::Null => {
-                crate::models::call_stats::record_failed(rows.len() as u64, &e.to_string());
+                crate::call_stats::record_failed(rows.len() as u64, &e.to_string());
             }
             Err(e) => {
                 return Err(DataFusionError::Execution(format!(

@@ -4,7 +4,7 @@
 
 use datafusion::common::{DataFusionError, Result};
 
-use crate::models::error::ModelError;
+use crate::error::ModelError;
 
 /// A model-layer error at the SQL boundary: its message names the function, and it keeps the
 /// [`ModelError`] as its source, so a library user can match on a model failure

@@ -8,7 +8,7 @@ use minijinja::{Environment, Value, context};
 
 use super::types::DecoderInfo;
 use super::types::ModelSpec;
-use crate::models::values::to_template_value;
+use crate::values::to_template_value;
 
 /// A model's prompt renderer.
 pub struct ChatPrompts {
@@ -24,7 +24,7 @@ pub struct ChatPrompts {
 /// (`.strip()`, `.startswith()`, `.items()`, ...).
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    crate::models::template::bound(&mut env);
+    crate::template::bound(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -144,7 +144,7 @@ impl ChatPrompts {
                 self.model
             );
         }
-        crate::models::template::render(
+        crate::template::render(
             &self.env,
             "chat",
             context! {
