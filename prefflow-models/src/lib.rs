@@ -14,8 +14,8 @@
 //! - `model` (one resolved handle over the runtimes, with capability checks), `identity`
 //!   (what the result cache keys a model by), `registry` (declared and loaded models).
 //! - services over the runtimes: `chat` (chat templates), `generation` (prompts, seeds,
-//!   batching, stop strings, local or remote), `encoding` (embeddings and reward scores,
-//!   local or remote).
+//!   batching, stop strings, local or remote), `translation` (Marian, or a translation
+//!   prompt through generation), `encoding` (embeddings and reward scores, local or remote).
 //!
 //! The SQL functions (`prefflow-udfs`, one file each) parse their arguments and options and
 //! call these; this crate knows nothing of them (the compiler holds the direction).
@@ -47,6 +47,7 @@ pub mod stable_hash;
 pub mod template;
 pub mod thread;
 pub mod transformer;
+pub mod translation;
 pub mod types;
 pub mod values;
 

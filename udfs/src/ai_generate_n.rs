@@ -15,16 +15,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, ListBuilder, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field};
-use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, internal_err, plan_err};
-use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
-};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{ColumnarValue, Signature, TypeSignature, Volatility};
 
-use crate::ai_generate::{generate_for_call, parse_options};
-use crate::common::function_args::{SharedRegistry, planned_model};
-use crate::models::ModelRegistry;
+use crate::common::generate_options::parse_options;
+use crate::common::model_function::{Call, ModelFunction, Planning};
+use crate::models::model::Capability;
 use crate::models::types::GenerateParams;
 
 /// Most samples per prompt; a larger n is almost certainly a typo.
@@ -33,15 +29,12 @@ const MAX_N: i64 = 1024;
 /// The `ai_generate_n` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AiGenerateN {
-    registry: SharedRegistry,
     signature: Signature,
 }
 
-impl AiGenerateN {
-    /// `ai_generate_n` over a session's models.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+impl Default for AiGenerateN {
+    fn default() -> Self {
         Self {
-            registry: SharedRegistry(registry),
             signature: Signature::one_of(
                 vec![TypeSignature::Any(3), TypeSignature::Any(4)],
                 Volatility::Volatile,
@@ -63,33 +56,17 @@ fn list_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
 }
 
-impl ScalarUDFImpl for AiGenerateN {
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
-    }
-
-    fn name(&self) -> &str {
-        "ai_generate_n"
-    }
+#[async_trait::async_trait]
+impl ModelFunction for AiGenerateN {
+    const NAME: &'static str = "ai_generate_n";
+    const NEEDS: Option<Capability> = Some(Capability::Generate);
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(list_type())
-    }
-
-    fn return_field_from_args(
-        &self,
-        args: ReturnFieldArgs,
-    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            Some(crate::models::model::Capability::Generate),
-        )?;
+    fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
+        let args = call.args;
         match args.scalar_arguments.get(2).copied().flatten() {
             Some(n) => {
                 check_n(n).map_err(DataFusionError::Plan)?;
@@ -97,20 +74,14 @@ impl ScalarUDFImpl for AiGenerateN {
             None => return plan_err!("ai_generate_n: n must be a literal whole number"),
         }
         if let Some(Some(options)) = args.scalar_arguments.get(3) {
-            parse_options(self.name(), Some(options)).map_err(DataFusionError::Plan)?;
+            parse_options(Self::NAME, Some(options)).map_err(DataFusionError::Plan)?;
         }
-        Ok(Arc::new(Field::new(self.name(), list_type(), true)))
+        Ok(list_type())
     }
 
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        internal_err!("ai_generate_n runs asynchronously")
-    }
-}
-
-#[async_trait::async_trait]
-impl AsyncScalarUDFImpl for AiGenerateN {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let name = self.name();
+    async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
+        let name = Self::NAME;
+        let args = call.args;
         let n = match &args.args[2] {
             ColumnarValue::Scalar(v) => check_n(v).map_err(DataFusionError::Execution)?,
             _ => return exec_err!("ai_generate_n: n must be a literal whole number"),
@@ -123,8 +94,7 @@ impl AsyncScalarUDFImpl for AiGenerateN {
             None => GenerateParams::default(),
         };
         let prompts: ArrayRef = args.args[1].to_array(args.number_rows)?;
-        let rows =
-            generate_for_call(name, &self.registry.0, &args, prompts.as_ref(), &options, n).await?;
+        let rows = call.generate(name, prompts.as_ref(), &options, n).await?;
         let mut out = ListBuilder::new(StringBuilder::new());
         for row in rows {
             match row {
@@ -137,6 +107,6 @@ impl AsyncScalarUDFImpl for AiGenerateN {
                 None => out.append(false),
             }
         }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        Ok(Arc::new(out.finish()))
     }
 }

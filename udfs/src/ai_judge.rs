@@ -32,18 +32,14 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
-use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, internal_err, plan_err};
-use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
-};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{ColumnarValue, Signature, TypeSignature, Volatility};
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::{generate_for_call, parse_options_with};
-use crate::common::function_args::{SharedRegistry, planned_model, text_args};
+use crate::common::generate_options::parse_options_with;
+use crate::common::model_function::{Call, ModelFunction, Planning};
 use crate::common::text::string_arg;
-use crate::models::ModelRegistry;
+use crate::models::model::Capability;
 use crate::models::types::GenerateParams;
 
 /// The `guide` prompt: MT-Bench's pairwise judge instructions, asking for a verdict tag.
@@ -219,15 +215,12 @@ fn result_fields() -> Fields {
 /// The `ai_judge` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AiJudge {
-    registry: SharedRegistry,
     signature: Signature,
 }
 
-impl AiJudge {
-    /// `ai_judge` over a session's models.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+impl Default for AiJudge {
+    fn default() -> Self {
         Self {
-            registry: SharedRegistry(registry),
             signature: Signature::one_of(
                 vec![TypeSignature::Any(4), TypeSignature::Any(5)],
                 Volatility::Volatile,
@@ -236,38 +229,18 @@ impl AiJudge {
     }
 }
 
-impl ScalarUDFImpl for AiJudge {
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
-    }
-
-    fn name(&self) -> &str {
-        "ai_judge"
-    }
+#[async_trait::async_trait]
+impl ModelFunction for AiJudge {
+    const NAME: &'static str = "ai_judge";
+    const NEEDS: Option<Capability> = Some(Capability::Generate);
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(result_fields()))
-    }
-
-    fn return_field_from_args(
-        &self,
-        args: ReturnFieldArgs,
-    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            Some(crate::models::model::Capability::Generate),
-        )?;
-        text_args(
-            self.name(),
-            &args,
-            &[(1, "question"), (2, "answer_a"), (3, "answer_b")],
-        )?;
+    fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
+        let args = call.args;
+        call.text_args(&[(1, "question"), (2, "answer_a"), (3, "answer_b")])?;
         if let Some(f) = args.arg_fields.get(4)
             && !matches!(f.data_type(), DataType::Struct(_))
         {
@@ -279,22 +252,12 @@ impl ScalarUDFImpl for AiJudge {
         if let Some(Some(o)) = args.scalar_arguments.get(4) {
             options(Some(o)).map_err(DataFusionError::Plan)?;
         }
-        Ok(Arc::new(Field::new(
-            self.name(),
-            DataType::Struct(result_fields()),
-            true,
-        )))
+        Ok(DataType::Struct(result_fields()))
     }
 
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        internal_err!("ai_judge runs asynchronously")
-    }
-}
-
-#[async_trait::async_trait]
-impl AsyncScalarUDFImpl for AiJudge {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let name = self.name();
+    async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
+        let name = Self::NAME;
+        let args = call.args;
         let rows = args.number_rows;
         let (gen_options, templates) = match args.args.get(4) {
             Some(ColumnarValue::Scalar(s)) => options(Some(s)),
@@ -322,8 +285,7 @@ impl AsyncScalarUDFImpl for AiJudge {
             }
         }
         let prompts = StringArray::from(prompts);
-        let replies =
-            generate_for_call(name, &self.registry.0, &args, &prompts, &gen_options, 1).await?;
+        let replies = call.generate(name, &prompts, &gen_options, 1).await?;
         let reply = |i: usize| replies[i].as_ref().map(|r| r[0].clone());
 
         let mut winner = StringBuilder::new();
@@ -371,7 +333,7 @@ impl AsyncScalarUDFImpl for AiJudge {
             Arc::new(judgement_ba.finish()),
         ];
         let out = StructArray::try_new(result_fields(), columns, Some(NullBuffer::from(valid)))?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        Ok(Arc::new(out))
     }
 }
 

@@ -16,99 +16,59 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Float64Builder};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{DataFusionError, Result, internal_err, plan_err};
-use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::logical_expr::{Signature, Volatility};
 
-use crate::common::function_args::{
-    SharedRegistry, blocking, executed_model, model_err, planned_model,
-};
+use crate::common::function_args::{blocking, model_err};
+use crate::common::model_function::{Call, ModelFunction, Planning};
 use crate::common::text::string_arg;
-use crate::models::ModelRegistry;
 use crate::models::chat::ChatPrompts;
+use crate::models::model::Capability;
 
 /// The `ai_logprob` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AiLogprob {
-    registry: SharedRegistry,
     signature: Signature,
 }
 
-impl AiLogprob {
-    /// `ai_logprob` over a session's models.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+impl Default for AiLogprob {
+    fn default() -> Self {
         Self {
-            registry: SharedRegistry(registry),
             signature: Signature::any(3, Volatility::Volatile),
         }
     }
 }
 
-impl ScalarUDFImpl for AiLogprob {
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
-    }
-
-    fn name(&self) -> &str {
-        "ai_logprob"
-    }
+#[async_trait::async_trait]
+impl ModelFunction for AiLogprob {
+    const NAME: &'static str = "ai_logprob";
+    const NEEDS: Option<Capability> = Some(Capability::Logprob);
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
-    }
-
-    fn return_field_from_args(
-        &self,
-        args: ReturnFieldArgs,
-    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            Some(crate::models::model::Capability::Logprob),
-        )?;
-        let response = args.arg_fields[2].data_type();
+    fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
+        let response = call.args.arg_fields[2].data_type();
         if !matches!(
             response,
             DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
         ) {
             return plan_err!("ai_logprob: the response must be text, got {response}");
         }
-        Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
-            self.name(),
-            DataType::Float64,
-            true,
-        )))
+        Ok(DataType::Float64)
     }
 
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        internal_err!("ai_logprob runs asynchronously")
-    }
-}
-
-#[async_trait::async_trait]
-impl AsyncScalarUDFImpl for AiLogprob {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let name = self.name();
+    async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
+        let name = Self::NAME;
+        let args = call.args;
         let rows = args.number_rows;
-        let spec = executed_model(name, &self.registry.0, &args.args[0])?;
-        let settings = crate::models::PrefflowOptions::from_config(&args.config_options);
-        let model = self
-            .registry
-            .0
-            .resolve(&spec, &settings, crate::models::model::Capability::Logprob)
-            .await
+        let decoder = call
+            .model(name)
+            .await?
+            .decoder(Capability::Logprob)
             .map_err(|e| model_err(name, e))?;
-        let decoder = model
-            .decoder(crate::models::model::Capability::Logprob)
-            .map_err(|e| model_err(name, e))?;
-        let chat = ChatPrompts::new(name, &spec, &decoder.info)?;
+        let chat = ChatPrompts::new(name, call.spec, &decoder.info)?;
         let prompts: ArrayRef = args.args[1].to_array(rows)?;
         let responses = string_arg(&args.args[2], rows)?;
         let prompt_nulls = prompts.logical_nulls();
@@ -141,6 +101,6 @@ impl AsyncScalarUDFImpl for AiLogprob {
                     .map_err(|e| model_err(name, e))?,
             );
         }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        Ok(Arc::new(out.finish()))
     }
 }

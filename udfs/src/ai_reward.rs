@@ -14,99 +14,63 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::Float64Array;
+use datafusion::arrow::array::{ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{DataFusionError, Result, internal_err};
-use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::logical_expr::{Signature, Volatility};
 
-use crate::common::function_args::{SharedRegistry, model_err, planned_model, resolved_model};
+use crate::common::function_args::model_err;
+use crate::common::model_function::{Call, ModelFunction, Planning};
 use crate::common::text::string_arg;
-use crate::models::ModelRegistry;
 use crate::models::encoding::{self, label_index};
 use crate::models::model::Capability;
 
 /// The `ai_reward` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AiReward {
-    registry: SharedRegistry,
     signature: Signature,
 }
 
-impl AiReward {
-    /// `ai_reward` over a session's models.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+impl Default for AiReward {
+    fn default() -> Self {
         Self {
-            registry: SharedRegistry(registry),
-            // Any, not string(3): see model_call::text_args.
+            // Any, not string(3): see function_args::text_args.
             signature: Signature::any(3, Volatility::Volatile),
         }
     }
 }
 
-impl ScalarUDFImpl for AiReward {
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
-    }
-
-    fn name(&self) -> &str {
-        "ai_reward"
-    }
+#[async_trait::async_trait]
+impl ModelFunction for AiReward {
+    const NAME: &'static str = "ai_reward";
+    const NEEDS: Option<Capability> = Some(Capability::Score);
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
+        call.text_args(&[(1, "the prompt"), (2, "the response")])?;
+        let info = call
+            .registry
+            .info(&call.spec)
+            .map_err(|e| model_err(Self::NAME, e))?;
+        label_index(&call.spec, &info)
+            .map_err(|m| DataFusionError::Plan(format!("ai_reward: {m}")))?;
         Ok(DataType::Float64)
     }
 
-    fn return_field_from_args(
-        &self,
-        args: ReturnFieldArgs,
-    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        let spec = planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            Some(crate::models::model::Capability::Score),
-        )?;
-        crate::common::function_args::text_args(
-            self.name(),
-            &args,
-            &[(1, "the prompt"), (2, "the response")],
-        )?;
-        let info = self
-            .registry
-            .0
-            .info(&spec)
-            .map_err(|e| model_err(self.name(), e))?;
-        label_index(&spec, &info).map_err(|m| DataFusionError::Plan(format!("ai_reward: {m}")))?;
-        Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
-            self.name(),
-            DataType::Float64,
-            true,
-        )))
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        internal_err!("ai_reward runs asynchronously")
-    }
-}
-
-#[async_trait::async_trait]
-impl AsyncScalarUDFImpl for AiReward {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let name = self.name();
-        let rows = args.number_rows;
-        let (model, settings) =
-            resolved_model(name, &self.registry.0, &args, Capability::Score).await?;
-        let prompts = string_arg(&args.args[1], rows)?;
-        let responses = string_arg(&args.args[2], rows)?;
-        let scores =
-            encoding::score(name, &model, prompts, responses, settings.max_batch_tokens).await?;
-        Ok(ColumnarValue::Array(Arc::new(Float64Array::from(scores))))
+    async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
+        let prompts = string_arg(&call.args.args[1], call.rows())?;
+        let responses = string_arg(&call.args.args[2], call.rows())?;
+        let scores = encoding::score(
+            Self::NAME,
+            call.model(Self::NAME).await?,
+            prompts,
+            responses,
+            call.settings.max_batch_tokens,
+        )
+        .await?;
+        Ok(Arc::new(Float64Array::from(scores)))
     }
 }

@@ -18,23 +18,18 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, internal_err, plan_err};
-use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, Signature, TypeSignature, Volatility,
 };
-use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::ai_generate::parse_options_with;
-use crate::common::function_args::{SharedRegistry, planned_model, text_args};
+use crate::common::generate_options::parse_options_with;
+use crate::common::model_function::{Call, ModelFunction, Planning};
 use crate::common::text::string_arg;
-use crate::models::ModelRegistry;
+use crate::models::model::Capability;
+pub use crate::models::translation::{DEFAULT_PROMPT, Prompt, Request};
 use crate::models::types::GenerateParams;
-
-/// The default translation prompt.
-pub const DEFAULT_PROMPT: &str = "Translate the following text{% if source_lang %} from {{ source_lang }}{% endif %} into {{ target_lang }}. Reply with the translation only, nothing else.\n\n{{ text }}";
 
 /// Generation options plus the prompt template.
 #[derive(Debug, Clone)]
@@ -74,7 +69,7 @@ pub fn translate_options(
         }
     }
     // A template that does not parse, or names an unknown variable, fails now.
-    render(function, &prompt, "text", "English", Some("French"))?;
+    Prompt::new(function, &prompt)?.render(function, "text", "English", Some("French"))?;
     Ok(TranslateOptions {
         generate,
         prompt,
@@ -127,110 +122,33 @@ pub fn executed_options(
     }
 }
 
-fn render(
-    function: &str,
-    template: &str,
-    text: &str,
-    target: &str,
-    source: Option<&str>,
-) -> Result<String, String> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    crate::models::template::bound(&mut env);
-    crate::models::template::render_str(
-        &std::sync::Arc::new(env),
-        template,
-        context! { text => text, target_lang => target, source_lang => source },
-    )
-    .map_err(|e| format!("{function}: prompt template: {e}"))
-}
-
-/// One text to translate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// The text.
-    pub text: String,
-    /// Into this language.
-    pub target: String,
-    /// From this language, when known.
-    pub source: Option<String>,
-}
-
 /// Translates every request (None stays None) with the call's model, in one generation batch.
 pub async fn translate(
+    call: &Call<'_>,
     function: &str,
-    registry: &ModelRegistry,
-    args: &ScalarFunctionArgs,
     requests: &[Option<Request>],
     options: &TranslateOptions,
 ) -> Result<Vec<Option<String>>> {
-    let spec = crate::common::function_args::executed_model(function, registry, &args.args[0])?;
-    let settings = crate::models::PrefflowOptions::from_config(&args.config_options);
-    let model = registry
-        .resolve(
-            &spec,
-            &settings,
-            crate::models::model::Capability::Translate,
-        )
-        .await
-        .map_err(|e| crate::common::function_args::model_err(function, e))?;
-    if let crate::models::model::Model::Marian(marian) = &model {
-        // An encoder-decoder translates the text itself; the prompt does not apply.
-        let texts = requests
-            .iter()
-            .map(|r| r.as_ref().map(|r| (r.text.clone(), r.target.clone())))
-            .collect();
-        return marian
-            .translate(texts, options.generate.max_tokens)
-            .await
-            .map_err(|e| crate::common::function_args::model_err(function, e));
-    }
-    let prompts = requests
-        .iter()
-        .map(|r| {
-            r.as_ref()
-                .map(|r| {
-                    render(
-                        function,
-                        &options.prompt,
-                        &r.text,
-                        &r.target,
-                        r.source.as_deref(),
-                    )
-                    .map_err(DataFusionError::Execution)
-                })
-                .transpose()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let prompts = StringArray::from(prompts);
-    // The model resolved above generates the replies (a decoder or a server).
-    let replies = crate::models::generation::generate(
+    crate::models::translation::translate(
         function,
-        &model,
-        &spec,
-        &prompts,
+        call.model(function).await?,
+        call.spec,
+        requests,
+        &options.prompt,
         &options.generate,
-        1,
     )
-    .await?;
-    Ok(replies
-        .into_iter()
-        .map(|r| r.map(|mut t| t.remove(0).trim().to_string()))
-        .collect())
+    .await
 }
 
 /// The `ai_translate` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AiTranslate {
-    registry: SharedRegistry,
     signature: Signature,
 }
 
-impl AiTranslate {
-    /// `ai_translate` over a session's models.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+impl Default for AiTranslate {
+    fn default() -> Self {
         Self {
-            registry: SharedRegistry(registry),
             signature: Signature::one_of(
                 vec![
                     TypeSignature::Any(3),
@@ -243,50 +161,30 @@ impl AiTranslate {
     }
 }
 
-impl ScalarUDFImpl for AiTranslate {
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
-    }
-
-    fn name(&self) -> &str {
-        "ai_translate"
-    }
+#[async_trait::async_trait]
+impl ModelFunction for AiTranslate {
+    const NAME: &'static str = "ai_translate";
+    const NEEDS: Option<Capability> = Some(Capability::Translate);
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
+        let mut texts = vec![(1, "the text"), (2, "target_lang")];
+        if call.args.arg_fields.len() > 3 {
+            texts.push((3, "source_lang"));
+        }
+        call.text_args(&texts)?;
+        planned_options(Self::NAME, call.args, 4)?;
         Ok(DataType::Utf8)
     }
 
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            Some(crate::models::model::Capability::Translate),
-        )?;
-        let mut texts = vec![(1, "the text"), (2, "target_lang")];
-        if args.arg_fields.len() > 3 {
-            texts.push((3, "source_lang"));
-        }
-        text_args(self.name(), &args, &texts)?;
-        planned_options(self.name(), &args, 4)?;
-        Ok(Arc::new(Field::new(self.name(), DataType::Utf8, true)))
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        internal_err!("ai_translate runs asynchronously")
-    }
-}
-
-#[async_trait::async_trait]
-impl AsyncScalarUDFImpl for AiTranslate {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let name = self.name();
+    async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
+        let name = Self::NAME;
+        let args = call.args;
         let rows = args.number_rows;
-        let options = executed_options(name, &args, 4)?;
+        let options = executed_options(name, args, 4)?;
         let texts = string_arg(&args.args[1], rows)?;
         let targets = string_arg(&args.args[2], rows)?;
         let sources = match args.args.get(3) {
@@ -305,9 +203,7 @@ impl AsyncScalarUDFImpl for AiTranslate {
                 })
             })
             .collect();
-        let out = translate(name, &self.registry.0, &args, &requests, &options).await?;
-        Ok(ColumnarValue::Array(
-            Arc::new(StringArray::from(out)) as ArrayRef
-        ))
+        let out = translate(call, name, &requests, &options).await?;
+        Ok(Arc::new(StringArray::from(out)) as ArrayRef)
     }
 }

@@ -2,21 +2,19 @@
 
 use std::sync::Arc;
 
-use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
+use datafusion::logical_expr::async_udf::AsyncScalarUDF;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 
 use crate::common::call_wrapper::ModelCall;
 use crate::common::function_args::SharedRegistry;
+use crate::common::model_function::ModelFunction;
 use crate::models::ModelRegistry;
 
 /// Scalar functions; the model functions run the session's models from `models`.
 pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
-    fn model<F>(f: F, models: &Arc<ModelRegistry>, cache: bool) -> Arc<ScalarUDF>
-    where
-        F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash,
-    {
+    fn model<F: ModelFunction + Default>(models: &Arc<ModelRegistry>) -> Arc<ScalarUDF> {
         // Counted, and cached unless the result is cheaper to recompute than to look up.
-        let call = ModelCall::new(f, SharedRegistry(Arc::clone(models)), cache);
+        let call = ModelCall::new(F::default(), SharedRegistry(Arc::clone(models)));
         Arc::new(AsyncScalarUDF::new(Arc::new(call)).into_scalar_udf())
     }
     let m = || Arc::clone(models);
@@ -28,15 +26,15 @@ pub fn scalar_functions(models: &Arc<ModelRegistry>) -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(
             crate::apply_chat_template::ApplyChatTemplate::new(m()),
         )),
-        model(crate::ai_embed::AiEmbed::new(m()), models, true),
-        model(crate::ai_generate::AiGenerate::new(m()), models, true),
-        model(crate::ai_logprob::AiLogprob::new(m()), models, true),
-        model(crate::ai_generate_n::AiGenerateN::new(m()), models, true),
-        model(crate::ai_judge::AiJudge::new(m()), models, true),
-        model(crate::ai_reward::AiReward::new(m()), models, true),
-        model(crate::ai_translate::AiTranslate::new(m()), models, true),
-        model(crate::translate_json::TranslateJson::new(m()), models, true),
-        model(crate::token_count::TokenCount::new(m()), models, false),
+        model::<crate::ai_embed::AiEmbed>(models),
+        model::<crate::ai_generate::AiGenerate>(models),
+        model::<crate::ai_logprob::AiLogprob>(models),
+        model::<crate::ai_generate_n::AiGenerateN>(models),
+        model::<crate::ai_judge::AiJudge>(models),
+        model::<crate::ai_reward::AiReward>(models),
+        model::<crate::ai_translate::AiTranslate>(models),
+        model::<crate::translate_json::TranslateJson>(models),
+        model::<crate::token_count::TokenCount>(models),
     ]
 }
 

@@ -16,21 +16,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::array::{Array, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, exec_err, internal_err};
-use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
-};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, exec_err};
+use datafusion::logical_expr::{Signature, TypeSignature, Volatility};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use crate::ai_translate::{Request, executed_options, planned_options, translate};
-use crate::common::function_args::{SharedRegistry, planned_model, text_args};
+use crate::common::model_function::{Call, ModelFunction, Planning};
 use crate::common::text::string_arg;
-use crate::models::ModelRegistry;
+use crate::models::model::Capability;
 
 /// A JSON value that keeps its objects' key order (serde_json's map sorts keys here).
 #[derive(Debug, Clone, PartialEq)]
@@ -176,15 +173,12 @@ fn translatable(s: &str) -> bool {
 /// The `translate_json` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct TranslateJson {
-    registry: SharedRegistry,
     signature: Signature,
 }
 
-impl TranslateJson {
-    /// `translate_json` over a session's models.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+impl Default for TranslateJson {
+    fn default() -> Self {
         Self {
-            registry: SharedRegistry(registry),
             signature: Signature::one_of(
                 vec![TypeSignature::Any(3), TypeSignature::Any(4)],
                 Volatility::Volatile,
@@ -193,50 +187,26 @@ impl TranslateJson {
     }
 }
 
-impl ScalarUDFImpl for TranslateJson {
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
-    }
-
-    fn name(&self) -> &str {
-        "translate_json"
-    }
+#[async_trait::async_trait]
+impl ModelFunction for TranslateJson {
+    const NAME: &'static str = "translate_json";
+    const NEEDS: Option<Capability> = Some(Capability::Translate);
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
+        call.text_args(&[(1, "the JSON text"), (2, "target_lang")])?;
+        planned_options(Self::NAME, call.args, 3)?;
         Ok(DataType::Utf8)
     }
 
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        planned_model(
-            self.name(),
-            &self.registry.0,
-            &args,
-            Some(crate::models::model::Capability::Translate),
-        )?;
-        text_args(
-            self.name(),
-            &args,
-            &[(1, "the JSON text"), (2, "target_lang")],
-        )?;
-        planned_options(self.name(), &args, 3)?;
-        Ok(Arc::new(Field::new(self.name(), DataType::Utf8, true)))
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        internal_err!("translate_json runs asynchronously")
-    }
-}
-
-#[async_trait::async_trait]
-impl AsyncScalarUDFImpl for TranslateJson {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let name = self.name();
+    async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
+        let name = Self::NAME;
+        let args = call.args;
         let rows = args.number_rows;
-        let options = executed_options(name, &args, 3)?;
+        let options = executed_options(name, args, 3)?;
         let texts = string_arg(&args.args[1], rows)?;
         let targets = string_arg(&args.args[2], rows)?;
         let mut docs: Vec<Option<Json>> = Vec::with_capacity(rows);
@@ -286,7 +256,7 @@ impl AsyncScalarUDFImpl for TranslateJson {
         let translated = if requests.is_empty() {
             Vec::new()
         } else {
-            translate(name, &self.registry.0, &args, &requests, &options).await?
+            translate(call, name, &requests, &options).await?
         };
         let out: StringArray = docs
             .into_iter()
@@ -307,7 +277,7 @@ impl AsyncScalarUDFImpl for TranslateJson {
                 })
             })
             .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        Ok(Arc::new(out))
     }
 }
 

@@ -9,35 +9,32 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{concat, interleave, take};
-use datafusion::arrow::datatypes::{DataType, FieldRef};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::logical_expr::async_udf::AsyncScalarUDFImpl;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use super::function_args::{SharedRegistry, blocking, executed_model};
-use crate::models::PrefflowOptions;
+use super::function_args::{SharedRegistry, blocking, executed_model, planned_model};
+use super::model_function::{Call, ModelFunction, Planning};
 use crate::models::call_stats::{self, CallStats};
+use crate::models::model::Model;
 use crate::models::result_key::{CacheMode, Key, KeyPrefix, decode_value, encode_value};
+use crate::models::{ModelSpec, PrefflowOptions};
 
-/// A model function with counters and the result cache around it.
+/// A model function with counters and the result cache around it: the one implementation of
+/// DataFusion's UDF traits for every model function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ModelCall<F> {
     inner: F,
     registry: SharedRegistry,
-    /// Whether results are worth caching (not for a tokenizer-only count).
-    cache: bool,
 }
 
-impl<F> ModelCall<F> {
-    /// `inner` over the registry's models, cached when `cache`.
-    pub fn new(inner: F, registry: SharedRegistry, cache: bool) -> Self {
-        Self {
-            inner,
-            registry,
-            cache,
-        }
+impl<F: ModelFunction> ModelCall<F> {
+    /// `inner` over the registry's models.
+    pub fn new(inner: F, registry: SharedRegistry) -> Self {
+        Self { inner, registry }
     }
 }
 
@@ -50,36 +47,44 @@ pub fn call_label(function: &str, model: &ColumnarValue) -> String {
     format!("{function}({model})")
 }
 
-impl<F: ScalarUDFImpl + PartialEq + Eq + std::hash::Hash> ScalarUDFImpl for ModelCall<F> {
+impl<F: ModelFunction> ScalarUDFImpl for ModelCall<F> {
     fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        crate::docs::documentation(self.name())
+        crate::docs::documentation(F::NAME)
     }
 
     fn name(&self) -> &str {
-        self.inner.name()
+        F::NAME
     }
 
     fn signature(&self) -> &Signature {
         self.inner.signature()
     }
 
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        internal_err!("{}: return_field_from_args is used instead", F::NAME)
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        self.inner.return_field_from_args(args)
+        let spec = planned_model(F::NAME, &self.registry.0, &args, F::NEEDS)?;
+        let planning = Planning {
+            function: F::NAME,
+            spec,
+            registry: &self.registry.0,
+            args: &args,
+        };
+        let output = self.inner.plan(&planning)?;
+        Ok(Arc::new(Field::new(F::NAME, output, true)))
     }
 
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        self.inner.invoke_with_args(args)
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        internal_err!("{} runs asynchronously", F::NAME)
     }
 }
 
 #[async_trait::async_trait]
-impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImpl for ModelCall<F> {
+impl<F: ModelFunction> AsyncScalarUDFImpl for ModelCall<F> {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let stats = call_stats::current_entry(&call_label(self.name(), &args.args[0]));
+        let stats = call_stats::current_entry(&call_label(F::NAME, &args.args[0]));
         stats.start();
         let started = Instant::now();
         let rows = args.number_rows as u64;
@@ -102,39 +107,55 @@ impl<F: AsyncScalarUDFImpl + PartialEq + Eq + std::hash::Hash> AsyncScalarUDFImp
     }
 }
 
-impl<F: AsyncScalarUDFImpl> ModelCall<F> {
+/// The model of one batch, resolved once: for the cache key, and loaded only when some rows
+/// are not in the cache.
+struct Batch {
+    spec: ModelSpec,
+    settings: PrefflowOptions,
+    model: tokio::sync::OnceCell<Model>,
+}
+
+impl<F: ModelFunction> ModelCall<F> {
     async fn cached(
         &self,
         args: ScalarFunctionArgs,
         stats: &CallStats,
         counted: &std::sync::atomic::AtomicU64,
     ) -> Result<ColumnarValue> {
-        let name = self.inner.name().to_string();
+        let name = F::NAME;
         let settings = PrefflowOptions::from_config(&args.config_options);
         let mode = CacheMode::parse(&settings.cache)
             .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
+        let batch = Batch {
+            spec: executed_model(name, &self.registry.0, &args.args[0])?,
+            settings,
+            model: tokio::sync::OnceCell::new(),
+        };
         let store = self
             .registry
             .0
             .result_store()
-            .filter(|_| self.cache && mode != CacheMode::Off && args.number_rows > 0);
+            .filter(|_| F::CACHED && mode != CacheMode::Off && args.number_rows > 0);
         let Some(store) = store else {
             let _flight = InFlight::new(stats, args.number_rows);
-            return self.inner.invoke_async_with_args(args).await;
+            let all: Vec<usize> = (0..args.number_rows).collect();
+            return Ok(ColumnarValue::Array(
+                self.compute(&batch, &args, &all).await?,
+            ));
         };
         let rows = args.number_rows;
-        let spec = executed_model(&name, &self.registry.0, &args.args[0])?;
         let registry = Arc::clone(&self.registry.0);
         let expected = args.return_field.data_type().clone();
         let call_args = args.args.clone();
-        let (f, s) = (name.clone(), Arc::clone(&store));
-        let (keys, found) = blocking(&name, move || {
+        let (spec, device) = (batch.spec.clone(), batch.settings.device.clone());
+        let s = Arc::clone(&store);
+        let (keys, found) = blocking(name, move || {
             let writable = mode == CacheMode::ReadWrite;
-            let identity = registry.identity(&spec, &settings.device, writable)?;
+            let identity = registry.identity(&spec, &device, writable)?;
             let (columns, constants): (Vec<_>, Vec<_>) = call_args[1..]
                 .iter()
                 .partition(|a| matches!(a, ColumnarValue::Array(_)));
-            let prefix = KeyPrefix::new(&f, &identity, &expected, &constants)?;
+            let prefix = KeyPrefix::new(name, &identity, &expected, &constants)?;
             let columns = columns
                 .iter()
                 .map(|c| c.to_array(rows))
@@ -142,7 +163,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
             let keys = prefix.keys(&columns, rows)?;
             let found = s
                 .get_many(&keys, writable)
-                .map_err(|e| cache_err(&f, s.as_ref(), e))?;
+                .map_err(|e| cache_err(name, s.as_ref(), e))?;
             let values: Vec<Option<ArrayRef>> = found
                 .into_iter()
                 .map(|v| v.and_then(|v| decode_value(&v, &expected)))
@@ -165,11 +186,11 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
                 flight: &flight,
                 counted,
             };
-            self.compute_committing(&name, &args, &misses, &keys, store, done)
+            self.compute_committing(&batch, &args, &misses, &keys, store, done)
                 .await?
         } else {
             let _flight = InFlight::new(stats, misses.len());
-            self.compute(&args, &misses).await?
+            self.compute(&batch, &args, &misses).await?
         };
         if misses.len() == rows {
             return Ok(ColumnarValue::Array(computed));
@@ -198,37 +219,48 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
     }
 }
 
-impl<F: AsyncScalarUDFImpl> ModelCall<F> {
-    /// The function on the rows `picks` of `args` (all of them when every row is picked).
-    async fn compute(&self, args: &ScalarFunctionArgs, picks: &[usize]) -> Result<ArrayRef> {
+impl<F: ModelFunction> ModelCall<F> {
+    /// The function on the rows `picks` of `args` (all of them when every row is picked), with
+    /// the batch's model (loaded when the function first asks for it).
+    async fn compute(
+        &self,
+        batch: &Batch,
+        args: &ScalarFunctionArgs,
+        picks: &[usize],
+    ) -> Result<ArrayRef> {
         let rows = args.number_rows;
-        if picks.len() == rows && picks.iter().enumerate().all(|(j, &i)| i == j) {
-            return self
-                .inner
-                .invoke_async_with_args(args.clone())
-                .await?
-                .to_array(rows);
-        }
-        let indices = UInt32Array::from_iter_values(picks.iter().map(|&i| i as u32));
-        let sub_args = args
-            .args
-            .iter()
-            .map(|a| match a {
-                ColumnarValue::Array(a) => Ok(ColumnarValue::Array(take(a, &indices, None)?)),
-                s => Ok(s.clone()),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let sub = ScalarFunctionArgs {
-            args: sub_args,
-            arg_fields: args.arg_fields.clone(),
-            number_rows: picks.len(),
-            return_field: Arc::clone(&args.return_field),
-            config_options: Arc::clone(&args.config_options),
+        let all = picks.len() == rows && picks.iter().enumerate().all(|(j, &i)| i == j);
+        let sub;
+        let args = if all {
+            args
+        } else {
+            let indices = UInt32Array::from_iter_values(picks.iter().map(|&i| i as u32));
+            let sub_args = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    ColumnarValue::Array(a) => Ok(ColumnarValue::Array(take(a, &indices, None)?)),
+                    s => Ok(s.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            sub = ScalarFunctionArgs {
+                args: sub_args,
+                arg_fields: args.arg_fields.clone(),
+                number_rows: picks.len(),
+                return_field: Arc::clone(&args.return_field),
+                config_options: Arc::clone(&args.config_options),
+            };
+            &sub
         };
-        self.inner
-            .invoke_async_with_args(sub)
-            .await?
-            .to_array(picks.len())
+        let call = Call {
+            spec: &batch.spec,
+            settings: &batch.settings,
+            registry: &self.registry.0,
+            args,
+            needs: F::NEEDS,
+            model: &batch.model,
+        };
+        self.inner.run(&call).await
     }
 
     /// Computes the rows `misses` in chunks that all go to the model at once (its worker
@@ -237,7 +269,7 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
     /// about one model batch, not the whole record batch.
     async fn compute_committing(
         &self,
-        name: &str,
+        batch: &Batch,
         args: &ScalarFunctionArgs,
         misses: &[usize],
         keys: &[Key],
@@ -245,12 +277,13 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
         done_rows: Done<'_>,
     ) -> Result<ArrayRef> {
         use futures::StreamExt;
+        let name = F::NAME;
         let return_type = args.return_field.data_type().clone();
         let chunks: Vec<&[usize]> = misses.chunks(COMMIT_CHUNK_ROWS).collect();
         let mut running: futures::stream::FuturesUnordered<_> = chunks
             .iter()
             .enumerate()
-            .map(|(c, picks)| async move { (c, self.compute(args, picks).await) })
+            .map(|(c, picks)| async move { (c, self.compute(batch, args, picks).await) })
             .collect();
         let mut done: Vec<Option<ArrayRef>> = vec![None; chunks.len()];
         let mut pending: Vec<(Key, ArrayRef)> = Vec::new();
@@ -276,8 +309,8 @@ impl<F: AsyncScalarUDFImpl> ModelCall<F> {
                 continue;
             }
             let entries = std::mem::take(&mut pending);
-            let (f, s) = (name.to_string(), Arc::clone(&store));
-            blocking(name, move || commit_entries(&f, s.as_ref(), entries)).await?;
+            let s = Arc::clone(&store);
+            blocking(name, move || commit_entries(name, s.as_ref(), entries)).await?;
             last_commit = Instant::now();
             done_rows.add(std::mem::take(&mut finished_rows));
         }

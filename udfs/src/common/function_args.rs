@@ -6,10 +6,9 @@ pub use crate::models::boundary::{FunctionError, blocking, model_err};
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
-use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs};
+use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs};
 
-use crate::models::model::{Capability, Model};
-use crate::models::{ModelRegistry, ModelSpec, PrefflowOptions};
+use crate::models::{ModelRegistry, ModelSpec};
 
 /// The model named by a literal first argument, at planning time.
 pub fn planned_model(
@@ -57,23 +56,6 @@ pub fn executed_model(
         }
         _ => exec_err!("{function}: the model must be a literal string"),
     }
-}
-
-/// The model of a call resolved for `what` (loaded once per session, refused before loading
-/// when it cannot do `what`), with the session's settings in force.
-pub async fn resolved_model(
-    function: &str,
-    registry: &ModelRegistry,
-    args: &ScalarFunctionArgs,
-    what: Capability,
-) -> Result<(Model, PrefflowOptions)> {
-    let spec = executed_model(function, registry, &args.args[0])?;
-    let settings = PrefflowOptions::from_config(&args.config_options);
-    let model = registry
-        .resolve(&spec, &settings, what)
-        .await
-        .map_err(|e| model_err(function, e))?;
-    Ok((model, settings))
 }
 
 /// The registry shared by a session's model functions; compared by identity.
