@@ -127,19 +127,27 @@ impl ModelInfo {
     }
 }
 
-type LoadSlot = Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>;
+/// A loaded local model, of whichever runtime runs it.
+#[derive(Debug, Clone)]
+enum Loaded {
+    Encoder(Arc<LoadedModel>),
+    Decoder(Arc<Decoder>),
+    Marian(Arc<super::marian::Marian>),
+}
+
+/// The once-only load of one model (see [`ModelRegistry::slot`]).
+type LoadSlot = Arc<tokio::sync::OnceCell<Loaded>>;
 
 /// The models of one session.
 #[derive(Debug, Default)]
 pub struct ModelRegistry {
     declared: RwLock<BTreeMap<String, ModelSpec>>,
-    loaded: Mutex<HashMap<String, LoadSlot>>,
+    /// Every runtime's loads, one slot per runtime, file, options, device and threads.
+    slots: Mutex<HashMap<String, LoadSlot>>,
     tokenizers: Mutex<HashMap<(PathBuf, Option<usize>), Arc<Tokenizer>>>,
     infos: Mutex<HashMap<PathBuf, ModelInfo>>,
-    decoders: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Decoder>>>>>,
     decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
     remotes: Mutex<HashMap<String, Arc<RemoteModel>>>,
-    marians: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<super::marian::Marian>>>>>,
     result_store: RwLock<Option<Arc<dyn ResultStore>>>,
     file_hashes: FileMemo,
     activity: Arc<Activity>,
@@ -276,8 +284,8 @@ impl ModelRegistry {
         if is_remote(&spec.uri) || !super::marian::is_marian(&spec.path) {
             return Ok(None);
         }
-        let slot = load_slot(&self.marians, spec, settings);
-        let marian = slot
+        let slot = self.slot("marian", spec, settings);
+        let loaded = slot
             .get_or_try_init(|| async {
                 let device = device(&spec.name, &settings.device)?;
                 let (name, path) = (spec.name.clone(), spec.path.clone());
@@ -287,10 +295,13 @@ impl ModelRegistry {
                 })
                 .await
                 .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
-                .map(Arc::new)
+                .map(|m| Loaded::Marian(Arc::new(m)))
             })
             .await?;
-        Ok(Some(Arc::clone(marian)))
+        match loaded {
+            Loaded::Marian(m) => Ok(Some(Arc::clone(m))),
+            other => Err(mixed(spec, other)),
+        }
     }
 
     /// What kind of model `spec` is, from its address and files (no weights read): a remote
@@ -488,8 +499,8 @@ impl ModelRegistry {
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<LoadedModel>> {
         local_only(spec)?;
-        let slot = load_slot(&self.loaded, spec, settings);
-        let model = slot
+        let slot = self.slot("encoder", spec, settings);
+        let loaded = slot
             .get_or_try_init(|| async {
                 let info = self.info(spec)?;
                 let tokenizer = self.tokenizer(spec)?;
@@ -505,15 +516,18 @@ impl ModelRegistry {
                 })
                 .await
                 .map_err(|_| ModelError::WorkerGone(spec.name.clone()))??;
-                Ok::<_, ModelError>(Arc::new(LoadedModel {
+                Ok::<_, ModelError>(Loaded::Encoder(Arc::new(LoadedModel {
                     spec: spec.clone(),
                     info,
                     tokenizer,
                     worker,
-                }))
+                })))
             })
             .await?;
-        Ok(Arc::clone(model))
+        match loaded {
+            Loaded::Encoder(m) => Ok(Arc::clone(m)),
+            other => Err(mixed(spec, other)),
+        }
     }
 }
 
@@ -549,8 +563,8 @@ impl ModelRegistry {
         settings: &PrefflowOptions,
     ) -> ModelResult<Arc<Decoder>> {
         local_only(spec)?;
-        let slot = load_slot(&self.decoders, spec, settings);
-        let decoder = slot
+        let slot = self.slot("decoder", spec, settings);
+        let loaded = slot
             .get_or_try_init(|| async {
                 let device = device(&spec.name, &settings.device)?;
                 let (name, path) = (spec.name.clone(), spec.path.clone());
@@ -577,29 +591,48 @@ impl ModelRegistry {
                 tokio::task::spawn_blocking(move || Decoder::load(&name, &path, device, options))
                     .await
                     .map_err(|_| ModelError::WorkerGone(spec.name.clone()))?
-                    .map(Arc::new)
+                    .map(|d| Loaded::Decoder(Arc::new(d)))
             })
             .await?;
-        Ok(Arc::clone(decoder))
+        match loaded {
+            Loaded::Decoder(d) => Ok(Arc::clone(d)),
+            other => Err(mixed(spec, other)),
+        }
+    }
+
+    /// The once-only load slot of a model in `runtime`: one per file, options, device and
+    /// thread count, so every query of the session shares one loaded copy.
+    fn slot(&self, runtime: &str, spec: &ModelSpec, settings: &PrefflowOptions) -> LoadSlot {
+        let key = format!(
+            "{runtime}|{}|{:?}|{}|{}|{}",
+            spec.path.display(),
+            spec.options,
+            settings.device,
+            settings.threads,
+            settings.decode_batch
+        );
+        Arc::clone(
+            self.slots
+                .lock()
+                .expect("registry lock")
+                .entry(key)
+                .or_default(),
+        )
     }
 }
 
-/// The once-only load slot of a model: one per file, options, device and thread count, so
-/// every query of the session shares one loaded copy.
-fn load_slot<T>(
-    map: &Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<T>>>>>,
-    spec: &ModelSpec,
-    settings: &PrefflowOptions,
-) -> Arc<tokio::sync::OnceCell<Arc<T>>> {
-    let key = format!(
-        "{}|{:?}|{}|{}|{}",
-        spec.path.display(),
-        spec.options,
-        settings.device,
-        settings.threads,
-        settings.decode_batch
-    );
-    Arc::clone(map.lock().expect("registry lock").entry(key).or_default())
+/// A slot holding another runtime's model than asked for: the runtime is part of the key, so
+/// this is a bug, reported rather than a panic.
+fn mixed(spec: &ModelSpec, loaded: &Loaded) -> ModelError {
+    let held = match loaded {
+        Loaded::Encoder(_) => "an encoder",
+        Loaded::Decoder(_) => "a decoder",
+        Loaded::Marian(_) => "a Marian model",
+    };
+    ModelError::Declaration(format!(
+        "model '{}': internal error: its load slot holds {held}",
+        spec.name
+    ))
 }
 
 fn device(model: &str, name: &str) -> ModelResult<Device> {
