@@ -28,6 +28,7 @@ pub struct Request {
 }
 
 /// A translation prompt, compiled once for every text of a call.
+#[derive(Debug, Clone)]
 pub struct Prompt {
     env: Arc<Environment<'static>>,
 }
@@ -63,7 +64,7 @@ pub async fn translate(
     model: &Model,
     spec: &ModelSpec,
     requests: &[Option<Request>],
-    prompt: &str,
+    prompt: &Prompt,
     options: &GenerateParams,
 ) -> Result<Vec<Option<String>>> {
     if let Model::Marian(marian) = model {
@@ -77,13 +78,12 @@ pub async fn translate(
             .await
             .map_err(|e| model_err(function, e));
     }
-    let template = Prompt::new(function, prompt).map_err(DataFusionError::Execution)?;
     let prompts = requests
         .iter()
         .map(|r| {
             r.as_ref()
                 .map(|r| {
-                    template
+                    prompt
                         .render(function, &r.text, &r.target, r.source.as_deref())
                         .map_err(DataFusionError::Execution)
                 })

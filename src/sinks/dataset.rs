@@ -180,15 +180,8 @@ impl TrainingSink {
                 )));
             }
         };
+        // (validation_fraction was refused by the plain format's writer plan.)
         let mut raw = raw_options.clone();
-        if raw
-            .keys()
-            .any(|k| k.trim_start_matches("format.") == "validation_fraction")
-        {
-            return Err(PrefflowError::Target(format!(
-                "COPY TO '{url}' STORED AS {format}: validation_fraction splits by prompt and applies to the training formats (dpo, kto, sft, sharegpt, tokenized)"
-            )));
-        }
         if format == "json" {
             raw.insert("file_format".into(), "jsonl".into());
         }
@@ -229,6 +222,8 @@ impl TrainingSink {
             Target::Hub(t) => Box::new(HubPush::open(self, t.clone(), &schema, device).await?),
         };
         let mut stats = Stats::new(&schema);
+        // The card's description of the format: fixed when it was planned.
+        let description = fmt.describe();
         while let Some(batch) = stream.next().await {
             let (back, out, in_validation) =
                 files::convert_counted(fmt, batch?, &schema, self.validation_fraction, &mut stats)
@@ -236,11 +231,11 @@ impl TrainingSink {
             fmt = back;
             if out.num_rows() > 0 {
                 destination
-                    .write(out, in_validation, &stats, &fmt.describe())
+                    .write(out, in_validation, &stats, &description)
                     .await?;
             }
         }
-        destination.commit(&stats, &fmt.describe()).await?;
+        destination.commit(&stats, &description).await?;
         Ok(stats.written())
     }
 }

@@ -15,7 +15,8 @@ pub(crate) trait Format: Send {
     fn schema(&self) -> SchemaRef;
     /// The written columns for one input batch, with the input row of each written row.
     fn convert(&mut self, batch: &RecordBatch) -> Result<Converted>;
-    /// Lines for the card describing the format and how to load it.
+    /// Lines for the card describing the format and how to load it: fixed once planned (the
+    /// sink asks once per run).
     fn describe(&self) -> String;
 }
 

@@ -175,6 +175,13 @@ impl FileFormat for StagedFormat {
         order: Option<LexRequirement>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let url = conf.original_url.clone();
+        let refuse = |m: String| -> DataFusionError { PrefflowError::Target(m).into() };
+        if self.given("validation_fraction") {
+            return Err(refuse(format!(
+                "COPY TO '{url}' STORED AS {}: validation_fraction splits by prompt and applies to the training formats (dpo, kto, sft, sharegpt, tokenized)",
+                self.ext
+            )));
+        }
         let inputs = copy_inputs(state, Some(&self.inputs), &input).await;
         if url.starts_with(crate::hf::PREFIX) {
             // The token, repository and branch are checked before the query starts, so a
@@ -191,16 +198,9 @@ impl FileFormat for StagedFormat {
             )?;
             return Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), order)));
         }
-        let refuse = |m: String| -> DataFusionError { PrefflowError::Target(m).into() };
         if let Some(name) = HUB_ONLY.into_iter().find(|n| self.given(n)) {
             return Err(refuse(format!(
                 "COPY TO '{url}': {name} applies to a push to hf://datasets/ORG/NAME, not to a local file"
-            )));
-        }
-        if self.given("validation_fraction") {
-            return Err(refuse(format!(
-                "COPY TO '{url}' STORED AS {}: validation_fraction splits by prompt and applies to the training formats (dpo, kto, sft, sharegpt, tokenized)",
-                self.ext
             )));
         }
         let mut options = Options::new("COPY", &self.options);

@@ -36,8 +36,8 @@ use crate::models::types::GenerateParams;
 pub struct TranslateOptions {
     /// How to generate.
     pub generate: GenerateParams,
-    /// The prompt template.
-    pub prompt: String,
+    /// The prompt template, compiled (and checked) once.
+    pub prompt: Prompt,
     /// translate_json: only strings under these keys (at any depth); None: every string that
     /// reads as language.
     pub keys: Option<Vec<String>>,
@@ -69,7 +69,8 @@ pub fn translate_options(
         }
     }
     // A template that does not parse, or names an unknown variable, fails now.
-    Prompt::new(function, &prompt)?.render(function, "text", "English", Some("French"))?;
+    let prompt = Prompt::new(function, &prompt)?;
+    prompt.render(function, "text", "English", Some("French"))?;
     Ok(TranslateOptions {
         generate,
         prompt,
