@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use prefflow_udfs::models::model::ModelKind;
 use prefflow_udfs::models::{ModelRegistry, ModelSpec};
 
 use crate::error::{PrefflowError, Result};
@@ -52,25 +53,27 @@ pub fn check_reachable(host: &str, port: u16) -> Result<()> {
 }
 
 /// The client's model declarations as the `prefflow.models` setting: name, address, resolved
-/// path and options of each.
+/// path, options, kind and GGUF file of each (executors take what the client decided).
 pub fn encode_models(models: &ModelRegistry) -> String {
     let specs: Vec<serde_json::Value> = models
         .list()
         .into_iter()
         .map(|s| {
             // Executors run in their own working folders: a relative model path is sent whole.
-            let path = if s.path.is_relative() && !s.path.as_os_str().is_empty() {
-                std::env::current_dir()
-                    .map(|d| d.join(&s.path))
-                    .unwrap_or(s.path)
-            } else {
-                s.path
+            let whole = |p: std::path::PathBuf| {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+                } else {
+                    p
+                }
             };
             serde_json::json!({
                 "name": s.name,
                 "uri": s.uri,
-                "path": path,
+                "path": whole(s.path),
                 "options": s.options,
+                "kind": s.kind.as_str(),
+                "gguf": s.gguf.map(whole),
             })
         })
         .collect();
@@ -95,6 +98,9 @@ pub fn decode_models(text: &str) -> std::result::Result<Vec<ModelSpec>, String> 
                 path: field("path")?.into(),
                 options: serde_json::from_value(v["options"].clone())
                     .map_err(|e| format!("prefflow.models: bad options: {e}"))?,
+                kind: ModelKind::parse(&field("kind")?)
+                    .ok_or_else(|| format!("prefflow.models: unknown kind {}", v["kind"]))?,
+                gguf: v["gguf"].as_str().map(Into::into),
             })
         })
         .collect()

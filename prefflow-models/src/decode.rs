@@ -184,19 +184,19 @@ pub fn read_folder_metadata(model: &str, dir: &Path) -> ModelResult<(Tokenizer, 
 }
 
 impl Decoder {
-    /// Reads the model's files (a .gguf file or a safetensors folder), builds the tokenizer and
-    /// starts the worker thread with the weights.
+    /// Reads the model's files (`gguf`, or the safetensors folder `path` where there is none),
+    /// builds the tokenizer and starts the worker thread with the weights.
     pub fn load(
         model: &str,
         path: &Path,
+        gguf: Option<&Path>,
         device: Device,
         options: LoadOptions,
     ) -> ModelResult<Self> {
-        let gguf = super::gguf::gguf_file(model, path).ok();
         let (tokenizer, info, source) = match gguf {
-            Some(_) => {
-                let (ct, reader, tokenizer, info) = super::gguf::read_metadata(model, path)?;
-                (tokenizer, info, Source::Gguf(ct, reader))
+            Some(file) => {
+                let m = super::gguf::read_metadata(model, file)?;
+                (m.tokenizer, m.info, Source::Gguf(m.content, m.reader))
             }
             None => {
                 let (tokenizer, info) = read_folder_metadata(model, path)?;

@@ -23,10 +23,11 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 use super::error::{ModelError, ModelResult};
 use super::types::DecoderInfo;
 
-/// The .gguf file of a model path (the file itself, or the one .gguf in a folder).
-pub fn gguf_file(model: &str, path: &Path) -> ModelResult<PathBuf> {
+/// The GGUF file a model path is: the path itself, the one .gguf file in a folder, or None for
+/// a folder without one. A folder with several is refused before any is read (which is meant?).
+pub fn find(model: &str, path: &Path) -> ModelResult<Option<PathBuf>> {
     if path.is_file() {
-        return Ok(path.to_path_buf());
+        return Ok(Some(path.to_path_buf()));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| ModelError::File {
@@ -40,18 +41,44 @@ pub fn gguf_file(model: &str, path: &Path) -> ModelResult<PathBuf> {
         .collect();
     files.sort();
     match files.len() {
-        1 => Ok(files.remove(0)),
-        0 => Err(ModelError::File {
-            model: model.into(),
-            path: path.display().to_string(),
-            problem: "no .gguf file".into(),
-        }),
-        _ => Err(ModelError::File {
-            model: model.into(),
-            path: path.display().to_string(),
-            problem: "several .gguf files: name one in CREATE MODEL".into(),
-        }),
+        0 => Ok(None),
+        1 => Ok(Some(files.remove(0))),
+        n => {
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.file_name())
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect();
+            Err(ModelError::Declaration(format!(
+                "CREATE MODEL {model}: {} holds {n} GGUF files ({}): name one, as FROM '{}'",
+                path.display(),
+                names.join(", "),
+                files[0].display()
+            )))
+        }
     }
+}
+
+/// The .gguf file of a model path (the file itself, or the one .gguf in a folder).
+pub fn gguf_file(model: &str, path: &Path) -> ModelResult<PathBuf> {
+    find(model, path)?.ok_or_else(|| ModelError::File {
+        model: model.into(),
+        path: path.display().to_string(),
+        problem: "no .gguf file".into(),
+    })
+}
+
+/// What a GGUF file's header says ([`read_metadata`]): everything but the weights, and the open
+/// file to read those from.
+pub struct GgufMetadata {
+    /// The header: metadata and the tensor table.
+    pub content: gguf_file::Content,
+    /// The file, open, for the weights.
+    pub reader: std::fs::File,
+    /// The tokenizer (a tokenizer.json beside the file wins over the embedded one).
+    pub tokenizer: Tokenizer,
+    /// What generation needs: chat template, special tokens, context length.
+    pub info: DecoderInfo,
 }
 
 fn meta_str(ct: &gguf_file::Content, key: &str) -> Option<String> {
@@ -250,10 +277,7 @@ fn sentencepiece_merges(
 }
 
 /// Reads a GGUF file's metadata (not its weights): the tokenizer and what generation needs.
-pub fn read_metadata(
-    model: &str,
-    path: &Path,
-) -> ModelResult<(gguf_file::Content, std::fs::File, Tokenizer, DecoderInfo)> {
+pub fn read_metadata(model: &str, path: &Path) -> ModelResult<GgufMetadata> {
     let file = gguf_file(model, path)?;
     let io = |e: std::io::Error| ModelError::File {
         model: model.into(),
@@ -329,5 +353,10 @@ pub fn read_metadata(
         add_bos: if add_bos { bos } else { None },
         context: context as usize,
     };
-    Ok((ct, reader, tokenizer, info))
+    Ok(GgufMetadata {
+        content: ct,
+        reader,
+        tokenizer,
+        info,
+    })
 }

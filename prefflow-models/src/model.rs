@@ -9,6 +9,7 @@ use super::encode::EncoderWorker;
 use super::error::{ModelError, ModelResult};
 use super::marian::Marian;
 use super::remote::RemoteModel;
+pub use super::types::{Capability, ModelKind};
 use super::types::{ModelInfo, ModelSpec};
 use tokenizers::Tokenizer;
 
@@ -38,68 +39,7 @@ pub enum Model {
     Remote(Arc<RemoteModel>),
 }
 
-/// What an SQL function asks of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capability {
-    /// Sentence embeddings (ai_embed).
-    Embed,
-    /// Reward scores (ai_reward).
-    Score,
-    /// Text generation (ai_generate, ai_generate_n, ai_judge).
-    Generate,
-    /// Log-probabilities of a response (ai_logprob).
-    Logprob,
-    /// Translation (ai_translate, translate_json).
-    Translate,
-}
-
-impl Capability {
-    fn verb(self) -> &'static str {
-        match self {
-            Capability::Embed => "embed text",
-            Capability::Score => "score responses",
-            Capability::Generate => "generate text",
-            Capability::Logprob => "compute log-probabilities",
-            Capability::Translate => "translate",
-        }
-    }
-}
-
-/// What kind of model a declaration names, known from its address and files alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// See [`Model::Encoder`].
-    Encoder,
-    /// See [`Model::Decoder`].
-    Decoder,
-    /// See [`Model::Marian`].
-    Marian,
-    /// See [`Model::Remote`].
-    Remote,
-}
-
 impl ModelKind {
-    fn describe(self) -> &'static str {
-        match self {
-            ModelKind::Encoder => "an encoder (embeddings, classifiers)",
-            ModelKind::Decoder => "a decoder LLM",
-            ModelKind::Marian => "a Marian translation model",
-            ModelKind::Remote => "a remote (OpenAI-compatible) model",
-        }
-    }
-
-    /// Whether this kind of model can do `what`.
-    pub fn can(self, what: Capability) -> bool {
-        use Capability::*;
-        matches!(
-            (self, what),
-            (ModelKind::Encoder, Embed | Score)
-                | (ModelKind::Decoder, Generate | Logprob | Translate)
-                | (ModelKind::Marian, Translate)
-                | (ModelKind::Remote, Embed | Generate | Translate)
-        )
-    }
-
     /// The one error for a capability this kind lacks.
     pub fn cannot(self, model: &str, what: Capability) -> ModelError {
         ModelError::Unsupported {

@@ -15,6 +15,98 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// OPTIONS (key 'value', ...).
     pub options: BTreeMap<String, String>,
+    /// What the model is, decided once from its address and files when it was declared.
+    pub kind: ModelKind,
+    /// The GGUF file the model is, where it is one (decided with the kind).
+    pub gguf: Option<PathBuf>,
+}
+
+/// What kind of model a declaration names, known from its address and files alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// An encoder or sequence classifier on a batching worker (embeddings, reward scores).
+    Encoder,
+    /// A decoder LLM with continuous batching (generation, log-probabilities).
+    Decoder,
+    /// A Marian encoder-decoder (translation).
+    Marian,
+    /// An OpenAI-compatible server (generation, embeddings).
+    Remote,
+}
+
+impl ModelKind {
+    /// Every kind, for parsing [`ModelKind::as_str`] back.
+    pub const ALL: [ModelKind; 4] = [
+        ModelKind::Encoder,
+        ModelKind::Decoder,
+        ModelKind::Marian,
+        ModelKind::Remote,
+    ];
+
+    /// A short stable name (what a cluster client sends its executors).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Encoder => "encoder",
+            ModelKind::Decoder => "decoder",
+            ModelKind::Marian => "marian",
+            ModelKind::Remote => "remote",
+        }
+    }
+
+    /// The kind [`ModelKind::as_str`] names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The kind in an error message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ModelKind::Encoder => "an encoder (embeddings, classifiers)",
+            ModelKind::Decoder => "a decoder LLM",
+            ModelKind::Marian => "a Marian translation model",
+            ModelKind::Remote => "a remote (OpenAI-compatible) model",
+        }
+    }
+
+    /// Whether this kind of model can do `what`.
+    pub fn can(self, what: Capability) -> bool {
+        use Capability::*;
+        matches!(
+            (self, what),
+            (ModelKind::Encoder, Embed | Score)
+                | (ModelKind::Decoder, Generate | Logprob | Translate)
+                | (ModelKind::Marian, Translate)
+                | (ModelKind::Remote, Embed | Generate | Translate)
+        )
+    }
+}
+
+/// What an SQL function asks of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Sentence embeddings (ai_embed).
+    Embed,
+    /// Reward scores (ai_reward).
+    Score,
+    /// Text generation (ai_generate, ai_generate_n, ai_judge).
+    Generate,
+    /// Log-probabilities of a response (ai_logprob).
+    Logprob,
+    /// Translation (ai_translate, translate_json).
+    Translate,
+}
+
+impl Capability {
+    /// What the capability does, in an error message.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Capability::Embed => "embed text",
+            Capability::Score => "score responses",
+            Capability::Generate => "generate text",
+            Capability::Logprob => "compute log-probabilities",
+            Capability::Translate => "translate",
+        }
+    }
 }
 
 /// How a sentence-transformers model pools token vectors.

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::support::ROOT;
 
 use datafusion::arrow::array::{AsArray, Float64Array};
-use prefflow_udfs::models::gguf::read_metadata;
+use prefflow_udfs::models::gguf::{GgufMetadata, read_metadata};
 
 fn fixture(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap()).unwrap()
@@ -120,7 +120,9 @@ fn check_greedy(
             c["prompt"]
         );
     }
-    let (_, _, tokenizer, _) = read_metadata(name, &Path::new(ROOT).join(model_dir)).unwrap();
+    let tokenizer = read_metadata(name, &Path::new(ROOT).join(model_dir))
+        .unwrap()
+        .tokenizer;
     let mut same = 0;
     let (mut agree, mut total) = (0, 0);
     for (g, c) in q.iter().zip(cases) {
@@ -146,7 +148,9 @@ fn check_greedy(
 #[test]
 fn gguf_tokenizer_matches_transformers() {
     let dir = Path::new(ROOT).join("models/smollm2-135m-instruct");
-    let (_, _, tokenizer, info) = read_metadata("policy", &dir).unwrap();
+    let GgufMetadata {
+        tokenizer, info, ..
+    } = read_metadata("policy", &dir).unwrap();
     let text = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
     let expected: Vec<u32> = vec![
@@ -169,7 +173,9 @@ fn gguf_tokenizer_matches_transformers() {
 fn gemma_gguf_tokenizer_matches_transformers() {
     let reference = fixture("tests/fixtures/gemma3_greedy.json");
     let dir = Path::new(ROOT).join("models/gemma-3-270m");
-    let (_, _, tokenizer, info) = read_metadata("gemma", &dir).unwrap();
+    let GgufMetadata {
+        tokenizer, info, ..
+    } = read_metadata("gemma", &dir).unwrap();
     assert_eq!(info.add_bos, Some(2));
     for case in reference["references"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();

@@ -465,6 +465,36 @@ fn create_model_refuses_architectures_it_cannot_run() {
     );
 }
 
+/// What a model is (its kind, its GGUF file) is decided at CREATE MODEL: a second .gguf file
+/// appearing in the folder afterwards neither changes the model nor makes it ambiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_file_is_decided_at_declaration() {
+    let d = tempfile::tempdir().unwrap();
+    let folder = d.path().join("smol");
+    std::fs::create_dir(&folder).unwrap();
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::os::unix::fs::symlink(&gguf, folder.join("a.gguf")).unwrap();
+    let e = super::support::engine();
+    e.sql(&format!("CREATE MODEL m FROM '{}'", folder.display()))
+        .await
+        .unwrap();
+    std::fs::write(folder.join("b.gguf"), b"not a model").unwrap();
+    let counted = super::support::text(&e, "SELECT token_count('m', 'hello world') AS n").await;
+    assert!(counted.contains("| 2 "), "{counted}");
+    // Named by its path instead, the folder is now ambiguous and refused.
+    let refused = e
+        .sql(&format!(
+            "SELECT token_count('{}', 'hello world')",
+            folder.display()
+        ))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("holds 2 GGUF files"), "{refused}");
+}
+
 // ---- 21. Secrets in addresses ----
 
 #[test]

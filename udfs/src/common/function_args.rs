@@ -24,11 +24,10 @@ pub fn planned_model(
                 let spec = registry.spec(name).map_err(plan)?;
                 // A model that cannot do what the function asks (a decoder given to ai_embed)
                 // is refused while planning, before any row is read.
-                if let Some(what) = what {
-                    let kind = registry.kind(&spec).map_err(plan)?;
-                    if !kind.can(what) {
-                        return Err(plan(kind.cannot(&spec.name, what)));
-                    }
+                if let Some(what) = what
+                    && !spec.kind.can(what)
+                {
+                    return Err(plan(spec.kind.cannot(&spec.name, what)));
                 }
                 Ok(spec)
             }
