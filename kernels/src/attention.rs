@@ -25,14 +25,15 @@ pub struct Sequence<'a> {
 }
 
 /// Attention of `queries` (sequences x heads x head_dim, row-major) over each sequence's cache;
-/// query head `h` reads kv head `h / (heads / kv_heads)`. Returns the same shape as `queries`.
+/// query head `h` reads kv head `h / (heads / kv_heads)`. Scores are `q·k * scale`, soft-capped
+/// to `cap * tanh(score / cap)` where `softcap` is given (Gemma 2). Returns the same shape as
+/// `queries`.
 pub fn decode(
     queries: &[f32],
     sequences: &[Sequence<'_>],
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+    (heads, kv_heads, head_dim): (usize, usize, usize),
     scale: f32,
+    softcap: Option<f32>,
 ) -> Vec<f32> {
     let groups = heads / kv_heads.max(1);
     let mut out = vec![0f32; sequences.len() * heads * head_dim];
@@ -47,7 +48,13 @@ pub fn decode(
                 &data[plane + j * d..plane + (j + 1) * d]
             }
             let scores: Vec<f32> = (seq.start..seq.end)
-                .map(|j| dot(q, row(seq.keys, plane, j, head_dim)) * scale)
+                .map(|j| {
+                    let s = dot(q, row(seq.keys, plane, j, head_dim)) * scale;
+                    match softcap {
+                        Some(cap) => (s / cap).tanh() * cap,
+                        None => s,
+                    }
+                })
                 .collect();
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let weights: Vec<f32> = scores.iter().map(|&v| (v - max).exp()).collect();
@@ -108,32 +115,42 @@ mod tests {
                 end: 11,
             },
         ];
-        let got = decode(&queries, &seqs, heads, kv_heads, d, 0.5);
-        for (s, seq) in seqs.iter().enumerate() {
-            for h in 0..heads {
-                let q = &queries[(s * heads + h) * d..][..d];
-                let g = h / (heads / kv_heads);
-                let k = |j: usize| &keys[g * cap * d + j * d..][..d];
-                let v = |j: usize| &values[g * cap * d + j * d..][..d];
-                let scores: Vec<f64> = (seq.start..seq.end)
-                    .map(|j| 0.5 * q.iter().zip(k(j)).map(|(a, b)| (a * b) as f64).sum::<f64>())
-                    .collect();
-                let z: f64 = scores.iter().map(|s| s.exp()).sum();
-                for i in 0..d {
-                    let want: f64 = (seq.start..seq.end)
-                        .zip(&scores)
-                        .map(|(j, sc)| sc.exp() / z * v(j)[i] as f64)
-                        .sum();
-                    let have = got[(s * heads + h) * d + i] as f64;
-                    assert!(
-                        (have - want).abs() < 1e-5,
-                        "seq {s} head {h} dim {i}: {have} vs {want}"
-                    );
+        // Plain, and soft-capped (Gemma 2) at a cap the scores pass.
+        for softcap in [None, Some(0.7f32)] {
+            let got = decode(&queries, &seqs, (heads, kv_heads, d), 0.5, softcap);
+            for (s, seq) in seqs.iter().enumerate() {
+                for h in 0..heads {
+                    let q = &queries[(s * heads + h) * d..][..d];
+                    let g = h / (heads / kv_heads);
+                    let k = |j: usize| &keys[g * cap * d + j * d..][..d];
+                    let v = |j: usize| &values[g * cap * d + j * d..][..d];
+                    let scores: Vec<f64> = (seq.start..seq.end)
+                        .map(|j| 0.5 * q.iter().zip(k(j)).map(|(a, b)| (a * b) as f64).sum::<f64>())
+                        .map(|s| softcap.map_or(s, |c| (s / c as f64).tanh() * c as f64))
+                        .collect();
+                    let z: f64 = scores.iter().map(|s| s.exp()).sum();
+                    for i in 0..d {
+                        let want: f64 = (seq.start..seq.end)
+                            .zip(&scores)
+                            .map(|(j, sc)| sc.exp() / z * v(j)[i] as f64)
+                            .sum();
+                        let have = got[(s * heads + h) * d + i] as f64;
+                        assert!(
+                            (have - want).abs() < 1e-5,
+                            "seq {s} head {h} dim {i}: {have} vs {want}"
+                        );
+                    }
                 }
             }
+            // A sequence's result does not depend on the others in the call.
+            let alone = decode(
+                &queries[heads * d..],
+                &seqs[1..],
+                (heads, kv_heads, d),
+                0.5,
+                softcap,
+            );
+            assert_eq!(alone, got[heads * d..].to_vec());
         }
-        // A sequence's result does not depend on the others in the call.
-        let alone = decode(&queries[heads * d..], &seqs[1..], heads, kv_heads, d, 0.5);
-        assert_eq!(alone, got[heads * d..].to_vec());
     }
 }

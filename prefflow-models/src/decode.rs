@@ -178,7 +178,11 @@ pub fn read_folder_metadata(model: &str, dir: &Path) -> ModelResult<(Tokenizer, 
         eos_token,
         chat_template,
         add_bos,
-        context: config["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+        // The model's reach, RoPE scaling included (dynamic NTK extends max_position_embeddings).
+        context: Config::from_json(&config).map_or_else(
+            |_| config["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+            |c| c.context,
+        ),
     };
     Ok((tokenizer, info))
 }
@@ -332,6 +336,9 @@ struct Sequence {
     out: Vec<u32>,
     max_tokens: usize,
     watch: Watch,
+    /// The prompt, kept where the model re-encodes a sequence that outgrows its original
+    /// context (see [`Transformer::reencodes_at`]).
+    prompt: Option<Arc<Vec<u32>>>,
 }
 
 struct DecodeLoop {
@@ -484,6 +491,7 @@ impl DecodeLoop {
                     left: samplers.len(),
                 });
                 let last = samplers.len().saturating_sub(1);
+                let kept = self.model.reencodes_at().map(|_| Arc::new(prompt.clone()));
                 let mut cache = Some(cache);
                 for (index, s) in samplers.into_iter().enumerate() {
                     let own = if index == last {
@@ -510,6 +518,7 @@ impl DecodeLoop {
                         out: Vec::new(),
                         max_tokens: s.max_tokens.min(room),
                         watch: s.watch.clone(),
+                        prompt: kept.clone(),
                     });
                 }
                 self.finish_empty(group);
@@ -636,19 +645,47 @@ impl DecodeLoop {
         if self.running.is_empty() {
             return;
         }
+        // A sequence reaching the length from which the model rotates differently (Phi-3's
+        // LongRoPE) is encoded again whole, as transformers' Phi-3 generate does.
+        let reencode = self.model.reencodes_at();
+        let mut whole: Vec<Option<Vec<u32>>> = Vec::with_capacity(self.running.len());
+        for s in &mut self.running {
+            match (&s.prompt, reencode) {
+                (Some(prompt), Some(at)) if s.cache.len() == at => {
+                    s.cache = Cache::default();
+                    whole.push(Some(prompt.iter().chain(&s.out).copied().collect()));
+                }
+                _ => whole.push(None),
+            }
+        }
         let result = {
             let mut steps: Vec<Step<'_>> = self
                 .running
                 .iter_mut()
                 .zip(&tokens)
-                .map(|(s, t)| Step {
-                    ids: std::slice::from_ref(t),
+                .zip(&whole)
+                .map(|((s, t), w)| Step {
+                    ids: w.as_deref().unwrap_or(std::slice::from_ref(t)),
                     cache: &mut s.cache,
                 })
                 .collect();
-            self.model
-                .forward(&mut steps)
-                .and_then(|h| self.model.logits(&h))
+            let lengths: Vec<usize> = steps.iter().map(|s| s.ids.len()).collect();
+            self.model.forward(&mut steps).and_then(|h| {
+                if lengths.iter().all(|&n| n == 1) {
+                    return self.model.logits(&h);
+                }
+                // Each step's last row predicts its next token.
+                let mut end = 0u32;
+                let last: Vec<u32> = lengths
+                    .iter()
+                    .map(|&n| {
+                        end += n as u32;
+                        end - 1
+                    })
+                    .collect();
+                let rows = Tensor::new(last.as_slice(), h.device())?;
+                self.model.logits(&h.index_select(&rows, 0)?)
+            })
         };
         match result {
             Ok(logits) => {

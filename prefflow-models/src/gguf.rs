@@ -295,7 +295,8 @@ pub fn read_metadata(model: &str, path: &Path) -> ModelResult<GgufMetadata> {
         return Err(ModelError::Unsupported {
             model: model.into(),
             problem: format!(
-                "GGUF architecture '{architecture}' cannot generate (llama, qwen2 and gemma3 can)"
+                "GGUF architecture '{architecture}' cannot generate ({} can)",
+                super::transformer::FAMILIES
             ),
         });
     }

@@ -7,7 +7,7 @@
 //!   cache's keys and store), `boundary` (model errors named after the SQL function, CPU work
 //!   off the runtime), `template` and `memory_budget` (bounded Jinja renders), `values` (SQL
 //!   rows as template values): what the services below and the SQL functions share.
-//! - `source`, `hub`, `gguf`, `transformer`, `bert`, `qwen2`: files and architectures.
+//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `qwen2`: files and architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
 //!   `remote` (OpenAI-compatible servers).
@@ -40,6 +40,7 @@ pub mod qwen2;
 pub mod registry;
 pub mod remote;
 pub mod result_key;
+pub mod rope;
 pub mod secrets;
 pub mod settings;
 pub mod source;

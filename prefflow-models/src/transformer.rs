@@ -1,5 +1,5 @@
-//! Decoder-only transformers for generation: the Llama family (SmolLM2), Qwen2 and Gemma 3, from
-//! GGUF files or safetensors folders, written over candle's `QMatMul` so one implementation runs
+//! Decoder-only transformers for generation: Llama (1-3.x, SmolLM2), Mistral, Qwen2, Qwen3,
+//! Gemma 2, Gemma 3 and Phi-3, from GGUF files or safetensors folders, written over candle's `QMatMul` so one implementation runs
 //! quantized weights (the GGUF default) or f32 weights (safetensors, or GGUF with
 //! `OPTIONS (dtype 'f32')`: the parity path against transformers).
 //!
@@ -18,16 +18,29 @@ use candle_core::{D, DType, Device, Module, Result, Tensor, bail};
 use candle_nn::{Embedding, RmsNorm};
 use prefflow_kernels::qmatmul::QMatrix;
 
-/// The architectures this file runs.
+use crate::rope::{Rope, RopeSpec, Scaling};
+
+/// The architectures this file runs: one implementation, with the switches in [`Config`] named
+/// after what each family does differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// Llama, Mistral-style and SmolLM2.
+    /// Llama (1, 2, 3.x), Mistral (sliding window), SmolLM2.
     Llama,
     /// Qwen2: Llama with q/k/v biases.
     Qwen2,
-    /// Gemma 3: scaled embeddings, q/k norms, sandwich norms, GELU, local/global attention.
+    /// Qwen3: per-head q/k RMSNorm, head_dim from the config, no biases.
+    Qwen3,
+    /// Gemma 2: scaled embeddings, sandwich norms, GELU, soft-capped attention and logits,
+    /// alternating local / global layers.
+    Gemma2,
+    /// Gemma 3: Gemma 2 with q/k norms instead of soft-capping, two RoPE bases.
     Gemma3,
+    /// Phi-3 / Phi-4-mini: fused qkv and gate/up matrices, partial rotary, LongRoPE.
+    Phi3,
 }
+
+/// The families, as the error of an unsupported one lists them.
+pub const FAMILIES: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3";
 
 impl Family {
     /// The family of a GGUF `general.architecture` or a config.json `model_type`.
@@ -35,13 +48,20 @@ impl Family {
         match name {
             "llama" | "mistral" => Some(Self::Llama),
             "qwen2" => Some(Self::Qwen2),
+            "qwen3" => Some(Self::Qwen3),
+            "gemma2" => Some(Self::Gemma2),
             "gemma3" | "gemma3_text" => Some(Self::Gemma3),
+            "phi3" => Some(Self::Phi3),
             _ => None,
         }
     }
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
 }
 
-/// The shape of a model.
+/// The shape of a model, and what its family does differently.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Architecture.
@@ -56,12 +76,10 @@ pub struct Config {
     pub head_dim: usize,
     /// RMSNorm epsilon.
     pub eps: f64,
-    /// RoPE base of full-attention layers.
-    pub rope_base: f32,
-    /// RoPE base of sliding-window layers (Gemma 3's local layers).
-    pub rope_local_base: f32,
-    /// Linear RoPE scaling of full-attention layers (1 = none).
-    pub rope_scale: f32,
+    /// RoPE of full-attention layers.
+    pub rope: RopeSpec,
+    /// RoPE of sliding-window layers (Gemma 3's local layers have their own base).
+    pub rope_local: RopeSpec,
     /// Per layer: the sliding window, if the layer attends locally.
     pub windows: Vec<Option<usize>>,
     /// Longest sequence (prompt + generation).
@@ -70,9 +88,65 @@ pub struct Config {
     pub attn_scale: f64,
     /// Whether q/k rows are permuted for interleaved RoPE (llama.cpp's llama layout).
     pub interleaved_rope: bool,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Norms after attention and after the feed-forward too (Gemma).
+    pub sandwich_norms: bool,
+    /// Checkpoint norm weights are offsets: the scale is 1 + w (Gemma).
+    pub norm_offset: bool,
+    /// Embeddings multiplied by sqrt(hidden) (Gemma).
+    pub scaled_embeddings: bool,
+    /// The feed-forward gate's activation is GELU (tanh approximation) instead of SiLU (Gemma).
+    pub gelu: bool,
+    /// Attention scores soft-capped to `cap * tanh(score / cap)` (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Output logits soft-capped the same way (Gemma 2).
+    pub final_softcap: Option<f32>,
 }
 
 impl Config {
+    /// The switches of `family`, around a shape.
+    #[allow(clippy::too_many_arguments)]
+    fn of(
+        family: Family,
+        (hidden, heads, kv_heads, head_dim): (usize, usize, usize, usize),
+        eps: f64,
+        (rope, rope_local): (RopeSpec, RopeSpec),
+        windows: Vec<Option<usize>>,
+        context: usize,
+        attn_scale: f64,
+        softcaps: (Option<f32>, Option<f32>),
+    ) -> Result<Self> {
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            bail!("{heads} attention heads cannot share {kv_heads} key/value heads")
+        }
+        if rope.dim > head_dim || rope_local.dim > head_dim {
+            bail!("RoPE over {} dimensions of {head_dim}-wide heads", rope.dim)
+        }
+        let gemma = family.is_gemma();
+        Ok(Self {
+            family,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            eps,
+            rope,
+            rope_local,
+            windows,
+            context,
+            attn_scale,
+            interleaved_rope: false,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            sandwich_norms: gemma,
+            norm_offset: gemma,
+            scaled_embeddings: gemma,
+            gelu: gemma,
+            attn_softcap: softcaps.0,
+            final_softcap: softcaps.1,
+        })
+    }
+
     /// Reads the shape from GGUF metadata (`{architecture}.…` keys).
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
         let arch = ct
@@ -82,16 +156,14 @@ impl Config {
             .cloned()
             .unwrap_or_default();
         let Some(family) = Family::from_name(&arch) else {
-            bail!("GGUF architecture '{arch}' cannot generate (llama, qwen2 and gemma3 can)")
+            bail!("GGUF architecture '{arch}' cannot generate ({FAMILIES} can)")
         };
-        if ct.tensor_infos.contains_key("rope_freqs.weight") {
-            bail!("per-frequency RoPE scaling (rope_freqs, Llama 3.1 style) is not supported yet")
-        }
         let get = |k: &str| ct.metadata.get(&format!("{arch}.{k}"));
         let need = |k: &str| {
             get(k)
                 .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no {arch}.{k}")))
         };
+        let float = |k: &str| get(k).and_then(|v| v.to_f32().ok());
         let heads = need("attention.head_count")?.to_u32()? as usize;
         let hidden = need("embedding_length")?.to_u32()? as usize;
         let layers = need("block_count")?.to_u32()? as usize;
@@ -100,62 +172,104 @@ impl Config {
             .map_or(heads, |v| v as usize);
         let head_dim = get("attention.key_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(hidden / heads, |v| v as usize);
+            .map_or(hidden / heads.max(1), |v| v as usize);
         let eps = need("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
-        let rope_base = get("rope.freq_base")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10000.0);
+        let base = float("rope.freq_base").unwrap_or(10000.0);
         let context = get("context_length")
             .and_then(|v| v.to_u32().ok())
             .map_or(4096, |v| v as usize);
-        let linear = get("rope.scaling.type")
+        let dim = get("rope.dimension_count")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(head_dim, |v| v as usize);
+        let scaling_type = get("rope.scaling.type")
             .and_then(|v| v.to_string().ok())
-            .is_some_and(|t| t == "linear");
-        let rope_scale = if linear {
-            get("rope.scaling.factor")
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(1.0)
+            .cloned()
+            .unwrap_or_default();
+        let factor = float("rope.scaling.factor").unwrap_or(1.0);
+        let original = get("rope.scaling.original_context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize);
+        let scaling = if ct.tensor_infos.contains_key("rope_freqs.weight") {
+            // Llama 3.1: per-frequency divisors; the tensors are read with the weights
+            // (Transformer::load), as are LongRoPE's factors below.
+            Scaling::Factors(Vec::new())
+        } else if ct.tensor_infos.contains_key("rope_factors_long.weight") {
+            let original = original.unwrap_or(context);
+            let attention_factor = float("rope.scaling.attn_factor").unwrap_or_else(|| {
+                let f = context as f64 / original as f64;
+                if f <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + f.ln() / (original as f64).ln()).sqrt() as f32
+                }
+            });
+            Scaling::LongRope {
+                short: Vec::new(),
+                long: Vec::new(),
+                original,
+                attention_factor,
+            }
         } else {
-            1.0
+            match scaling_type.as_str() {
+                "" | "none" => Scaling::Default,
+                "linear" => Scaling::Linear { factor },
+                "yarn" => Scaling::Yarn {
+                    factor,
+                    original: original.unwrap_or(context),
+                    beta_fast: float("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                    beta_slow: float("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                    truncate: true,
+                    attention_factor: float("rope.scaling.attn_factor")
+                        .unwrap_or(0.1 * factor.ln() + 1.0),
+                },
+                other => bail!(
+                    "GGUF rope scaling '{other}' is not supported (none, linear, yarn, rope_freqs and LongRoPE factors are)"
+                ),
+            }
         };
         let window = get("attention.sliding_window")
             .and_then(|v| v.to_u32().ok())
             .map(|v| v as usize);
         let windows = (0..layers)
             .map(|i| match family {
-                // Gemma 3: five local layers, then one global (llama.cpp's swa pattern 6).
+                // Gemma 2: even layers local (llama.cpp's swa pattern 2); Gemma 3: five local
+                // layers, then one global (pattern 6).
+                Family::Gemma2 if i % 2 == 0 => window,
                 Family::Gemma3 if (i + 1) % 6 != 0 => window,
-                _ => None,
+                Family::Gemma2 | Family::Gemma3 => None,
+                // Mistral and Phi-3 files that carry a window apply it everywhere.
+                _ => window,
             })
             .collect();
-        Ok(Self {
+        let rope = RopeSpec { base, dim, scaling };
+        let local = RopeSpec::plain(10000.0, dim);
+        let softcaps = (
+            float("attn_logit_softcapping"),
+            float("final_logit_softcapping"),
+        );
+        let mut config = Self::of(
             family,
-            hidden,
-            heads,
-            kv_heads,
-            head_dim,
+            (hidden, heads, kv_heads, head_dim),
             eps,
-            rope_base,
-            rope_local_base: 10000.0,
-            rope_scale,
+            (rope, local),
             windows,
             context,
-            attn_scale: 1.0 / (head_dim as f64).sqrt(),
-            interleaved_rope: family == Family::Llama,
-        })
+            1.0 / (head_dim as f64).sqrt(),
+            softcaps,
+        )?;
+        config.interleaved_rope = family == Family::Llama;
+        if family != Family::Gemma3 {
+            config.rope_local = config.rope.clone();
+        }
+        Ok(config)
     }
 
     /// Reads the shape from a Hugging Face config.json (transformers 4 or 5 layout).
     pub fn from_json(c: &serde_json::Value) -> Result<Self> {
         let model_type = c["model_type"].as_str().unwrap_or("");
         let Some(family) = Family::from_name(model_type) else {
-            bail!("model_type '{model_type}' cannot generate (llama, qwen2 and gemma3 can)")
+            bail!("model_type '{model_type}' cannot generate ({FAMILIES} can)")
         };
-        for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
-            if !c[cap].is_null() {
-                bail!("{cap} is not supported yet")
-            }
-        }
         let num = |k: &str| c[k].as_u64().map(|v| v as usize);
         let need = |k: &str| {
             num(k).ok_or_else(|| candle_core::Error::Msg(format!("config.json has no {k}")))
@@ -164,8 +278,9 @@ impl Config {
         let heads = need("num_attention_heads")?;
         let layers = need("num_hidden_layers")?;
         let kv_heads = num("num_key_value_heads").unwrap_or(heads);
-        let head_dim = num("head_dim").unwrap_or(hidden / heads);
+        let head_dim = num("head_dim").unwrap_or(hidden / heads.max(1));
         let eps = c["rms_norm_eps"].as_f64().unwrap_or(1e-6);
+        let max_positions = num("max_position_embeddings").unwrap_or(4096);
         // transformers 5 nests rope settings under rope_parameters, per attention type for
         // Gemma 3; older files keep rope_theta / rope_local_base_freq / rope_scaling flat.
         let params = &c["rope_parameters"];
@@ -174,73 +289,188 @@ impl Config {
         } else {
             params
         };
-        let rope_base = full["rope_theta"]
+        let base = full["rope_theta"]
             .as_f64()
             .or_else(|| c["rope_theta"].as_f64())
             .unwrap_or(10000.0) as f32;
-        let rope_local_base = params["sliding_attention"]["rope_theta"]
+        let local_base = params["sliding_attention"]["rope_theta"]
             .as_f64()
-            .or_else(|| c["rope_local_base_freq"].as_f64())
-            .unwrap_or(10000.0) as f32;
+            .or_else(|| c["rope_local_base_freq"].as_f64());
         let scaling = if full["rope_type"].is_string() {
             full
         } else {
             &c["rope_scaling"]
         };
-        let kind = scaling["rope_type"]
-            .as_str()
-            .or_else(|| scaling["type"].as_str())
-            .unwrap_or("default");
-        let rope_scale = match kind {
-            "default" => 1.0,
-            "linear" => scaling["factor"].as_f64().unwrap_or(1.0) as f32,
-            other => bail!("rope scaling '{other}' is not supported (default and linear are)"),
+        let partial = full["partial_rotary_factor"]
+            .as_f64()
+            .or_else(|| c["partial_rotary_factor"].as_f64())
+            .unwrap_or(1.0);
+        let dim = (head_dim as f64 * partial) as usize;
+        let (scaling, context) = rope_scaling(scaling, c, max_positions)?;
+        let rope = RopeSpec { base, dim, scaling };
+        let rope_local = match local_base {
+            Some(b) if family == Family::Gemma3 => RopeSpec::plain(b as f32, dim),
+            _ if family == Family::Gemma3 => RopeSpec::plain(10000.0, dim),
+            _ => rope.clone(),
         };
         let window = num("sliding_window");
-        // Mistral's window (v0.1: 4096 of a 32k context) changes what every later token
-        // sees; it is not implemented, so such a config is refused rather than run as Llama.
-        if model_type == "mistral"
-            && let Some(w) = window
-            && w < num("max_position_embeddings").unwrap_or(usize::MAX)
-        {
-            bail!(
-                "mistral's sliding_window ({w} tokens, under its context of {}) is not supported yet: prefflow would attend past the window and compute something else than the model",
-                num("max_position_embeddings").unwrap_or(0)
-            )
-        }
+        // transformers 5 writes each layer's type; older configs say it with a pattern
+        // (Gemma), max_window_layers (Qwen2: layers from it on are local) or not at all
+        // (Mistral, Phi-3: a window applies to every layer).
         let windows = (0..layers)
-            .map(|i| match family {
-                Family::Gemma3 => {
-                    let local = match c["layer_types"][i].as_str() {
-                        Some(t) => t == "sliding_attention",
-                        None => (i + 1) % num("sliding_window_pattern").unwrap_or(6) != 0,
-                    };
-                    if local { window } else { None }
-                }
-                Family::Qwen2 if c["use_sliding_window"].as_bool() == Some(true) => window,
-                _ => None,
+            .map(|i| {
+                let local = match c["layer_types"][i].as_str() {
+                    Some(t) => t == "sliding_attention",
+                    None => match family {
+                        Family::Gemma2 => i % 2 == 0,
+                        Family::Gemma3 => (i + 1) % num("sliding_window_pattern").unwrap_or(6) != 0,
+                        Family::Qwen2 | Family::Qwen3 => {
+                            c["use_sliding_window"].as_bool() == Some(true)
+                                && i >= num("max_window_layers").unwrap_or(0)
+                        }
+                        Family::Llama | Family::Phi3 => true,
+                    },
+                };
+                if local { window } else { None }
             })
             .collect();
         let attn_scale = match num("query_pre_attn_scalar") {
-            Some(s) if family == Family::Gemma3 => 1.0 / (s as f64).sqrt(),
+            Some(s) if family.is_gemma() => 1.0 / (s as f64).sqrt(),
             _ => 1.0 / (head_dim as f64).sqrt(),
         };
-        Ok(Self {
+        let cap = |k: &str| c[k].as_f64().map(|v| v as f32);
+        let softcaps = if family == Family::Gemma2 {
+            (
+                cap("attn_logit_softcapping"),
+                cap("final_logit_softcapping"),
+            )
+        } else {
+            for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+                if !c[k].is_null() {
+                    bail!("{k} is not supported for {model_type} (Gemma 2 has it)")
+                }
+            }
+            (None, None)
+        };
+        Self::of(
             family,
-            hidden,
-            heads,
-            kv_heads,
-            head_dim,
+            (hidden, heads, kv_heads, head_dim),
             eps,
-            rope_base,
-            rope_local_base,
-            rope_scale,
+            (rope, rope_local),
             windows,
-            context: num("max_position_embeddings").unwrap_or(4096),
+            context,
             attn_scale,
-            interleaved_rope: false,
-        })
+            softcaps,
+        )
     }
+}
+
+/// The RoPE scaling of a config.json (`rope_parameters` or the older `rope_scaling`), and the
+/// model's context: dynamic NTK extends it by its factor.
+fn rope_scaling(
+    s: &serde_json::Value,
+    c: &serde_json::Value,
+    max_positions: usize,
+) -> Result<(Scaling, usize)> {
+    let kind = s["rope_type"]
+        .as_str()
+        .or_else(|| s["type"].as_str())
+        .unwrap_or("default");
+    let f = |k: &str| s[k].as_f64().map(|v| v as f32);
+    let original = s["original_max_position_embeddings"]
+        .as_u64()
+        .or_else(|| c["original_max_position_embeddings"].as_u64())
+        .map(|v| v as usize);
+    let need_original = || {
+        original.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "rope scaling '{kind}' needs original_max_position_embeddings"
+            ))
+        })
+    };
+    let factor = f("factor");
+    let scaling = match kind {
+        "default" => Scaling::Default,
+        "linear" => Scaling::Linear {
+            factor: factor.unwrap_or(1.0),
+        },
+        "dynamic" => {
+            let factor = factor.unwrap_or(1.0);
+            let context = (max_positions as f64 * factor as f64) as usize;
+            return Ok((
+                Scaling::Dynamic {
+                    factor,
+                    max_positions,
+                },
+                context.max(max_positions),
+            ));
+        }
+        "yarn" => {
+            let original = need_original()?;
+            let factor = factor.unwrap_or(max_positions as f32 / original as f32);
+            let mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let attention_factor = match (
+                f("attention_factor"),
+                s["mscale"].as_f64(),
+                s["mscale_all_dim"].as_f64(),
+            ) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    (mscale(factor as f64, m) / mscale(factor as f64, all)) as f32
+                }
+                _ => mscale(factor as f64, 1.0) as f32,
+            };
+            Scaling::Yarn {
+                factor,
+                original,
+                beta_fast: f("beta_fast").filter(|v| *v != 0.0).unwrap_or(32.0),
+                beta_slow: f("beta_slow").filter(|v| *v != 0.0).unwrap_or(1.0),
+                truncate: s["truncate"].as_bool().unwrap_or(true),
+                attention_factor,
+            }
+        }
+        "llama3" => Scaling::Llama3 {
+            factor: factor.unwrap_or(8.0),
+            low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
+            high_freq_factor: f("high_freq_factor").unwrap_or(4.0),
+            original: need_original()?,
+        },
+        "longrope" | "su" => {
+            let original = need_original()?;
+            let list = |k: &str| -> Result<Vec<f32>> {
+                s[k].as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_f64())
+                            .map(|v| v as f32)
+                            .collect()
+                    })
+                    .ok_or_else(|| candle_core::Error::Msg(format!("longrope needs {k}")))
+            };
+            let factor = factor.map_or(max_positions as f64 / original as f64, |v| v as f64);
+            let attention_factor = f("attention_factor").unwrap_or(if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / (original as f64).ln()).sqrt() as f32
+            });
+            Scaling::LongRope {
+                short: list("short_factor")?,
+                long: list("long_factor")?,
+                original,
+                attention_factor,
+            }
+        }
+        other => bail!(
+            "rope scaling '{other}' is not supported (default, linear, dynamic, yarn, llama3 and longrope are)"
+        ),
+    };
+    Ok((scaling, max_positions))
 }
 
 /// Where weights come from. Names are GGUF's (`blk.N.attn_q.weight`); a safetensors folder
@@ -279,6 +509,9 @@ fn hf_name(family: Family, gguf: &str) -> String {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
+        // Phi-3's fused gate and up projections are GGUF's ffn_up (gate first).
+        "ffn_up" if family == Family::Phi3 => "mlp.gate_up_proj",
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
@@ -286,7 +519,7 @@ fn hf_name(family: Family, gguf: &str) -> String {
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         // Gemma's "pre-feedforward" norm is GGUF's ffn_norm; Llama's is post_attention.
-        "ffn_norm" if family == Family::Gemma3 => "pre_feedforward_layernorm",
+        "ffn_norm" if family.is_gemma() => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "post_attention_norm" => "post_attention_layernorm",
         "post_ffw_norm" => "post_feedforward_layernorm",
@@ -331,7 +564,7 @@ impl<R: Read + Seek> Weights<'_, R> {
         let t = t.dequantize(device)?;
         // Gemma's RMSNorm scales by (1 + w); GGUF files store 1 + w already, transformers
         // checkpoints store w.
-        if family == Family::Gemma3
+        if family.is_gemma()
             && name.ends_with("norm.weight")
             && matches!(self, Weights::Safetensors(_))
         {
@@ -421,22 +654,68 @@ impl Linear {
     }
 }
 
+/// The query, key and value projections: three matrices, or one fused (Phi-3's qkv_proj) whose
+/// output is cut into the three.
+enum Qkv {
+    Separate(Linear, Linear, Linear),
+    Fused(Linear),
+}
+
+/// The feed-forward's gate and up projections: two matrices, or one fused (Phi-3's
+/// gate_up_proj, gate first).
+enum GateUp {
+    Separate(Matrix, Matrix),
+    Fused(Matrix),
+}
+
 struct Block {
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Matrix,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     post_attn_norm: Option<RmsNorm>,
     ffn_norm: RmsNorm,
     post_ffn_norm: Option<RmsNorm>,
-    gate: Matrix,
-    up: Matrix,
+    gate_up: GateUp,
     down: Matrix,
     window: Option<usize>,
     local_rope: bool,
+}
+
+impl Block {
+    /// Queries, keys and values of `a` (tokens, hidden): (tokens, heads·d), (tokens, kv·d) twice.
+    fn project(
+        &self,
+        a: &Tensor,
+        (h, kvh, d): (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.qkv {
+            Qkv::Separate(q, k, v) => Ok((q.forward(a)?, k.forward(a)?, v.forward(a)?)),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(a)?;
+                let q = all.narrow(1, 0, h * d)?.contiguous()?;
+                let k = all.narrow(1, h * d, kvh * d)?.contiguous()?;
+                let v = all.narrow(1, (h + kvh) * d, kvh * d)?.contiguous()?;
+                Ok((q, k, v))
+            }
+        }
+    }
+
+    /// The gate and up projections of `f`.
+    fn gate_up(&self, f: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.gate_up {
+            GateUp::Separate(gate, up) => Ok((gate.forward(f)?, up.forward(f)?)),
+            GateUp::Fused(both) => {
+                let all = both.forward(f)?;
+                let half = all.dim(1)? / 2;
+                Ok((
+                    all.narrow(1, 0, half)?.contiguous()?,
+                    all.narrow(1, half, half)?.contiguous()?,
+                ))
+            }
+        }
+    }
 }
 
 /// The keys and values of one sequence, per layer, in buffers that grow by doubling so a decode
@@ -519,34 +798,15 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: RmsNorm,
     output: Matrix,
-    rope: (Tensor, Tensor),
-    rope_local: (Tensor, Tensor),
+    rope: Rope,
+    rope_local: Rope,
     device: Device,
-}
-
-fn rope_table(
-    base: f32,
-    scale: f32,
-    head_dim: usize,
-    context: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let theta: Vec<f32> = (0..head_dim)
-        .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32) / scale)
-        .collect();
-    let theta = Tensor::new(theta.as_slice(), device)?;
-    let angles = Tensor::arange(0u32, context as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((context, 1))?
-        .matmul(&theta.reshape((1, head_dim / 2))?)?;
-    Ok((angles.cos()?, angles.sin()?))
 }
 
 impl Transformer {
     /// Builds the model from `weights`.
     pub fn load<R: Read + Seek>(
-        config: Config,
+        mut config: Config,
         mut weights: Weights<'_, R>,
         device: &Device,
     ) -> Result<Self> {
@@ -575,14 +835,13 @@ impl Transformer {
                     eps,
                 ))
             };
-            // Only Gemma has q/k norms and sandwich norms; in a Llama checkpoint the name
-            // post_attention_layernorm means the pre-feedforward norm.
-            let gemma_norm = |w: &mut Weights<'_, R>, n: &str| -> Result<Option<RmsNorm>> {
-                if f != Family::Gemma3 {
-                    return Ok(None);
-                }
-                Ok(Some(norm(w, n)?))
-            };
+            let optional_norm =
+                |w: &mut Weights<'_, R>, on: bool, n: &str| -> Result<Option<RmsNorm>> {
+                    if !on {
+                        return Ok(None);
+                    }
+                    Ok(Some(norm(w, n)?))
+                };
             let linear = |w: &mut Weights<'_, R>, n: &str| -> Result<Linear> {
                 Ok(Linear {
                     w: need_matrix(w, &format!("{p}.{n}.weight"))?,
@@ -590,29 +849,43 @@ impl Transformer {
                 })
             };
             let attn_norm = norm(&mut weights, "attn_norm")?;
-            let q = linear(&mut weights, "attn_q")?;
-            let k = linear(&mut weights, "attn_k")?;
-            let v = linear(&mut weights, "attn_v")?;
+            let qkv = match weights.matrix(f, &format!("{p}.attn_qkv.weight"), device)? {
+                Some(w) => Qkv::Fused(Linear {
+                    w,
+                    b: weights.vector(f, &format!("{p}.attn_qkv.bias"), device)?,
+                }),
+                None => Qkv::Separate(
+                    linear(&mut weights, "attn_q")?,
+                    linear(&mut weights, "attn_k")?,
+                    linear(&mut weights, "attn_v")?,
+                ),
+            };
             let o = linear(&mut weights, "attn_output")?.w;
-            let gate = linear(&mut weights, "ffn_gate")?.w;
-            let up = linear(&mut weights, "ffn_up")?.w;
+            let gate_up = if f == Family::Phi3 {
+                GateUp::Fused(linear(&mut weights, "ffn_up")?.w)
+            } else {
+                GateUp::Separate(
+                    linear(&mut weights, "ffn_gate")?.w,
+                    linear(&mut weights, "ffn_up")?.w,
+                )
+            };
             let down = linear(&mut weights, "ffn_down")?.w;
+            // In a Llama checkpoint the name post_attention_layernorm means the pre-feedforward
+            // norm; only sandwich-norm families have a norm after attention.
+            let sandwich = config.sandwich_norms;
             blocks.push(Block {
                 attn_norm,
-                q,
-                k,
-                v,
+                qkv,
                 o,
-                q_norm: gemma_norm(&mut weights, "attn_q_norm")?,
-                k_norm: gemma_norm(&mut weights, "attn_k_norm")?,
-                post_attn_norm: gemma_norm(&mut weights, "post_attention_norm")?,
+                q_norm: optional_norm(&mut weights, config.qk_norm, "attn_q_norm")?,
+                k_norm: optional_norm(&mut weights, config.qk_norm, "attn_k_norm")?,
+                post_attn_norm: optional_norm(&mut weights, sandwich, "post_attention_norm")?,
                 ffn_norm: norm(&mut weights, "ffn_norm")?,
-                post_ffn_norm: gemma_norm(&mut weights, "post_ffw_norm")?,
-                gate,
-                up,
+                post_ffn_norm: optional_norm(&mut weights, sandwich, "post_ffw_norm")?,
+                gate_up,
                 down,
                 window: *window,
-                local_rope: f == Family::Gemma3 && window.is_some(),
+                local_rope: config.family == Family::Gemma3 && window.is_some(),
             });
         }
         let norm = RmsNorm::new(need_vector(&mut weights, "output_norm.weight")?, eps);
@@ -621,15 +894,25 @@ impl Transformer {
             Some(m) => m,
             None => matmul(embed_q, weights.matrices(), device)?,
         };
-        let d = config.head_dim;
-        let rope = rope_table(
-            config.rope_base,
-            config.rope_scale,
-            d,
-            config.context,
-            device,
-        )?;
-        let rope_local = rope_table(config.rope_local_base, 1.0, d, config.context, device)?;
+        // GGUF files carry per-frequency RoPE factors as tensors (Llama 3.1, LongRoPE).
+        let mut factors = |name: &str| -> Result<Vec<f32>> {
+            weights
+                .vector(f, name, device)?
+                .ok_or_else(|| candle_core::Error::Msg(format!("the weights have no {name}")))?
+                .to_vec1::<f32>()
+        };
+        for spec in [&mut config.rope, &mut config.rope_local] {
+            match &mut spec.scaling {
+                Scaling::Factors(v) if v.is_empty() => *v = factors("rope_freqs.weight")?,
+                Scaling::LongRope { short, long, .. } if short.is_empty() => {
+                    *short = factors("rope_factors_short.weight")?;
+                    *long = factors("rope_factors_long.weight")?;
+                }
+                _ => {}
+            }
+        }
+        let rope = Rope::new(config.rope.clone(), config.context, device)?;
+        let rope_local = Rope::new(config.rope_local.clone(), config.context, device)?;
         Ok(Self {
             embed: Embedding::new(embed, config.hidden),
             blocks,
@@ -645,6 +928,16 @@ impl Transformer {
     /// The model's shape.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The cache length at which a generated sequence is encoded again whole: LongRoPE models
+    /// (Phi-3) rotate every position with their long factors once a sequence outgrows the
+    /// original context, and transformers recomputes the cache at that point.
+    pub fn reencodes_at(&self) -> Option<usize> {
+        match &self.config.rope.scaling {
+            Scaling::LongRope { original, .. } => Some(*original),
+            _ => None,
+        }
     }
 
     /// Runs every step's new tokens and returns their final hidden states, normed, one row per
@@ -676,17 +969,15 @@ impl Transformer {
         let mut x = self
             .embed
             .forward(&Tensor::new(ids.as_slice(), &self.device)?)?;
-        if c.family == Family::Gemma3 {
+        if c.scaled_embeddings {
             x = (x * (c.hidden as f64).sqrt())?;
         }
         let (h, kvh, d) = (c.heads, c.kv_heads, c.head_dim);
         let groups = h / kvh;
         for (l, block) in self.blocks.iter().enumerate() {
             let a = block.attn_norm.forward(&x)?;
-            let q = block.q.forward(&a)?;
-            let k = block.k.forward(&a)?;
-            let v = block.v.forward(&a)?;
-            let (cos, sin) = if block.local_rope {
+            let (q, k, v) = block.project(&a, (h, kvh, d))?;
+            let rope = if block.local_rope {
                 &self.rope_local
             } else {
                 &self.rope
@@ -702,12 +993,23 @@ impl Transformer {
                     qb = qn.forward(&qb)?;
                     kb = kn.forward(&kb)?;
                 }
-                let at: Vec<u32> = spans.iter().map(|&(_, _, p)| p as u32).collect();
-                let at = Tensor::new(at.as_slice(), &self.device)?;
-                let cb = cos.index_select(&at, 0)?.unsqueeze(1)?;
-                let sb = sin.index_select(&at, 0)?.unsqueeze(1)?;
-                let qb = self.rotate(&qb.unsqueeze(2)?.contiguous()?, &cb, &sb)?;
-                let kb = self.rotate(&kb.unsqueeze(2)?.contiguous()?, &cb, &sb)?;
+                let (cb, sb) = if rope.is_static() {
+                    let (cos, sin) = rope.table();
+                    let at: Vec<u32> = spans.iter().map(|&(_, _, p)| p as u32).collect();
+                    let at = Tensor::new(at.as_slice(), &self.device)?;
+                    (cos.index_select(&at, 0)?, sin.index_select(&at, 0)?)
+                } else {
+                    // Length-dependent RoPE: each sequence's row for the length it reaches.
+                    let rows = spans
+                        .iter()
+                        .map(|&(_, _, p)| rope.at(p, 1))
+                        .collect::<Result<Vec<_>>>()?;
+                    let (cs, ss): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+                    (Tensor::cat(&cs, 0)?, Tensor::cat(&ss, 0)?)
+                };
+                let (cb, sb) = (cb.unsqueeze(1)?, sb.unsqueeze(1)?);
+                let qb = self.rotate(&qb.unsqueeze(2)?.contiguous()?, &cb, &sb, rope.dim())?;
+                let kb = self.rotate(&kb.unsqueeze(2)?.contiguous()?, &cb, &sb, rope.dim())?;
                 Some((qb, kb, v.reshape((b, kvh, 1, d))?))
             } else {
                 None
@@ -730,6 +1032,7 @@ impl Transformer {
                     block.window,
                     (h, kvh, d),
                     c.attn_scale as f32,
+                    c.attn_softcap,
                 )?;
                 let attn = Tensor::from_vec(attn, (steps.len(), h * d), &self.device)?;
                 x = self.feed(block, x, &attn)?;
@@ -753,9 +1056,9 @@ impl Transformer {
                             .reshape((t, kvh, d))?
                             .transpose(0, 1)?
                             .contiguous()?;
-                        let (ci, si) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
-                        let qi = self.rotate(&qi, &ci, &si)?.squeeze(0)?;
-                        let ki = self.rotate(&ki, &ci, &si)?.squeeze(0)?;
+                        let (ci, si) = rope.at(pos, t)?;
+                        let qi = self.rotate(&qi, &ci, &si, rope.dim())?.squeeze(0)?;
+                        let ki = self.rotate(&ki, &ci, &si, rope.dim())?.squeeze(0)?;
                         (qi, ki, vi)
                     }
                 };
@@ -763,7 +1066,10 @@ impl Transformer {
                 let total = pos + t;
                 // Query heads of one kv head side by side: (kv_heads, groups * t, d).
                 let qi = qi.reshape((kvh, groups * t, d))?;
-                let scores = (qi.matmul(&keys.t()?)? * c.attn_scale)?;
+                let mut scores = (qi.matmul(&keys.t()?)? * c.attn_scale)?;
+                if let Some(cap) = c.attn_softcap {
+                    scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
+                }
                 let scores = match mask(t, pos, block.window, &self.device)? {
                     Some(m) => scores
                         .reshape((kvh, groups, t, total))?
@@ -796,30 +1102,44 @@ impl Transformer {
         }
         let x = (x + y)?;
         let f = block.ffn_norm.forward(&x)?;
-        let gate = block.gate.forward(&f)?;
-        let act = match self.config.family {
-            Family::Gemma3 => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
-            _ => candle_nn::ops::silu(&gate)?,
+        let (gate, up) = block.gate_up(&f)?;
+        let act = if self.config.gelu {
+            gate.gelu()? // tanh approximation, as gelu_pytorch_tanh
+        } else {
+            candle_nn::ops::silu(&gate)?
         };
-        let mut y = block.down.forward(&(act * block.up.forward(&f)?)?)?;
+        let mut y = block.down.forward(&(act * up)?)?;
         if let Some(n) = &block.post_ffn_norm {
             y = n.forward(&y)?;
         }
         x + y
     }
 
-    /// RoPE on (batch, heads, tokens, head_dim) with the model's pairing of dimensions.
-    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if self.config.interleaved_rope {
-            candle_nn::rotary_emb::rope_i(x, cos, sin)
-        } else {
-            candle_nn::rotary_emb::rope(x, cos, sin)
+    /// RoPE on (batch, heads, tokens, head_dim) with the model's pairing of dimensions, over
+    /// the first `dim` dimensions of each head (partial rotary: the rest pass through).
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tensor> {
+        let full = x.dim(3)?;
+        let turn = |x: &Tensor| {
+            if self.config.interleaved_rope {
+                candle_nn::rotary_emb::rope_i(x, cos, sin)
+            } else {
+                candle_nn::rotary_emb::rope(x, cos, sin)
+            }
+        };
+        if dim == full {
+            return turn(x);
         }
+        let turned = turn(&x.narrow(3, 0, dim)?.contiguous()?)?;
+        Tensor::cat(&[turned, x.narrow(3, dim, full - dim)?], 3)?.contiguous()
     }
 
-    /// Next-token logits (rows, vocab) of hidden states.
+    /// Next-token logits (rows, vocab) of hidden states, soft-capped where the model is.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.output.forward(hidden)
+        let logits = self.output.forward(hidden)?;
+        match self.config.final_softcap {
+            Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
+            None => Ok(logits),
+        }
     }
 }
 
@@ -833,6 +1153,7 @@ fn decode_attention(
     window: Option<usize>,
     (heads, kv_heads, head_dim): (usize, usize, usize),
     scale: f32,
+    softcap: Option<f32>,
 ) -> Result<Vec<f32>> {
     let buffers: Vec<&(Tensor, Tensor)> = steps
         .iter()
@@ -865,7 +1186,11 @@ fn decode_attention(
         });
     }
     Ok(prefflow_kernels::attention::decode(
-        queries, &sequences, heads, kv_heads, head_dim, scale,
+        queries,
+        &sequences,
+        (heads, kv_heads, head_dim),
+        scale,
+        softcap,
     ))
 }
 

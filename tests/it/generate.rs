@@ -270,9 +270,14 @@ async fn gemma3_matches_transformers_in_f32() {
     assert_logprobs(&engine, "f32", reference["logprobs"].as_array().unwrap()).await;
 }
 
-/// Tiny random-weight Qwen2, Llama (tied embeddings) and Gemma 3 (sliding window of 4, q/k
-/// norms, two RoPE bases) from safetensors: greedy text and ai_logprob equal transformers'
-/// (float64 references), decoding 4 rows together and one at a time.
+/// Tiny random-weight decoders of every family from safetensors (scripts/reference/
+/// decoder_fixtures.py): Qwen2, Llama (tied embeddings), Gemma 3 (sliding window of 4, q/k
+/// norms, two RoPE bases), Qwen3 (q/k norms, head_dim from the config), Gemma 2 (attention and
+/// final soft-capping, alternating windows), Mistral (a window of 16 on every layer, passed by
+/// every prompt), Phi-3 (fused projections, partial rotary, LongRoPE with a prompt that crosses
+/// the original context while generating) and Llama with llama3, yarn, dynamic and linear RoPE
+/// scaling: greedy text and ai_logprob equal transformers' (float64 references), decoding all
+/// rows together and one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_safetensors_decoders_match_transformers() {
     let reference = fixture("tests/fixtures/decoders/reference.json");

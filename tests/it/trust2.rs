@@ -372,29 +372,37 @@ fn create_model_refuses_architectures_it_cannot_run() {
     };
     let cases = [
         (
-            "mistral",
+            "falcon",
             set(vec![
-                ("model_type", "mistral".into()),
-                ("architectures", serde_json::json!(["MistralForCausalLM"])),
-                ("sliding_window", 4.into()),
+                ("model_type", "falcon".into()),
+                ("architectures", serde_json::json!(["FalconForCausalLM"])),
             ]),
-            "sliding_window (4 tokens",
+            "model_type 'falcon' cannot generate (llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3 can)",
         ),
         (
-            "qwen3",
-            set(vec![
-                ("model_type", "qwen3".into()),
-                ("architectures", serde_json::json!(["Qwen3ForCausalLM"])),
-            ]),
-            "model_type 'qwen3' cannot generate",
+            "mrope",
+            set(vec![(
+                "rope_parameters",
+                serde_json::json!({"rope_type": "mrope", "factor": 2.0, "rope_theta": 10000.0}),
+            )]),
+            "rope scaling 'mrope' is not supported (default, linear, dynamic, yarn, llama3 and longrope are)",
         ),
         (
-            "gemma2",
+            "capped_llama",
+            set(vec![("attn_logit_softcapping", 50.0.into())]),
+            "attn_logit_softcapping is not supported for llama",
+        ),
+        (
+            "yarn_without_context",
+            // An older config: rope_scaling beside rope_theta, no rope_parameters.
             set(vec![
-                ("model_type", "gemma2".into()),
-                ("architectures", serde_json::json!(["Gemma2ForCausalLM"])),
+                ("rope_parameters", serde_json::Value::Null),
+                (
+                    "rope_scaling",
+                    serde_json::json!({"type": "yarn", "factor": 4.0}),
+                ),
             ]),
-            "model_type 'gemma2' cannot generate",
+            "rope scaling 'yarn' needs original_max_position_embeddings",
         ),
         (
             "deberta",

@@ -267,7 +267,8 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
             architecture.to_string()
         };
         return Err(unsupported(format!(
-            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders (Llama, Mistral without a sliding window, Qwen2, Gemma 3: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, BERT encoders (BertModel) and Marian translation models"
+            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders ({}: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, BERT encoders (BertModel) and Marian translation models",
+            crate::transformer::FAMILIES
         )));
     }
     Ok(())
