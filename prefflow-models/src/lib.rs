@@ -7,7 +7,7 @@
 //!   cache's keys and store), `boundary` (model errors named after the SQL function, CPU work
 //!   off the runtime), `template` and `memory_budget` (bounded Jinja renders), `values` (SQL
 //!   rows as template values): what the services below and the SQL functions share.
-//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `qwen2`: files and architectures.
+//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `decoder_head`: files and architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
 //!   `remote` (OpenAI-compatible servers).
@@ -25,6 +25,7 @@ pub mod boundary;
 pub mod call_stats;
 pub mod chat;
 pub mod decode;
+pub mod decoder_head;
 pub mod encode;
 pub mod encoding;
 pub mod error;
@@ -36,7 +37,6 @@ pub mod marian;
 pub mod marian_net;
 pub mod memory_budget;
 pub mod model;
-pub mod qwen2;
 pub mod registry;
 pub mod remote;
 pub mod result_key;

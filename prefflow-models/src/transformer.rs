@@ -797,18 +797,38 @@ pub struct Transformer {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    output: Matrix,
+    /// The language-model head; None for a body loaded for another head (classifiers).
+    output: Option<Matrix>,
     rope: Rope,
     rope_local: Rope,
     device: Device,
 }
 
 impl Transformer {
-    /// Builds the model from `weights`.
+    /// Builds the model from `weights`, with its language-model head.
     pub fn load<R: Read + Seek>(
+        config: Config,
+        weights: Weights<'_, R>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_with(config, weights, device, true)
+    }
+
+    /// Builds the body only (embeddings, blocks, final norm), for a head of its own: a reward
+    /// model's score, an embedder's pooling.
+    pub fn load_body<R: Read + Seek>(
+        config: Config,
+        weights: Weights<'_, R>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_with(config, weights, device, false)
+    }
+
+    fn load_with<R: Read + Seek>(
         mut config: Config,
         mut weights: Weights<'_, R>,
         device: &Device,
+        head: bool,
     ) -> Result<Self> {
         let f = config.family;
         let need_matrix = |w: &mut Weights<'_, R>, name: &str| {
@@ -891,8 +911,9 @@ impl Transformer {
         let norm = RmsNorm::new(need_vector(&mut weights, "output_norm.weight")?, eps);
         // Tied embeddings: no output matrix, the embedding matrix is the head.
         let output = match weights.matrix(f, "output.weight", device)? {
-            Some(m) => m,
-            None => matmul(embed_q, weights.matrices(), device)?,
+            _ if !head => None,
+            Some(m) => Some(m),
+            None => Some(matmul(embed_q, weights.matrices(), device)?),
         };
         // GGUF files carry per-frequency RoPE factors as tensors (Llama 3.1, LongRoPE).
         let mut factors = |name: &str| -> Result<Vec<f32>> {
@@ -1135,7 +1156,10 @@ impl Transformer {
 
     /// Next-token logits (rows, vocab) of hidden states, soft-capped where the model is.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = self.output.forward(hidden)?;
+        let Some(output) = &self.output else {
+            bail!("the model was loaded without its language-model head")
+        };
+        let logits = output.forward(hidden)?;
         match self.config.final_softcap {
             Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
             None => Ok(logits),

@@ -8,20 +8,34 @@ load, and computes the reference score of a few (prompt, response) pairs with tr
   tests/fixtures/reward/bert/   BertForSequenceClassification (WordPiece tokenizer, pair input)
   tests/fixtures/reward/qwen2/  Qwen2ForSequenceClassification (byte-level BPE, chat template)
   tests/fixtures/reward/llama/  LlamaForSequenceClassification (same tokenizer and template)
+  tests/fixtures/reward/qwen3/, gemma2/, mistral/, phi3/
+                                *ForSequenceClassification of the other decoder families (q/k
+                                norms; soft-capping and windows of 4; a window of 8; fused
+                                projections and partial rotary): Skywork-Reward-V2 and
+                                Skywork-Reward-Gemma-2 shapes
   tests/fixtures/reward/reference.json
 
-Needs: pip install torch transformers tokenizers   (not needed by cargo test)
-Run:   python3 scripts/reference/reward_fixtures.py
+Needs: pip install -r scripts/reference/requirements.txt   (not needed by cargo test)
+Run:   python3 scripts/reference/reward_fixtures.py [KIND ...]   (KINDs rebuild only those)
 """
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
+    Gemma2Config,
+    Gemma2ForSequenceClassification,
+    MistralConfig,
+    MistralForSequenceClassification,
+    Phi3Config,
+    Phi3ForSequenceClassification,
+    Qwen3Config,
+    Qwen3ForSequenceClassification,
     LlamaConfig,
     LlamaForSequenceClassification,
     BertForSequenceClassification,
@@ -99,7 +113,7 @@ def decoder(kind: str) -> dict:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
     )
-    torch.manual_seed(2 if kind == "qwen2" else 3)
+    torch.manual_seed({"qwen2": 2, "llama": 3, "qwen3": 4, "gemma2": 5, "mistral": 6, "phi3": 7}[kind])
     common = dict(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_labels=1,
@@ -108,8 +122,24 @@ def decoder(kind: str) -> dict:
     )
     if kind == "qwen2":
         model = Qwen2ForSequenceClassification(Qwen2Config(**common)).eval()
-    else:
+    elif kind == "llama":
         model = LlamaForSequenceClassification(LlamaConfig(**common)).eval()
+    elif kind == "qwen3":
+        model = Qwen3ForSequenceClassification(Qwen3Config(**common, head_dim=16)).eval()
+    elif kind == "gemma2":
+        config = Gemma2Config(
+            **common, head_dim=16, query_pre_attn_scalar=24, sliding_window=4, attn_logit_softcapping=3.0,
+            final_logit_softcapping=6.0, hidden_activation="gelu_pytorch_tanh",
+        )
+        model = Gemma2ForSequenceClassification(config).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(0.0, 0.3)
+    elif kind == "mistral":
+        model = MistralForSequenceClassification(MistralConfig(**common, head_dim=8, sliding_window=8)).eval()
+    else:
+        model = Phi3ForSequenceClassification(Phi3Config(**common, partial_rotary_factor=0.5)).eval()
     path = OUT / kind
     model.save_pretrained(path, safe_serialization=True)
     fast.save_pretrained(path)
@@ -122,11 +152,22 @@ def decoder(kind: str) -> dict:
     return {"path": f"tests/fixtures/reward/{kind}", "scores": scores}
 
 
+DECODERS = ["qwen2", "llama", "qwen3", "gemma2", "mistral", "phi3"]
+
+
 def main() -> None:
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
-    reference = {"pairs": [list(p) for p in PAIRS], "bert": bert(), "qwen2": decoder("qwen2"), "llama": decoder("llama")}
-    (OUT / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
+    only = sys.argv[1:]
+    path = OUT / "reference.json"
+    if only:
+        reference = json.loads(path.read_text())
+    else:
+        shutil.rmtree(OUT, ignore_errors=True)
+        OUT.mkdir(parents=True)
+        reference = {"pairs": [list(p) for p in PAIRS], "bert": bert()}
+    for kind in only or DECODERS:
+        shutil.rmtree(OUT / kind, ignore_errors=True)
+        reference[kind] = bert() if kind == "bert" else decoder(kind)
+    path.write_text(json.dumps(reference, indent=1) + "\n")
     print(json.dumps(reference, indent=1))
 
 

@@ -130,6 +130,10 @@ async fn ai_embed_batched_equals_one_by_one() {
     }
 }
 
+/// ai_reward of every head against transformers (tests/fixtures/reward): BERT (a text pair),
+/// and *ForSequenceClassification of Qwen2, Llama, Qwen3, Gemma 2 (soft-capping, windows of
+/// 4), Mistral (a window of 8) and Phi-3 (fused projections, partial rotary), chat-templated,
+/// within 1e-4 relative; each row alone gives the bits it gives in a batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_reward_matches_transformers() {
     let engine = engine(2);
@@ -153,7 +157,9 @@ async fn ai_reward_matches_transformers() {
         .enumerate()
         .map(|(i, (p, r))| format!("({i}, {}, {})", quote(p), quote(r)))
         .collect();
-    for head in ["bert", "qwen2", "llama"] {
+    for head in [
+        "bert", "qwen2", "llama", "qwen3", "gemma2", "mistral", "phi3",
+    ] {
         let path = reference[head]["path"].as_str().unwrap();
         engine
             .sql(&format!("CREATE OR REPLACE MODEL rm FROM '{path}'"))
@@ -191,5 +197,17 @@ async fn ai_reward_matches_transformers() {
         }
         // Scores differ between responses: the test would notice a constant output.
         assert!(expected.iter().any(|e| (e - expected[0]).abs() > 0.1));
+        // Scored one row at a time, each row gives the same bits as in the batch.
+        for (i, (p, r)) in pairs.iter().enumerate() {
+            let sql = format!("SELECT ai_reward('rm', {}, {})", quote(p), quote(r));
+            let alone = engine.query(&sql).await.unwrap();
+            let alone = alone[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .value(0);
+            assert_eq!(alone, got[i], "{head}: row {i} alone vs in a batch");
+        }
     }
 }

@@ -416,17 +416,6 @@ fn create_model_refuses_architectures_it_cannot_run() {
             "DebertaV2ForSequenceClassification (model_type 'deberta-v2') is not supported",
         ),
         (
-            "qwen3rm",
-            set(vec![
-                ("model_type", "qwen3".into()),
-                (
-                    "architectures",
-                    serde_json::json!(["Qwen3ForSequenceClassification"]),
-                ),
-            ]),
-            "Qwen3ForSequenceClassification (model_type 'qwen3') is not supported",
-        ),
-        (
             "xlmr",
             set(vec![
                 ("model_type", "xlm-roberta".into()),

@@ -249,17 +249,16 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
     let config = read_json(name, &path.join("config.json"))?;
     let architecture = config["architectures"][0].as_str().unwrap_or("");
     let model_type = config["model_type"].as_str().unwrap_or("");
-    const CLASSIFIERS: &str = "BERT (BertForSequenceClassification), Qwen2 and Llama (Qwen2ForSequenceClassification, LlamaForSequenceClassification)";
-    if architecture.ends_with("ForCausalLM") {
+    const CLASSIFIERS: &str = "BERT (BertForSequenceClassification) and *ForSequenceClassification of every decoder family";
+    let decoder_family = crate::transformer::Family::from_name(model_type).is_some();
+    if architecture.ends_with("ForCausalLM")
+        || (decoder_family && architecture.ends_with("ForSequenceClassification"))
+    {
         return crate::transformer::Config::from_json(&config)
             .map(|_| ())
             .map_err(|e| unsupported(format!("{architecture}: {e}")));
     }
-    let supported = if architecture.ends_with("ForSequenceClassification") {
-        matches!(model_type, "bert" | "qwen2" | "llama")
-    } else {
-        model_type == "bert"
-    };
+    let supported = model_type == "bert";
     if !supported {
         let shown = if architecture.is_empty() {
             "no architectures in config.json".to_string()

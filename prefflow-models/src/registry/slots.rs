@@ -11,14 +11,14 @@ use candle_core::Device;
 use super::metadata::{FileMetadata, local_only};
 use crate::bert::Bert;
 use crate::decode::{Decoder, LoadOptions};
+use crate::decoder_head::DecoderClassifier;
 use crate::encode::{Backend, EncoderWorker};
 use crate::error::{ModelError, ModelResult};
 use crate::marian::Marian;
 use crate::model::LoadedModel;
-use crate::qwen2::Qwen2Classifier;
 use crate::remote::RemoteModel;
 use crate::settings::PrefflowOptions;
-use crate::transformer::Matrices;
+use crate::transformer::{FAMILIES, Family, Matrices};
 use crate::types::{ModelInfo, ModelKind, ModelSpec};
 
 /// A loaded local model, of whichever runtime runs it.
@@ -238,14 +238,19 @@ fn load_backend(
     let candle = |e: candle_core::Error| ModelError::candle(&spec.name, &e);
     match info.model_type.as_str() {
         "bert" => Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?)),
-        "qwen2" | "llama" if info.architecture.ends_with("ForSequenceClassification") => Ok(
-            Box::new(Qwen2Classifier::load(spec, info, device).map_err(candle)?),
-        ),
+        family
+            if Family::from_name(family).is_some()
+                && info.architecture.ends_with("ForSequenceClassification") =>
+        {
+            Ok(Box::new(
+                DecoderClassifier::load(spec, info, device).map_err(candle)?,
+            ))
+        }
         other => Err(ModelError::Unsupported {
             model: spec.name.clone(),
             problem: format!(
-                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT encoders and classifiers, Qwen2 and Llama classifiers",
-                info.architecture
+                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT encoders and classifiers, decoder classifiers ({})",
+                info.architecture, FAMILIES
             ),
         }),
     }
