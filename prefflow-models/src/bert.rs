@@ -1,5 +1,7 @@
-//! BERT-family encoders: sentence embeddings (sentence-transformers pooling and
-//! normalisation) and `BertForSequenceClassification` heads (pooler + classifier).
+//! BERT-family encoders — BERT, RoBERTa and XLM-RoBERTa (positions offset past the padding id,
+//! as transformers numbers them) — for sentence embeddings (sentence-transformers pooling and
+//! normalisation) and `*ForSequenceClassification` heads (BERT's pooler + classifier, RoBERTa's
+//! dense + out_proj on <s>).
 //!
 //! The encoder is written here rather than taken from candle-transformers: candle's BERT runs
 //! every linear layer as a batch of small (sequence x hidden) matmuls, one per row, which on
@@ -29,6 +31,8 @@ pub struct Config {
     type_vocab_size: usize,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
 }
 
 fn default_act() -> String {
@@ -191,17 +195,23 @@ impl Encoder {
         }
     }
 
-    /// Hidden states (rows, length, hidden) for padded ids with a 0/1 mask.
-    fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// Hidden states (rows, length, hidden) for padded ids with their position ids and a 0/1
+    /// mask.
+    fn forward(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let (h, heads) = (self.hidden, self.heads);
         let d = h / heads;
-        let positions = Tensor::arange(0u32, l as u32, ids.device())?;
         let x = self
             .words
             .forward(ids)?
             .add(&self.token_types.forward(types)?)?
-            .broadcast_add(&self.positions.forward(&positions)?)?;
+            .add(&self.positions.forward(positions)?)?;
         // Every linear layer runs on (rows * length, hidden): one big matmul.
         let mut x = self.norm.forward(&x)?.reshape((b * l, h))?;
         // Padded keys get a large negative score, so softmax gives them no weight.
@@ -234,13 +244,25 @@ impl Encoder {
     }
 }
 
-/// A loaded BERT model.
+/// A classification head.
+enum Head {
+    /// BERT: pooler.dense → tanh → classifier, on [CLS].
+    Pooler(Linear, Linear),
+    /// RoBERTa: classifier.dense → tanh → classifier.out_proj, on <s>.
+    Roberta(Linear, Linear),
+}
+
+/// A loaded BERT-family model.
 pub struct Bert {
     model: Encoder,
-    /// pooler.dense and classifier, for sequence classification.
-    head: Option<(Linear, Linear)>,
+    head: Option<Head>,
     pooling: Pooling,
     normalize: bool,
+    /// RoBERTa's first position id (padding_idx + 1); 0 for BERT.
+    first_position: Option<u32>,
+    /// Segment ids the model has: RoBERTa has one, so a pair's second segment reads as 0, as
+    /// transformers (which passes no token_type_ids to RoBERTa) does.
+    type_vocab: usize,
     device: Device,
 }
 
@@ -252,33 +274,38 @@ impl Bert {
         let files = safetensors_files(&spec.name, &spec.path).map_err(candle_core::Error::wrap)?;
         // SAFETY: the weight files are not modified while mapped (they are read-only inputs).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
-        let base = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb.clone()
+        let roberta = matches!(info.model_type.as_str(), "roberta" | "xlm-roberta");
+        let prefix = ["bert", "roberta"]
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")));
+        let base = match prefix {
+            Some(p) => vb.pp(p),
+            None => vb.clone(),
         };
-        let model = Encoder::load(base, &config)?;
-        let head = if info.architecture.ends_with("ForSequenceClassification") {
-            let prefix = if vb.contains_tensor("bert.pooler.dense.weight") {
-                "bert.pooler.dense"
-            } else {
-                "pooler.dense"
-            };
-            let pooler = linear(config.hidden_size, config.hidden_size, vb.pp(prefix))?;
-            let classifier = linear(
-                config.hidden_size,
-                info.labels.len().max(1),
-                vb.pp("classifier"),
-            )?;
-            Some((pooler, classifier))
-        } else {
+        let model = Encoder::load(base.clone(), &config)?;
+        let (h, labels) = (config.hidden_size, info.labels.len().max(1));
+        let head = if !info.architecture.ends_with("ForSequenceClassification") {
             None
+        } else if roberta {
+            Some(Head::Roberta(
+                linear(h, h, vb.pp("classifier.dense"))?,
+                linear(h, labels, vb.pp("classifier.out_proj"))?,
+            ))
+        } else {
+            Some(Head::Pooler(
+                linear(h, h, base.pp("pooler.dense"))?,
+                linear(h, labels, vb.pp("classifier"))?,
+            ))
         };
+        // transformers numbers RoBERTa's real tokens from padding_idx + 1.
+        let first_position = roberta.then(|| config.pad_token_id.unwrap_or(1) + 1);
         Ok(Self {
             model,
             head,
             pooling: info.pooling,
             normalize: info.normalize,
+            first_position,
+            type_vocab: config.type_vocab_size,
             device: device.clone(),
         })
     }
@@ -289,16 +316,25 @@ impl Bert {
         let mut ids = vec![0u32; rows * len];
         let mut types = vec![0u32; rows * len];
         let mut mask = vec![0u32; rows * len];
+        // Padded positions are masked out; RoBERTa gives them padding_idx, as transformers.
+        let first = self.first_position.unwrap_or(0);
+        let mut positions = vec![first.saturating_sub(1); rows * len];
         for (r, e) in batch.iter().enumerate() {
             let at = r * len;
             ids[at..at + e.ids.len()].copy_from_slice(&e.ids);
-            types[at..at + e.type_ids.len()].copy_from_slice(&e.type_ids);
+            if self.type_vocab > 1 {
+                types[at..at + e.type_ids.len()].copy_from_slice(&e.type_ids);
+            }
             mask[at..at + e.ids.len()].fill(1);
+            for (i, p) in positions[at..at + e.ids.len()].iter_mut().enumerate() {
+                *p = first + i as u32;
+            }
         }
         let ids = Tensor::from_vec(ids, (rows, len), &self.device)?;
         let types = Tensor::from_vec(types, (rows, len), &self.device)?;
+        let positions = Tensor::from_vec(positions, (rows, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, len), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, &mask)?;
+        let hidden = self.model.forward(&ids, &types, &positions, &mask)?;
         Ok((hidden, mask))
     }
 }
@@ -308,41 +344,71 @@ impl Backend for Bert {
         let (hidden, mask) = self.hidden(batch)?;
         let out = match task {
             Task::Embed => {
-                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let pooled = match self.pooling {
-                    Pooling::Cls => hidden.i((.., 0))?,
-                    Pooling::Mean => {
-                        let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
-                        let count = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-                        sum.broadcast_div(&count)?
-                    }
-                    Pooling::Max => {
-                        // Padded positions must never win the max.
-                        let neg = ((mask.ones_like()? - &mask)? * -1e9)?;
-                        hidden.broadcast_add(&neg)?.max(1)?
-                    }
-                };
-                if self.normalize {
-                    let norm = pooled
-                        .sqr()?
-                        .sum_keepdim(D::Minus1)?
-                        .sqrt()?
-                        .clamp(1e-12, f64::MAX)?;
-                    pooled.broadcast_div(&norm)?
-                } else {
-                    pooled
-                }
+                let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
+                pool(&hidden, &mask, &lengths, self.pooling, self.normalize)?
             }
             Task::Score => {
-                let Some((pooler, classifier)) = &self.head else {
-                    candle_core::bail!(
-                        "this BERT model has no classification head (architectures in config.json)"
-                    );
-                };
                 let cls = hidden.i((.., 0))?;
-                classifier.forward(&pooler.forward(&cls)?.tanh()?)?
+                match &self.head {
+                    Some(Head::Pooler(pooler, classifier)) => {
+                        classifier.forward(&pooler.forward(&cls)?.tanh()?)?
+                    }
+                    Some(Head::Roberta(dense, out)) => {
+                        out.forward(&dense.forward(&cls)?.tanh()?)?
+                    }
+                    None => candle_core::bail!(
+                        "this encoder has no classification head (architectures in config.json)"
+                    ),
+                }
             }
         };
         out.to_dtype(DType::F32)?.to_vec2()
     }
+}
+
+/// sentence-transformers pooling of padded hidden states (rows, length, hidden) with their 0/1
+/// mask and real lengths, then the Normalize module where the model has one.
+pub fn pool(
+    hidden: &Tensor,
+    mask: &Tensor,
+    lengths: &[usize],
+    pooling: Pooling,
+    normalize: bool,
+) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let pooled = match pooling {
+        Pooling::Cls => hidden.i((.., 0))?,
+        Pooling::Mean | Pooling::MeanSqrtLen => {
+            let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let count = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+            let count = if pooling == Pooling::MeanSqrtLen {
+                count.sqrt()?
+            } else {
+                count
+            };
+            sum.broadcast_div(&count)?
+        }
+        Pooling::Max => {
+            // Padded positions must never win the max.
+            let neg = ((mask.ones_like()? - &mask)? * -1e9)?;
+            hidden.broadcast_add(&neg)?.max(1)?
+        }
+        Pooling::LastToken => {
+            let rows = lengths
+                .iter()
+                .enumerate()
+                .map(|(r, &n)| hidden.i((r, n.max(1) - 1)))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&rows, 0)?
+        }
+    };
+    if !normalize {
+        return Ok(pooled);
+    }
+    let norm = pooled
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    pooled.broadcast_div(&norm)
 }

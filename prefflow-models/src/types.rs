@@ -118,6 +118,10 @@ pub enum Pooling {
     Cls,
     /// Element-wise max over real tokens.
     Max,
+    /// Sum over real tokens divided by the square root of their count.
+    MeanSqrtLen,
+    /// The last real token (decoder embedders: Qwen3-Embedding, e5-mistral).
+    LastToken,
 }
 
 /// What a model is, read from its JSON files without loading weights.

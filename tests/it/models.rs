@@ -21,15 +21,20 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Embeddings of `sentences` in one query, in input order.
+/// Embeddings of `sentences` by minilm in one query, in input order.
 async fn embed(engine: &Engine, sentences: &[String]) -> Vec<Vec<f32>> {
+    embed_with(engine, "minilm", sentences).await
+}
+
+/// Embeddings of `sentences` by `model` in one query, in input order.
+async fn embed_with(engine: &Engine, model: &str, sentences: &[String]) -> Vec<Vec<f32>> {
     let values: Vec<String> = sentences
         .iter()
         .enumerate()
         .map(|(i, s)| format!("({i}, {})", quote(s)))
         .collect();
     let sql = format!(
-        "SELECT i, ai_embed('minilm', t) AS e FROM (VALUES {}) v(i, t) ORDER BY i",
+        "SELECT i, ai_embed('{model}', t) AS e FROM (VALUES {}) v(i, t) ORDER BY i",
         values.join(", ")
     );
     let batches = engine.query(&sql).await.unwrap();
@@ -209,5 +214,99 @@ async fn ai_reward_matches_transformers() {
                 .value(0);
             assert_eq!(alone, got[i], "{head}: row {i} alone vs in a batch");
         }
+    }
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Tiny random-weight embedders against sentence-transformers (tests/fixtures/encoders, from
+/// scripts/reference/encoder_fixtures.py): XLM-RoBERTa with mean pooling (positions past the
+/// padding id), a Qwen3 decoder with last-token pooling (Qwen3-Embedding's shape) and BERT with
+/// CLS pooling, all cosine >= 0.9999 and within 1e-4; one sentence at a time equals the batch.
+/// And a RoBERTa reward model on text pairs against transformers, within 1e-4 relative.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_encoders_match_sentence_transformers() {
+    let engine = engine(2);
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/encoders/reference.json").unwrap(),
+    )
+    .unwrap();
+    let sentences = strings(&reference["sentences"]);
+    for name in ["xlmr", "qwen3_embed", "bert_cls"] {
+        let r = &reference[name];
+        engine
+            .sql(&format!(
+                "CREATE OR REPLACE MODEL e FROM '{}'",
+                r["path"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        let got = embed_with(&engine, "e", &sentences).await;
+        let expected = r["embeddings"].as_array().unwrap();
+        assert_eq!(got.len(), expected.len(), "{name}");
+        for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+            let e: Vec<f32> = e
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let cos: f32 = g.iter().zip(&e).map(|(x, y)| x * y).sum::<f32>()
+                / (g.iter().map(|x| x * x).sum::<f32>().sqrt()
+                    * e.iter().map(|x| x * x).sum::<f32>().sqrt());
+            let d = max_abs_diff(g, &e);
+            assert!(
+                cos >= 0.9999 && d < 1e-4,
+                "{name} sentence {i}: cosine {cos}, max diff {d}"
+            );
+        }
+        for (i, s) in sentences.iter().enumerate() {
+            let alone = embed_with(&engine, "e", std::slice::from_ref(s)).await;
+            let d = max_abs_diff(&alone[0], &got[i]);
+            assert!(
+                d < 1e-5,
+                "{name} sentence {i}: alone and batched differ by {d}"
+            );
+        }
+    }
+    let r = &reference["roberta_rm"];
+    engine
+        .sql(&format!(
+            "CREATE OR REPLACE MODEL rm FROM '{}'",
+            r["path"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    for (pair, want) in reference["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["scores"].as_array().unwrap())
+    {
+        let pair = strings(pair);
+        let sql = format!(
+            "SELECT ai_reward('rm', {}, {})",
+            quote(&pair[0]),
+            quote(&pair[1])
+        );
+        let b = engine.query(&sql).await.unwrap();
+        let got = b[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .value(0);
+        let want = want.as_f64().unwrap();
+        let rel = (got - want).abs() / want.abs().max(1e-6);
+        assert!(
+            rel < 1e-4,
+            "roberta_rm {pair:?}: {got} vs transformers {want}"
+        );
     }
 }

@@ -416,12 +416,12 @@ fn create_model_refuses_architectures_it_cannot_run() {
             "DebertaV2ForSequenceClassification (model_type 'deberta-v2') is not supported",
         ),
         (
-            "xlmr",
+            "modernbert",
             set(vec![
-                ("model_type", "xlm-roberta".into()),
-                ("architectures", serde_json::json!(["XLMRobertaModel"])),
+                ("model_type", "modernbert".into()),
+                ("architectures", serde_json::json!(["ModernBertModel"])),
             ]),
-            "XLMRobertaModel (model_type 'xlm-roberta') is not supported",
+            "ModernBertModel (model_type 'modernbert') is not supported",
         ),
     ];
     for (name, edit, needle) in cases {

@@ -197,9 +197,12 @@ fn classify(name: &str, path: &Path) -> ModelResult<(ModelKind, Option<PathBuf>)
         return Ok((ModelKind::Decoder, Some(file)));
     }
     let config = read_json(name, &path.join("config.json"))?;
+    // A sentence-transformers folder embeds, whatever head its config names (Qwen3-Embedding
+    // says Qwen3ForCausalLM).
     let causal = config["architectures"][0]
         .as_str()
-        .is_some_and(|a| a.ends_with("ForCausalLM"));
+        .is_some_and(|a| a.ends_with("ForCausalLM"))
+        && !path.join("modules.json").exists();
     Ok((
         if causal {
             ModelKind::Decoder
@@ -249,16 +252,22 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
     let config = read_json(name, &path.join("config.json"))?;
     let architecture = config["architectures"][0].as_str().unwrap_or("");
     let model_type = config["model_type"].as_str().unwrap_or("");
-    const CLASSIFIERS: &str = "BERT (BertForSequenceClassification) and *ForSequenceClassification of every decoder family";
+    const CLASSIFIERS: &str = "BERT, RoBERTa and XLM-RoBERTa (*ForSequenceClassification) and *ForSequenceClassification of every decoder family";
     let decoder_family = crate::transformer::Family::from_name(model_type).is_some();
+    // A decoder body under another head: a classifier, or an embedder (sentence-transformers
+    // files beside a *Model or *ForCausalLM folder).
+    let embedder = path.join("modules.json").exists();
     if architecture.ends_with("ForCausalLM")
-        || (decoder_family && architecture.ends_with("ForSequenceClassification"))
+        || (decoder_family
+            && (architecture.ends_with("ForSequenceClassification")
+                || architecture.ends_with("Model")
+                || embedder))
     {
         return crate::transformer::Config::from_json(&config)
             .map(|_| ())
             .map_err(|e| unsupported(format!("{architecture}: {e}")));
     }
-    let supported = model_type == "bert";
+    let supported = matches!(model_type, "bert" | "roberta" | "xlm-roberta");
     if !supported {
         let shown = if architecture.is_empty() {
             "no architectures in config.json".to_string()
@@ -266,7 +275,7 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
             architecture.to_string()
         };
         return Err(unsupported(format!(
-            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders ({}: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, BERT encoders (BertModel) and Marian translation models",
+            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders ({}: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, encoders (BERT, RoBERTa, XLM-RoBERTa; decoder embedders) and Marian translation models",
             crate::transformer::FAMILIES
         )));
     }

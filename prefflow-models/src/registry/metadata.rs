@@ -177,15 +177,11 @@ impl ModelInfo {
         .or_else(|| config["max_position_embeddings"].as_u64())
         .unwrap_or(512) as usize;
         let pooling_file = dir.join("1_Pooling/config.json");
+        let decoder_family = crate::transformer::Family::from_name(&model_type).is_some();
         let pooling = if pooling_file.exists() {
-            let p = read_json(model, &pooling_file)?;
-            if p["pooling_mode_cls_token"].as_bool() == Some(true) {
-                Pooling::Cls
-            } else if p["pooling_mode_max_tokens"].as_bool() == Some(true) {
-                Pooling::Max
-            } else {
-                Pooling::Mean
-            }
+            pooling_mode(model, &pooling_file, &read_json(model, &pooling_file)?)?
+        } else if decoder_family {
+            Pooling::LastToken
         } else {
             Pooling::Cls
         };
@@ -230,5 +226,58 @@ impl ModelInfo {
             self.model_type.as_str(),
             "bert" | "roberta" | "xlm-roberta" | "distilbert" | ""
         ) && !self.architecture.starts_with("Bert")
+    }
+}
+
+/// A sentence-transformers Pooling module's mode: the `pooling_mode` name (sentence-transformers
+/// 5 and later) or the `pooling_mode_*` flags of older files. Modes prefflow cannot compute are
+/// refused rather than replaced by another.
+fn pooling_mode(model: &str, file: &Path, p: &serde_json::Value) -> ModelResult<Pooling> {
+    let flag = |k: &str| p[k].as_bool() == Some(true);
+    let name = match p["pooling_mode"].as_str() {
+        Some(n) => n.to_string(),
+        None if flag("pooling_mode_cls_token") => "cls".into(),
+        None if flag("pooling_mode_max_tokens") => "max".into(),
+        None if flag("pooling_mode_mean_sqrt_len_tokens") => "mean_sqrt_len_tokens".into(),
+        None if flag("pooling_mode_lasttoken") => "lasttoken".into(),
+        None if flag("pooling_mode_weightedmean_tokens") => "weightedmean".into(),
+        None => "mean".into(),
+    };
+    let several = [
+        "pooling_mode_cls_token",
+        "pooling_mode_max_tokens",
+        "pooling_mode_mean_tokens",
+        "pooling_mode_mean_sqrt_len_tokens",
+        "pooling_mode_lasttoken",
+        "pooling_mode_weightedmean_tokens",
+    ]
+    .iter()
+    .filter(|k| flag(k))
+    .count()
+        > 1;
+    let refuse = |what: String| ModelError::File {
+        model: model.to_string(),
+        path: file.display().to_string(),
+        problem: what,
+    };
+    if several {
+        return Err(refuse(
+            "several pooling modes at once (concatenated embeddings) are not supported".into(),
+        ));
+    }
+    if p["include_prompt"].as_bool() == Some(false) {
+        return Err(refuse(
+            "include_prompt false (pooling without the prompt's tokens) is not supported".into(),
+        ));
+    }
+    match name.as_str() {
+        "cls" => Ok(Pooling::Cls),
+        "mean" => Ok(Pooling::Mean),
+        "max" => Ok(Pooling::Max),
+        "mean_sqrt_len_tokens" => Ok(Pooling::MeanSqrtLen),
+        "lasttoken" => Ok(Pooling::LastToken),
+        other => Err(refuse(format!(
+            "pooling mode '{other}' is not supported (cls, mean, max, mean_sqrt_len_tokens and lasttoken are)"
+        ))),
     }
 }

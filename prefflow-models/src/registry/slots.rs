@@ -11,7 +11,7 @@ use candle_core::Device;
 use super::metadata::{FileMetadata, local_only};
 use crate::bert::Bert;
 use crate::decode::{Decoder, LoadOptions};
-use crate::decoder_head::DecoderClassifier;
+use crate::decoder_head::DecoderHead;
 use crate::encode::{Backend, EncoderWorker};
 use crate::error::{ModelError, ModelResult};
 use crate::marian::Marian;
@@ -237,19 +237,16 @@ fn load_backend(
 ) -> ModelResult<Box<dyn Backend>> {
     let candle = |e: candle_core::Error| ModelError::candle(&spec.name, &e);
     match info.model_type.as_str() {
-        "bert" => Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?)),
-        family
-            if Family::from_name(family).is_some()
-                && info.architecture.ends_with("ForSequenceClassification") =>
-        {
-            Ok(Box::new(
-                DecoderClassifier::load(spec, info, device).map_err(candle)?,
-            ))
+        "bert" | "roberta" | "xlm-roberta" => {
+            Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?))
         }
+        family if Family::from_name(family).is_some() => Ok(Box::new(
+            DecoderHead::load(spec, info, device).map_err(candle)?,
+        )),
         other => Err(ModelError::Unsupported {
             model: spec.name.clone(),
             problem: format!(
-                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT encoders and classifiers, decoder classifiers ({})",
+                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT, RoBERTa and XLM-RoBERTa encoders and classifiers, decoder classifiers and embedders ({})",
                 info.architecture, FAMILIES
             ),
         }),
