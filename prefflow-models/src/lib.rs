@@ -7,7 +7,8 @@
 //!   cache's keys and store), `boundary` (model errors named after the SQL function, CPU work
 //!   off the runtime), `template` and `memory_budget` (bounded Jinja renders), `values` (SQL
 //!   rows as template values): what the services below and the SQL functions share.
-//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `decoder_head`: files and architectures.
+//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `deberta`, `decoder_head`: files and
+//!   architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
 //!   `remote` (OpenAI-compatible servers).
@@ -24,6 +25,7 @@ pub mod bert;
 pub mod boundary;
 pub mod call_stats;
 pub mod chat;
+pub mod deberta;
 pub mod decode;
 pub mod decoder_head;
 pub mod encode;

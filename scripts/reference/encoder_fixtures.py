@@ -10,6 +10,10 @@ ai_reward parity tests of the families without offline weights:
   tests/fixtures/encoders/qwen3_embed/ Qwen3Model as a sentence-transformers model (last-token
                                        pooling, Normalize): Qwen3-Embedding shape
   tests/fixtures/encoders/bert_cls/    BertModel with CLS pooling and no Normalize
+  tests/fixtures/encoders/deberta_rm/  DebertaV2ForSequenceClassification with DeBERTa-v3's
+                                       attention (c2p and p2c, shared keys, 8 log buckets so
+                                       that the pairs' distances pass them, normed relative
+                                       embeddings, no absolute positions)
   tests/fixtures/encoders/reference.json
 
 Tokenizers: a byte-level BPE trained here with RoBERTa's <s> ... </s> template (xlmr, roberta),
@@ -31,6 +35,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     BertConfig,
     BertModel,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     PreTrainedTokenizerFast,
     Qwen3Config,
     Qwen3Model,
@@ -138,6 +144,22 @@ def main() -> None:
     wordpiece = PreTrainedTokenizerFast.from_pretrained(str(ROOT / "tests" / "fixtures" / "reward" / "bert"))
     bert = BertModel(BertConfig(vocab_size=len(wordpiece), max_position_embeddings=128, **small), add_pooling_layer=False)
     reference["bert_cls"] = embed_fixture("bert_cls", bert, wordpiece, "cls", False)
+
+    torch.manual_seed(15)
+    deberta = DebertaV2ForSequenceClassification(
+        DebertaV2Config(
+            vocab_size=len(wordpiece), max_position_embeddings=128, relative_attention=True, position_buckets=8,
+            max_relative_positions=-1, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True,
+            position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7, pooler_hidden_size=32,
+            pooler_hidden_act="gelu", num_labels=1, **small,
+        )
+    ).eval()
+    folder = OUT / "deberta_rm"
+    deberta.save_pretrained(folder)
+    wordpiece.save_pretrained(folder)
+    with torch.no_grad():
+        scores = [float(deberta(**wordpiece(p, r, return_tensors="pt")).logits[0, 0]) for p, r in PAIRS]
+    reference["deberta_rm"] = {"path": "tests/fixtures/encoders/deberta_rm", "scores": scores}
 
     (OUT / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     print({k: (v["path"] if isinstance(v, dict) else len(v)) for k, v in reference.items()})

@@ -229,7 +229,8 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 /// scripts/reference/encoder_fixtures.py): XLM-RoBERTa with mean pooling (positions past the
 /// padding id), a Qwen3 decoder with last-token pooling (Qwen3-Embedding's shape) and BERT with
 /// CLS pooling, all cosine >= 0.9999 and within 1e-4; one sentence at a time equals the batch.
-/// And a RoBERTa reward model on text pairs against transformers, within 1e-4 relative.
+/// And RoBERTa and DeBERTa-v3 reward models on text pairs against transformers, within 1e-4
+/// relative.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_encoders_match_sentence_transformers() {
     let engine = engine(2);
@@ -275,38 +276,39 @@ async fn tiny_encoders_match_sentence_transformers() {
             );
         }
     }
-    let r = &reference["roberta_rm"];
-    engine
-        .sql(&format!(
-            "CREATE OR REPLACE MODEL rm FROM '{}'",
-            r["path"].as_str().unwrap()
-        ))
-        .await
-        .unwrap();
-    for (pair, want) in reference["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["scores"].as_array().unwrap())
-    {
-        let pair = strings(pair);
-        let sql = format!(
-            "SELECT ai_reward('rm', {}, {})",
-            quote(&pair[0]),
-            quote(&pair[1])
-        );
-        let b = engine.query(&sql).await.unwrap();
-        let got = b[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap()
-            .value(0);
-        let want = want.as_f64().unwrap();
-        let rel = (got - want).abs() / want.abs().max(1e-6);
+    for name in ["roberta_rm", "deberta_rm"] {
+        let r = &reference[name];
+        engine
+            .sql(&format!(
+                "CREATE OR REPLACE MODEL rm FROM '{}'",
+                r["path"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        let expected = r["scores"].as_array().unwrap();
+        for (pair, want) in reference["pairs"].as_array().unwrap().iter().zip(expected) {
+            let pair = strings(pair);
+            let sql = format!(
+                "SELECT ai_reward('rm', {}, {})",
+                quote(&pair[0]),
+                quote(&pair[1])
+            );
+            let b = engine.query(&sql).await.unwrap();
+            let got = b[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .value(0);
+            let want = want.as_f64().unwrap();
+            let rel = (got - want).abs() / want.abs().max(1e-6);
+            assert!(rel < 1e-4, "{name} {pair:?}: {got} vs transformers {want}");
+        }
         assert!(
-            rel < 1e-4,
-            "roberta_rm {pair:?}: {got} vs transformers {want}"
+            expected
+                .iter()
+                .any(|e| (e.as_f64().unwrap() - expected[0].as_f64().unwrap()).abs() > 0.05),
+            "{name}: constant scores"
         );
     }
 }

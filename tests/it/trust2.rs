@@ -405,17 +405,6 @@ fn create_model_refuses_architectures_it_cannot_run() {
             "rope scaling 'yarn' needs original_max_position_embeddings",
         ),
         (
-            "deberta",
-            set(vec![
-                ("model_type", "deberta-v2".into()),
-                (
-                    "architectures",
-                    serde_json::json!(["DebertaV2ForSequenceClassification"]),
-                ),
-            ]),
-            "DebertaV2ForSequenceClassification (model_type 'deberta-v2') is not supported",
-        ),
-        (
             "modernbert",
             set(vec![
                 ("model_type", "modernbert".into()),

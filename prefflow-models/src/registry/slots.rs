@@ -240,13 +240,16 @@ fn load_backend(
         "bert" | "roberta" | "xlm-roberta" => {
             Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?))
         }
+        "deberta-v2" => Ok(Box::new(
+            crate::deberta::Deberta::load(spec, info, device).map_err(candle)?,
+        )),
         family if Family::from_name(family).is_some() => Ok(Box::new(
             DecoderHead::load(spec, info, device).map_err(candle)?,
         )),
         other => Err(ModelError::Unsupported {
             model: spec.name.clone(),
             problem: format!(
-                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT, RoBERTa and XLM-RoBERTa encoders and classifiers, decoder classifiers and embedders ({})",
+                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT, RoBERTa, XLM-RoBERTa and DeBERTa-v2/v3 encoders and classifiers, decoder classifiers and embedders ({})",
                 info.architecture, FAMILIES
             ),
         }),
