@@ -7,7 +7,8 @@
 //!   cache's keys and store), `boundary` (model errors named after the SQL function, CPU work
 //!   off the runtime), `template` and `memory_budget` (bounded Jinja renders), `values` (SQL
 //!   rows as template values): what the services below and the SQL functions share.
-//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `deberta`, `decoder_head`: files and
+//! - `source`, `hub`, `gguf`, `rope`, `transformer`, `bert`, `deberta`, `modernbert`, `decoder_head`:
+//!   files and
 //!   architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
@@ -39,6 +40,7 @@ pub mod marian;
 pub mod marian_net;
 pub mod memory_budget;
 pub mod model;
+pub mod modernbert;
 pub mod registry;
 pub mod remote;
 pub mod result_key;

@@ -14,6 +14,10 @@ ai_reward parity tests of the families without offline weights:
                                        attention (c2p and p2c, shared keys, 8 log buckets so
                                        that the pairs' distances pass them, normed relative
                                        embeddings, no absolute positions)
+  tests/fixtures/encoders/modernbert/  ModernBertModel as a sentence-transformers model (mean
+                                       pooling, Normalize): a global then a local layer
+                                       (local_attention 8: ±4 tokens), two RoPE bases
+  tests/fixtures/encoders/modernbert_rm/ ModernBertForSequenceClassification (mean pooling)
   tests/fixtures/encoders/reference.json
 
 Tokenizers: a byte-level BPE trained here with RoBERTa's <s> ... </s> template (xlmr, roberta),
@@ -37,6 +41,9 @@ from transformers import (
     BertModel,
     DebertaV2Config,
     DebertaV2ForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
+    ModernBertModel,
     PreTrainedTokenizerFast,
     Qwen3Config,
     Qwen3Model,
@@ -83,7 +90,8 @@ def roberta_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def sentence_model(folder: Path, pooling: str, normalize: bool) -> SentenceTransformer:
-    word = st.Transformer(str(folder))
+    # Eager attention: the reference masks (ModernBERT's local window) as written.
+    word = st.Transformer(str(folder), model_args={"attn_implementation": "eager"})
     pool = st.Pooling(word.get_embedding_dimension(), pooling_mode=pooling)
     modules = [word, pool] + ([st.Normalize()] if normalize else [])
     return SentenceTransformer(modules=modules, device="cpu")
@@ -97,7 +105,7 @@ def embed_fixture(name: str, model, tok, pooling: str, normalize: bool) -> dict:
     shutil.rmtree(folder)
     s.save(str(folder))
     (folder / "README.md").unlink(missing_ok=True)
-    s = SentenceTransformer(str(folder), device="cpu")
+    s = SentenceTransformer(str(folder), device="cpu", model_kwargs={"attn_implementation": "eager"})
     vectors = s.encode(SENTENCES, batch_size=3, convert_to_numpy=True)
     return {"path": f"tests/fixtures/encoders/{name}", "embeddings": [[float(x) for x in v] for v in vectors]}
 
@@ -160,6 +168,24 @@ def main() -> None:
     with torch.no_grad():
         scores = [float(deberta(**wordpiece(p, r, return_tensors="pt")).logits[0, 0]) for p, r in PAIRS]
     reference["deberta_rm"] = {"path": "tests/fixtures/encoders/deberta_rm", "scores": scores}
+
+    def modern(**extra) -> ModernBertConfig:
+        ids = {k: wordpiece.convert_tokens_to_ids(t) for k, t in [("pad_token_id", "[PAD]"), ("cls_token_id", "[CLS]"), ("sep_token_id", "[SEP]"), ("bos_token_id", "[CLS]"), ("eos_token_id", "[SEP]")]}
+        return ModernBertConfig(
+            vocab_size=len(wordpiece), max_position_embeddings=128, local_attention=8, global_attn_every_n_layers=2,
+            global_rope_theta=160000.0, local_rope_theta=10000.0, **ids, **small, **extra,
+        )
+
+    torch.manual_seed(16)
+    reference["modernbert"] = embed_fixture("modernbert", ModernBertModel(modern()), wordpiece, "mean", True)
+    torch.manual_seed(17)
+    mrm = ModernBertForSequenceClassification(modern(num_labels=1, classifier_pooling="mean")).eval()
+    folder = OUT / "modernbert_rm"
+    mrm.save_pretrained(folder)
+    wordpiece.save_pretrained(folder)
+    with torch.no_grad():
+        scores = [float(mrm(**wordpiece(p, r, return_tensors="pt", return_token_type_ids=False)).logits[0, 0]) for p, r in PAIRS]
+    reference["modernbert_rm"] = {"path": "tests/fixtures/encoders/modernbert_rm", "scores": scores}
 
     (OUT / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     print({k: (v["path"] if isinstance(v, dict) else len(v)) for k, v in reference.items()})

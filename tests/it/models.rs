@@ -227,9 +227,10 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 
 /// Tiny random-weight embedders against sentence-transformers (tests/fixtures/encoders, from
 /// scripts/reference/encoder_fixtures.py): XLM-RoBERTa with mean pooling (positions past the
-/// padding id), a Qwen3 decoder with last-token pooling (Qwen3-Embedding's shape) and BERT with
-/// CLS pooling, all cosine >= 0.9999 and within 1e-4; one sentence at a time equals the batch.
-/// And RoBERTa and DeBERTa-v3 reward models on text pairs against transformers, within 1e-4
+/// padding id), a Qwen3 decoder with last-token pooling (Qwen3-Embedding's shape), BERT with
+/// CLS pooling and ModernBERT (a global and a local layer of ±4 tokens, two RoPE bases), all
+/// cosine >= 0.9999 and within 1e-4; one sentence at a time equals the batch. And RoBERTa,
+/// DeBERTa-v3 and ModernBERT reward models on text pairs against transformers, within 1e-4
 /// relative.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_encoders_match_sentence_transformers() {
@@ -239,7 +240,7 @@ async fn tiny_encoders_match_sentence_transformers() {
     )
     .unwrap();
     let sentences = strings(&reference["sentences"]);
-    for name in ["xlmr", "qwen3_embed", "bert_cls"] {
+    for name in ["xlmr", "qwen3_embed", "bert_cls", "modernbert"] {
         let r = &reference[name];
         engine
             .sql(&format!(
@@ -276,7 +277,7 @@ async fn tiny_encoders_match_sentence_transformers() {
             );
         }
     }
-    for name in ["roberta_rm", "deberta_rm"] {
+    for name in ["roberta_rm", "deberta_rm", "modernbert_rm"] {
         let r = &reference[name];
         engine
             .sql(&format!(

@@ -405,12 +405,24 @@ fn create_model_refuses_architectures_it_cannot_run() {
             "rope scaling 'yarn' needs original_max_position_embeddings",
         ),
         (
-            "modernbert",
+            "electra",
             set(vec![
-                ("model_type", "modernbert".into()),
-                ("architectures", serde_json::json!(["ModernBertModel"])),
+                ("model_type", "electra".into()),
+                ("architectures", serde_json::json!(["ElectraModel"])),
             ]),
-            "ModernBertModel (model_type 'modernbert') is not supported",
+            "ElectraModel (model_type 'electra') is not supported",
+        ),
+        (
+            "deberta_xlarge",
+            set(vec![
+                ("model_type", "deberta-v2".into()),
+                (
+                    "architectures",
+                    serde_json::json!(["DebertaV2ForSequenceClassification"]),
+                ),
+                ("conv_kernel_size", 3.into()),
+            ]),
+            "convolution layer (conv_kernel_size 3) is not supported",
         ),
     ];
     for (name, edit, needle) in cases {

@@ -252,7 +252,7 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
     let config = read_json(name, &path.join("config.json"))?;
     let architecture = config["architectures"][0].as_str().unwrap_or("");
     let model_type = config["model_type"].as_str().unwrap_or("");
-    const CLASSIFIERS: &str = "BERT, RoBERTa, XLM-RoBERTa and DeBERTa-v2/v3 (*ForSequenceClassification) and *ForSequenceClassification of every decoder family";
+    const CLASSIFIERS: &str = "BERT, RoBERTa, XLM-RoBERTa, DeBERTa-v2/v3 and ModernBERT (*ForSequenceClassification) and *ForSequenceClassification of every decoder family";
     let decoder_family = crate::transformer::Family::from_name(model_type).is_some();
     // A decoder body under another head: a classifier, or an embedder (sentence-transformers
     // files beside a *Model or *ForCausalLM folder).
@@ -269,8 +269,15 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
     }
     let supported = matches!(
         model_type,
-        "bert" | "roberta" | "xlm-roberta" | "deberta-v2"
+        "bert" | "roberta" | "xlm-roberta" | "deberta-v2" | "modernbert"
     );
+    // deberta-v2-xlarge's convolution after the first layer is not implemented.
+    if model_type == "deberta-v2" && config["conv_kernel_size"].as_u64().unwrap_or(0) > 0 {
+        return Err(unsupported(format!(
+            "{architecture}: DeBERTa's convolution layer (conv_kernel_size {}) is not supported; DeBERTa-v3 models have none",
+            config["conv_kernel_size"]
+        )));
+    }
     if !supported {
         let shown = if architecture.is_empty() {
             "no architectures in config.json".to_string()
@@ -278,7 +285,7 @@ fn check_architecture(name: &str, path: &Path) -> ModelResult<()> {
             architecture.to_string()
         };
         return Err(unsupported(format!(
-            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders ({}: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, encoders (BERT, RoBERTa, XLM-RoBERTa, DeBERTa-v2/v3; decoder embedders) and Marian translation models",
+            "{shown} (model_type '{model_type}') is not supported: prefflow runs decoders ({}: *ForCausalLM folders or GGUF files), reward models {CLASSIFIERS}, encoders (BERT, RoBERTa, XLM-RoBERTa, DeBERTa-v2/v3, ModernBERT; decoder embedders) and Marian translation models",
             crate::transformer::FAMILIES
         )));
     }

@@ -224,7 +224,7 @@ impl ModelInfo {
     pub fn is_decoder(&self) -> bool {
         !matches!(
             self.model_type.as_str(),
-            "bert" | "roberta" | "xlm-roberta" | "deberta-v2" | "distilbert" | ""
+            "bert" | "roberta" | "xlm-roberta" | "deberta-v2" | "modernbert" | "distilbert" | ""
         ) && !self.architecture.starts_with("Bert")
     }
 }

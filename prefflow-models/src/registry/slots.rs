@@ -240,6 +240,9 @@ fn load_backend(
         "bert" | "roberta" | "xlm-roberta" => {
             Ok(Box::new(Bert::load(spec, info, device).map_err(candle)?))
         }
+        "modernbert" => Ok(Box::new(
+            crate::modernbert::ModernBert::load(spec, info, device).map_err(candle)?,
+        )),
         "deberta-v2" => Ok(Box::new(
             crate::deberta::Deberta::load(spec, info, device).map_err(candle)?,
         )),
@@ -249,7 +252,7 @@ fn load_backend(
         other => Err(ModelError::Unsupported {
             model: spec.name.clone(),
             problem: format!(
-                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT, RoBERTa, XLM-RoBERTa and DeBERTa-v2/v3 encoders and classifiers, decoder classifiers and embedders ({})",
+                "architecture {} (model_type '{other}') is not supported here yet; supported: BERT, RoBERTa, XLM-RoBERTa, DeBERTa-v2/v3 and ModernBERT encoders and classifiers, decoder classifiers and embedders ({})",
                 info.architecture, FAMILIES
             ),
         }),
