@@ -259,11 +259,44 @@ impl Engine {
             }
             ModelStatement::Show => {
                 let specs = models.list();
+                // Headers only (no weights), off the runtime: a sharded checkpoint has many.
+                let summaries = {
+                    let (models, specs) = (Arc::clone(&models), specs.clone());
+                    tokio::task::spawn_blocking(move || {
+                        specs
+                            .iter()
+                            .map(|s| models.summary(s).unwrap_or_default())
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                };
                 let column = |f: &dyn Fn(&ModelSpec) -> String| -> ArrayRef {
                     Arc::new(StringArray::from(specs.iter().map(f).collect::<Vec<_>>()))
                 };
+                let about =
+                    |f: &dyn Fn(&prefflow_udfs::models::summary::Summary) -> String| -> ArrayRef {
+                        Arc::new(StringArray::from(
+                            summaries.iter().map(f).collect::<Vec<_>>(),
+                        ))
+                    };
                 let batch = RecordBatch::try_from_iter(vec![
                     ("name", column(&|s| s.name.clone())),
+                    ("kind", column(&|s| s.kind.as_str().to_string())),
+                    ("architecture", about(&|s| s.architecture.clone())),
+                    (
+                        "parameters",
+                        about(&|s| {
+                            s.parameters
+                                .map(prefflow_udfs::models::summary::human)
+                                .unwrap_or_default()
+                        }),
+                    ),
+                    ("dtype", about(&|s| s.dtype.clone())),
+                    (
+                        "context",
+                        about(&|s| s.context.map(|c| c.to_string()).unwrap_or_default()),
+                    ),
                     ("uri", column(&|s| redact_uri(&s.uri))),
                     ("path", column(&|s| s.path.display().to_string())),
                     (

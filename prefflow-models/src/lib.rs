@@ -13,7 +13,8 @@
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
 //!   `remote` (OpenAI-compatible servers).
-//! - `model` (one resolved handle over the runtimes, with capability checks), `identity`
+//! - `summary` (what SHOW MODELS says of a model, from file headers), `model` (one resolved
+//!   handle over the runtimes, with capability checks), `identity`
 //!   (what the result cache keys a model by), `registry` (declared and loaded models).
 //! - services over the runtimes: `chat` (chat templates), `generation` (prompts, seeds,
 //!   batching, stop strings, local or remote), `translation` (Marian, or a translation
@@ -49,6 +50,7 @@ pub mod secrets;
 pub mod settings;
 pub mod source;
 pub mod stable_hash;
+pub mod summary;
 pub mod template;
 pub mod thread;
 pub mod transformer;

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use crate::error::{ModelError, ModelResult};
 use crate::remote::is_remote;
 use crate::source::read_json;
+use crate::summary::Summary;
 use crate::types::{DecoderInfo, ModelInfo, ModelSpec, Pooling};
 
 /// The file metadata caches of one session.
@@ -19,9 +20,24 @@ pub struct FileMetadata {
     infos: Mutex<HashMap<PathBuf, ModelInfo>>,
     decoder_infos: Mutex<HashMap<PathBuf, DecoderInfo>>,
     tokenizers: Mutex<HashMap<(PathBuf, Option<usize>), Arc<Tokenizer>>>,
+    summaries: Mutex<HashMap<String, Summary>>,
 }
 
 impl FileMetadata {
+    /// What SHOW MODELS says of a model (cached per name and path).
+    pub fn summary(&self, spec: &ModelSpec) -> ModelResult<Summary> {
+        let key = format!("{}|{}", spec.name, spec.path.display());
+        if let Some(s) = self.summaries.lock().expect("metadata lock").get(&key) {
+            return Ok(s.clone());
+        }
+        let s = Summary::read(spec)?;
+        self.summaries
+            .lock()
+            .expect("metadata lock")
+            .insert(key, s.clone());
+        Ok(s)
+    }
+
     /// What a model is, from its JSON files (cached; no weights are read).
     pub fn info(&self, spec: &ModelSpec) -> ModelResult<ModelInfo> {
         local_only(spec)?;

@@ -121,6 +121,11 @@ impl ModelRegistry {
         self.files.info(spec)
     }
 
+    /// What SHOW MODELS says of a model: architecture, parameters, dtype, context.
+    pub fn summary(&self, spec: &ModelSpec) -> ModelResult<crate::summary::Summary> {
+        self.files.summary(spec)
+    }
+
     /// What a decoder's files say about its text (chat template, special tokens), cached.
     pub fn decoder_info(&self, spec: &ModelSpec) -> ModelResult<DecoderInfo> {
         self.files.decoder_info(spec)
