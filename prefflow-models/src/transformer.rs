@@ -254,7 +254,9 @@ impl Config {
             (rope, local),
             windows,
             context,
-            1.0 / (head_dim as f64).sqrt(),
+            // llama.cpp's scale of the scores: 1/sqrt(head_dim) unless the file names one
+            // (attention.scale; Gemma 2 files with query_pre_attn_scalar unlike head_dim).
+            float("attention.scale").map_or(1.0 / (head_dim as f64).sqrt(), |s| s as f64),
             softcaps,
         )?;
         config.interleaved_rope = family == Family::Llama;

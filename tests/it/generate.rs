@@ -304,3 +304,42 @@ async fn tiny_safetensors_decoders_match_transformers() {
         assert_logprobs(&engine, "m", r["logprobs"].as_array().unwrap()).await;
     }
 }
+
+/// The same tiny decoders as GGUF files (scripts/reference/gguf_fixtures.py: llama.cpp's names,
+/// permuted llama q/k, Gemma's stored 1 + w norms, Phi-3's fused matrices, Llama 3's rope_freqs
+/// and LongRoPE's factor tensors, f32 weights) give their safetensors twins' transformers
+/// references: the same greedy text and ai_logprob within 1e-4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_gguf_decoders_match_their_safetensors_twins() {
+    let reference = fixture("tests/fixtures/decoders/reference.json");
+    let max_tokens = reference["max_tokens"].as_u64().unwrap();
+    let families = [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "phi3",
+        "llama3_rope",
+        "llama_yarn",
+        "llama_linear",
+    ];
+    for name in families {
+        let r = &reference["models"][name];
+        let engine = engine(&[format!(
+            "CREATE MODEL m FROM 'tests/fixtures/gguf/{name}/model.gguf'"
+        )])
+        .await;
+        let cases = r["greedy"].as_array().unwrap();
+        let options = format!("'max_tokens', {max_tokens}");
+        let got = generate(&engine, &["m"], cases, &options).await;
+        for (got, c) in got[0].iter().zip(cases) {
+            assert_eq!(
+                got,
+                c["text"].as_str().unwrap(),
+                "{name} GGUF: {:?}",
+                c["prompt"]
+            );
+        }
+        assert_logprobs(&engine, "m", r["logprobs"].as_array().unwrap()).await;
+    }
+}
