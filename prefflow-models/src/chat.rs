@@ -89,6 +89,7 @@ impl ChatPrompts {
         eos: String,
     ) -> Result<Self> {
         let mut env = environment();
+        let template = template.map(|t| hf_tags(&t));
         if let Some(t) = &template {
             env.add_template_owned("chat", t.clone()).map_err(|e| {
                 DataFusionError::Execution(format!(
@@ -158,6 +159,34 @@ impl ChatPrompts {
     }
 }
 
+/// A chat template with transformers' own tags made plain Jinja: `{% generation %}` …
+/// `{% endgeneration %}` (which mark the assistant's tokens for training masks, TRL's
+/// `assistant_only_loss`) render their body, as in transformers, so they become an `if true`
+/// block; whitespace control (`{%-`, `-%}`) is kept. Other unknown tags still fail, with
+/// minijinja's message naming the tag.
+pub fn hf_tags(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}") else {
+            break;
+        };
+        let end = start + len + 2;
+        let tag = &rest[start..end];
+        let word =
+            tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..start]);
+        match word {
+            "generation" => out.push_str(&tag.replacen("generation", "if true", 1)),
+            "endgeneration" => out.push_str(&tag.replacen("endgeneration", "endif", 1)),
+            _ => out.push_str(tag),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Every message of a conversation needs a role and a content field (templates would render a
 /// missing one as nothing, or fail with a message about the template).
 fn check_messages(function: &str, messages: &Value) -> Result<()> {
@@ -178,4 +207,31 @@ fn check_messages(function: &str, messages: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod hf_tag_tests {
+    use super::*;
+
+    /// SmolLM3 / TRL-style templates mark the assistant's turn with {% generation %}: it
+    /// renders as its body, whitespace control included.
+    #[test]
+    fn generation_blocks_render_their_body() {
+        let template = "{% for m in messages %}{% if m.role == 'assistant' %}{%- generation -%}\n[{{ m.content }}]\n{%- endgeneration %}{% else %}<{{ m.content }}>{% endif %}{% endfor %}";
+        let prompts = ChatPrompts::from_template("apply_chat_template", template).unwrap();
+        let conversation = Value::from(vec![
+            context! { role => "user", content => "hi" },
+            context! { role => "assistant", content => "hello" },
+        ]);
+        let text = prompts
+            .render("apply_chat_template", conversation, false)
+            .unwrap();
+        assert_eq!(text, "<hi>[hello]");
+        // Unknown tags are still errors, naming the tag.
+        let err = ChatPrompts::from_template("f", "{% frobnicate %}x{% endfrobnicate %}")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("frobnicate"), "{err}");
+    }
 }

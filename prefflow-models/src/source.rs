@@ -9,8 +9,9 @@ use super::error::{ModelError, ModelResult};
 use super::hub;
 
 /// Files a model folder may need; weights are added by extension.
-const WANTED_JSON: [&str; 9] = [
+const WANTED_JSON: [&str; 10] = [
     "config.json",
+    "chat_template.jinja",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -59,14 +60,27 @@ async fn fetch(model: &str, uri: &str, rest: &str) -> ModelResult<PathBuf> {
     let repo = api.repo(Repo::with_revision(
         format!("{org}/{name}"),
         RepoType::Model,
-        revision,
+        revision.clone(),
     ));
     if let Some(file) = file {
         // One GGUF file is a complete model; a tokenizer.json beside it is optional.
-        let path = repo
-            .get(file)
-            .await
-            .map_err(|e| hub_err(hub::describe(&e)))?;
+        let cached = hub::cache()
+            .repo(Repo::with_revision(
+                format!("{org}/{name}"),
+                RepoType::Model,
+                revision.clone(),
+            ))
+            .get(file);
+        let path = match cached {
+            Some(p) => p,
+            None => repo
+                .download_with_progress(
+                    file,
+                    hub::DownloadLine::new(&format!("CREATE MODEL {model}")),
+                )
+                .await
+                .map_err(|e| hub_err(hub::describe(&e)))?,
+        };
         let _ = repo.get("tokenizer.json").await;
         return Ok(path);
     }
@@ -82,8 +96,21 @@ async fn fetch(model: &str, uri: &str, rest: &str) -> ModelResult<PathBuf> {
         })
         .collect();
     let mut root = None;
+    // Cached files are used as they are; the others download with a progress line.
+    let cache = hub::cache().repo(Repo::with_revision(
+        format!("{org}/{name}"),
+        RepoType::Model,
+        revision.clone(),
+    ));
+    let line = hub::DownloadLine::new(&format!("CREATE MODEL {model}"));
     for f in &files {
-        let local = repo.get(f).await.map_err(|e| hub_err(hub::describe(&e)))?;
+        let local = match cache.get(f) {
+            Some(p) => p,
+            None => repo
+                .download_with_progress(f, line.clone())
+                .await
+                .map_err(|e| hub_err(hub::describe(&e)))?,
+        };
         if root.is_none() {
             let mut r = local.clone();
             for _ in Path::new(f).components() {

@@ -48,7 +48,9 @@ fn piped_statements_run_with_dot_commands() {
     assert!(stdout.contains("| a;b    |"), "{stdout}");
     assert!(stdout.contains("| two |"), "{stdout}");
     assert!(
-        stdout.contains("| name | uri | path | options |"),
+        stdout.contains(
+            "| name | kind | architecture | parameters | dtype | context | uri | path | options |"
+        ),
         "{stdout}"
     );
     // .output sends a result to the file, and back.

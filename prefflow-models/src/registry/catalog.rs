@@ -231,8 +231,9 @@ fn check_options(name: &str, gguf: bool, options: &BTreeMap<String, String>) -> 
         }
     }
     if let Some(template) = options.get("chat_template") {
+        let text = crate::chat::hf_tags(template);
         let env = minijinja::Environment::new();
-        env.template_from_str(template).map_err(|e| {
+        env.template_from_str(&text).map_err(|e| {
             ModelError::Declaration(format!(
                 "CREATE MODEL {name}: option chat_template is not a valid Jinja template: {e}"
             ))
