@@ -85,14 +85,39 @@ async fn fetch(model: &str, uri: &str, rest: &str) -> ModelResult<PathBuf> {
         return Ok(path);
     }
     let info = repo.info().await.map_err(|e| hub_err(hub::describe(&e)))?;
-    let files: Vec<String> = info
-        .siblings
+    let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    // A sharded checkpoint: its index says which weight files to fetch (not, say, a second
+    // consolidated copy beside the shards).
+    let index = "model.safetensors.index.json";
+    let shards: Option<Vec<String>> = if names.iter().any(|n| n == index) {
+        let local = repo
+            .get(index)
+            .await
+            .map_err(|e| hub_err(hub::describe(&e)))?;
+        let listed = read_json(model, &local)?;
+        let mut shards: Vec<String> = listed["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        Some(shards)
+    } else {
+        None
+    };
+    let files: Vec<String> = names
         .into_iter()
-        .map(|s| s.rfilename)
         .filter(|f| {
             WANTED_JSON.contains(&f.as_str())
-                || f.ends_with(".safetensors")
-                || f == "model.safetensors.index.json"
+                || f == index
+                || match &shards {
+                    Some(listed) => listed.contains(f),
+                    None => f.ends_with(".safetensors") && !f.contains('/'),
+                }
         })
         .collect();
     let mut root = None;
@@ -182,6 +207,10 @@ pub fn validate(model: &str, path: &Path) -> ModelResult<()> {
             path.to_path_buf(),
             "no *.safetensors or *.gguf weights in this folder",
         ));
+    }
+    // A sharded checkpoint needs every shard its index names.
+    if path.join("model.safetensors.index.json").exists() {
+        safetensors_files(model, path)?;
     }
     Ok(())
 }
@@ -311,6 +340,38 @@ fn check_safetensors(model: &str, path: &Path) -> ModelResult<()> {
 
 /// The safetensors weight files of a model folder, sorted.
 pub fn safetensors_files(model: &str, dir: &Path) -> ModelResult<Vec<PathBuf>> {
+    // A sharded checkpoint names its shards in model.safetensors.index.json: exactly those
+    // are read (a repository may also hold another copy, e.g. Mistral's consolidated file).
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let listed = read_json(model, &index)?;
+        let mut files: Vec<PathBuf> = listed["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str())
+                    .map(|f| dir.join(f))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.dedup();
+        if files.is_empty() {
+            return Err(ModelError::File {
+                model: model.to_string(),
+                path: index.display().to_string(),
+                problem: "its weight_map names no files".to_string(),
+            });
+        }
+        if let Some(missing) = files.iter().find(|f| !f.exists()) {
+            return Err(ModelError::File {
+                model: model.to_string(),
+                path: missing.display().to_string(),
+                problem: "missing (named by model.safetensors.index.json)".to_string(),
+            });
+        }
+        return Ok(files);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| ModelError::File {
             model: model.to_string(),

@@ -19,6 +19,8 @@ decoder parity tests of architectures without offline weights, and the safetenso
   tests/fixtures/decoders/llama3_rope/, llama_yarn/, llama_dynamic/, llama_linear/
                                    LlamaForCausalLM with each RoPE scaling type (original context
                                    16; dynamic NTK scales past max_position_embeddings 24)
+  tests/fixtures/decoders/qwen3_bf16_sharded/
+                                   a Qwen3 saved in bf16 across shards with its index file
   tests/fixtures/decoders/reference.json
 
 Every prompt is longer than the sliding windows and the RoPE thresholds once chat-templated.
@@ -166,6 +168,8 @@ def models():
         yield name, LlamaForCausalLM(
             LlamaConfig(**context, rope_parameters=dict(scaling, rope_theta=10000.0), tie_word_embeddings=False)
         )
+    # A checkpoint as published: bf16 weights in several shards with model.safetensors.index.json.
+    yield "qwen3_bf16_sharded", Qwen3ForCausalLM(Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=False))
 
 
 def load(folder: Path):
@@ -190,7 +194,10 @@ def main() -> None:
         model = model.eval()
         folder = OUT / name
         shutil.rmtree(folder, ignore_errors=True)
-        model.save_pretrained(folder)
+        if name.endswith("_sharded"):
+            model.to(torch.bfloat16).save_pretrained(folder, max_shard_size="60KB")
+        else:
+            model.save_pretrained(folder)
         for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             shutil.copy(TOKENIZER / f, folder / f)
         # References come from the saved files, read back as transformers reads them.

@@ -463,6 +463,31 @@ fn create_model_refuses_architectures_it_cannot_run() {
     );
 }
 
+/// A sharded checkpoint missing a shard its index names fails at CREATE MODEL, naming the shard;
+/// complete, it loads (its parity is in generate::tiny_safetensors_decoders_match_transformers).
+#[test]
+fn a_sharded_checkpoint_needs_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let from =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoders/qwen3_bf16_sharded");
+    let to = d.join("sharded");
+    std::fs::create_dir(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    succeeds(d, "CREATE MODEL m FROM 'sharded'");
+    std::fs::remove_file(to.join("model-00002-of-00002.safetensors")).unwrap();
+    fails(
+        d,
+        "CREATE MODEL m FROM 'sharded'",
+        &[
+            "model-00002-of-00002.safetensors",
+            "named by model.safetensors.index.json",
+        ],
+    );
+}
+
 /// What a model is (its kind, its GGUF file) is decided at CREATE MODEL: a second .gguf file
 /// appearing in the folder afterwards neither changes the model nor makes it ambiguous.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
