@@ -39,6 +39,49 @@ pub fn width(
     }
 }
 
+/// The text put before every sentence: `prompt` as given, the model's named prompt
+/// (sentence-transformers' `prompts` in config_sentence_transformers.json, e.g. "query"), or its
+/// `default_prompt_name`'s; empty when none applies.
+pub fn prompt(
+    registry: &super::registry::ModelRegistry,
+    spec: &ModelSpec,
+    name: Option<&str>,
+    text: Option<&str>,
+) -> Result<String, ModelError> {
+    if let Some(t) = text {
+        return Ok(t.to_string());
+    }
+    if registry.remote(spec)?.is_some() {
+        return match name {
+            Some(n) => Err(ModelError::Unsupported {
+                model: spec.name.clone(),
+                problem: format!(
+                    "prompt_name '{n}': a remote model's prompts are unknown here; pass the text as named_struct('prompt', '...')"
+                ),
+            }),
+            None => Ok(String::new()),
+        };
+    }
+    let info = registry.info(spec)?;
+    let Some(name) = name.map(str::to_string).or(info.default_prompt.clone()) else {
+        return Ok(String::new());
+    };
+    info.prompts.get(&name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = info.prompts.keys().map(String::as_str).collect();
+        ModelError::Unsupported {
+            model: spec.name.clone(),
+            problem: format!(
+                "it has no prompt named '{name}' (config_sentence_transformers.json names {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        }
+    })
+}
+
 /// Embeddings for `texts` (NULL gives None), each `dim` values wide.
 pub async fn embed(
     function: &str,

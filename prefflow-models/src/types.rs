@@ -150,6 +150,11 @@ pub struct ModelInfo {
     pub eos_token: String,
     /// config.json `pad_token_id`.
     pub pad_token_id: Option<u32>,
+    /// sentence-transformers' named prompts (config_sentence_transformers.json `prompts`):
+    /// the text put before a sentence, e.g. Qwen3-Embedding's query instruction.
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt used when none is named (`default_prompt_name`).
+    pub default_prompt: Option<String>,
 }
 
 /// What a decoder's files say about text in and out.

@@ -89,25 +89,33 @@ def roberta_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def sentence_model(folder: Path, pooling: str, normalize: bool) -> SentenceTransformer:
+# Qwen3-Embedding's instruction prompt, as its config_sentence_transformers.json names it.
+QUERY = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+
+
+def sentence_model(folder: Path, pooling: str, normalize: bool, prompts=None) -> SentenceTransformer:
     # Eager attention: the reference masks (ModernBERT's local window) as written.
     word = st.Transformer(str(folder), model_args={"attn_implementation": "eager"})
     pool = st.Pooling(word.get_embedding_dimension(), pooling_mode=pooling)
     modules = [word, pool] + ([st.Normalize()] if normalize else [])
-    return SentenceTransformer(modules=modules, device="cpu")
+    return SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
 
 
-def embed_fixture(name: str, model, tok, pooling: str, normalize: bool) -> dict:
+def embed_fixture(name: str, model, tok, pooling: str, normalize: bool, prompts=None) -> dict:
     folder = OUT / name
     model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)
-    s = sentence_model(folder, pooling, normalize)
+    s = sentence_model(folder, pooling, normalize, prompts)
     shutil.rmtree(folder)
     s.save(str(folder))
     (folder / "README.md").unlink(missing_ok=True)
     s = SentenceTransformer(str(folder), device="cpu", model_kwargs={"attn_implementation": "eager"})
     vectors = s.encode(SENTENCES, batch_size=3, convert_to_numpy=True)
-    return {"path": f"tests/fixtures/encoders/{name}", "embeddings": [[float(x) for x in v] for v in vectors]}
+    out = {"path": f"tests/fixtures/encoders/{name}", "embeddings": [[float(x) for x in v] for v in vectors]}
+    for prompt in prompts or {}:
+        vectors = s.encode(SENTENCES, batch_size=3, convert_to_numpy=True, prompt_name=prompt)
+        out[f"embeddings_{prompt}"] = [[float(x) for x in v] for v in vectors]
+    return out
 
 
 def main() -> None:
@@ -146,7 +154,7 @@ def main() -> None:
             pad_token_id=end, **small,
         )
     )
-    reference["qwen3_embed"] = embed_fixture("qwen3_embed", qwen3, qtok, "lasttoken", True)
+    reference["qwen3_embed"] = embed_fixture("qwen3_embed", qwen3, qtok, "lasttoken", True, {"query": QUERY, "document": ""})
 
     torch.manual_seed(14)
     wordpiece = PreTrainedTokenizerFast.from_pretrained(str(ROOT / "tests" / "fixtures" / "reward" / "bert"))

@@ -313,3 +313,75 @@ async fn tiny_encoders_match_sentence_transformers() {
         );
     }
 }
+
+/// ai_embed's prompt options against sentence-transformers' encode(prompt_name=...): the Qwen3
+/// embedder's "query" instruction (config_sentence_transformers.json), the same text given as
+/// `prompt`, and an unknown name refused with the names the model has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_embed_prompts_match_sentence_transformers() {
+    let engine = engine(2);
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/encoders/reference.json").unwrap(),
+    )
+    .unwrap();
+    let r = &reference["qwen3_embed"];
+    engine
+        .sql(&format!(
+            "CREATE MODEL q FROM '{}'",
+            r["path"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    let sentences = strings(&reference["sentences"]);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            "tests/fixtures/encoders/qwen3_embed/config_sentence_transformers.json",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let query = config["prompts"]["query"].as_str().unwrap();
+    for options in [
+        "named_struct('prompt_name', 'query')".to_string(),
+        format!("named_struct('prompt', {})", quote(query)),
+    ] {
+        for (s, want) in sentences
+            .iter()
+            .zip(r["embeddings_query"].as_array().unwrap())
+        {
+            let sql = format!("SELECT ai_embed('q', {}, {options})", quote(s));
+            let b = engine.query(&sql).await.unwrap();
+            let list = b[0].column(0).as_fixed_size_list();
+            let got = list
+                .value(0)
+                .as_primitive::<Float32Type>()
+                .values()
+                .to_vec();
+            let want: Vec<f32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "{options} {s:?}: max diff {d}");
+        }
+    }
+    // The prompt changes the embedding: the test would notice it being ignored.
+    let plain = r["embeddings"][0].as_array().unwrap()[0].as_f64().unwrap();
+    let prompted = r["embeddings_query"][0].as_array().unwrap()[0]
+        .as_f64()
+        .unwrap();
+    assert!((plain - prompted).abs() > 1e-3);
+    let err = engine
+        .query("SELECT ai_embed('q', 'x', named_struct('prompt_name', 'qeury'))")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ai_embed")
+            && err.contains("no prompt named 'qeury'")
+            && err.contains("document, query"),
+        "{err}"
+    );
+}

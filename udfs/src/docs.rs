@@ -47,9 +47,9 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "ai_embed",
-        r#"`ai_embed(model, text)`"#,
+        r#"`ai_embed(model, text [, options])`"#,
         r#"FixedSizeList<Float32>"#,
-        r#"sentence embedding; pooling and normalisation as the model's sentence-transformers config says"#,
+        r#"sentence embedding; pooling and normalisation as the model's sentence-transformers config says; options `prompt_name` (a prompt of its config_sentence_transformers.json, e.g. Qwen3-Embedding's 'query') or `prompt` (the text put before each sentence)"#,
     ),
     (
         "ai_reward",

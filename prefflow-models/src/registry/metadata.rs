@@ -184,6 +184,23 @@ impl ModelInfo {
         {
             labels = (0..n).map(|i| format!("LABEL_{i}")).collect();
         }
+        let st_prompts = dir.join("config_sentence_transformers.json");
+        let st_prompts = if st_prompts.exists() {
+            read_json(model, &st_prompts)?
+        } else {
+            serde_json::Value::Null
+        };
+        let prompts = st_prompts["prompts"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let default_prompt = st_prompts["default_prompt_name"]
+            .as_str()
+            .map(str::to_string);
         let st_config = dir.join("sentence_bert_config.json");
         let max_seq_length = if st_config.exists() {
             read_json(model, &st_config)?["max_seq_length"].as_u64()
@@ -233,6 +250,8 @@ impl ModelInfo {
             normalize,
             chat_template,
             pad_token_id: config["pad_token_id"].as_u64().map(|v| v as u32),
+            prompts,
+            default_prompt,
         })
     }
 
