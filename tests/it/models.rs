@@ -385,3 +385,39 @@ async fn ai_embed_prompts_match_sentence_transformers() {
         "{err}"
     );
 }
+
+/// Qwen3-Embedding's config.json names Qwen3ForCausalLM: a folder with sentence-transformers
+/// modules is an embedder whatever head its config names, and embeds as the Qwen3Model folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_lm_folder_with_sentence_transformers_modules_embeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = std::path::Path::new("tests/fixtures/encoders/qwen3_embed");
+    let to = dir.path().join("qwen3_embedding");
+    std::fs::create_dir(&to).unwrap();
+    for sub in ["", "1_Pooling", "2_Normalize"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for e in std::fs::read_dir(from.join(sub)).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), to.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let config = to.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
+    std::fs::write(&config, c.to_string()).unwrap();
+    let engine = engine(1);
+    engine
+        .sql(&format!("CREATE MODEL a FROM '{}'", to.display()))
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE MODEL b FROM 'tests/fixtures/encoders/qwen3_embed'")
+        .await
+        .unwrap();
+    let s = vec!["Water boils at 100 degrees Celsius at sea level.".to_string()];
+    let a = embed_with(&engine, "a", &s).await;
+    let b = embed_with(&engine, "b", &s).await;
+    assert_eq!(a, b);
+}
