@@ -198,6 +198,15 @@ pub fn describe(s: &Snapshot) -> String {
     if s.failed > 0 {
         retries.push_str(&format!(" failed_as_null={}", s.failed));
     }
+    // Remote models: the endpoint's adaptive in-flight target, push-backs and admission waits.
+    if s.in_flight_target > 0 {
+        retries.push_str(&format!(
+            " in_flight_target={} pushbacks={} admission_wait={:.3}s",
+            s.in_flight_target,
+            s.pushbacks,
+            s.admission_wait.as_secs_f64()
+        ));
+    }
     format!(
         "calls={} cache_hits={} input_tokens={} output_tokens={} batches={}{retries} time={:.3}s",
         s.rows,

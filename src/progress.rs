@@ -189,8 +189,19 @@ pub fn line(e: &CallStats) -> String {
         }
         _ => format!("{} rows", s.rows),
     };
+    // A remote model's adaptive target, and how often the server pushed back.
+    let remote = if s.in_flight_target > 0 {
+        format!(
+            " (target {}, {} pushed back, {:.0} s waiting)",
+            s.in_flight_target,
+            s.pushbacks,
+            s.admission_wait.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}: {done}, {} in flight, {}",
+        "{}: {done}, {} in flight{remote}, {}",
         e.label,
         s.in_flight,
         rates(&s, Some(elapsed))

@@ -36,6 +36,12 @@ pub struct CallStats {
     pub in_flight: AtomicU64,
     /// Requests to remote models sent again after a transient failure.
     pub retries: AtomicU64,
+    /// Remote answers that pushed back (429, 503, timeouts).
+    pub pushbacks: AtomicU64,
+    /// Time remote requests waited to be admitted (nanoseconds, summed).
+    pub admission_nanos: AtomicU64,
+    /// The remote endpoint's in-flight target when a request was last admitted.
+    pub in_flight_target: AtomicU64,
     /// Rows given NULL because their request failed for good (`on_error 'null'`).
     pub failed: AtomicU64,
     /// The last such failure, for the run's summary.
@@ -60,6 +66,9 @@ impl CallStats {
             batches: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            pushbacks: AtomicU64::new(0),
+            admission_nanos: AtomicU64::new(0),
+            in_flight_target: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             nanos: AtomicU64::new(0),
@@ -123,6 +132,9 @@ impl CallStats {
             batches: get(&self.batches),
             in_flight: get(&self.in_flight),
             retries: get(&self.retries),
+            pushbacks: get(&self.pushbacks),
+            admission_wait: Duration::from_nanos(get(&self.admission_nanos)),
+            in_flight_target: get(&self.in_flight_target),
             failed: get(&self.failed),
             time: Duration::from_nanos(get(&self.nanos)),
         }
@@ -146,6 +158,12 @@ pub struct Snapshot {
     pub in_flight: u64,
     /// Remote requests retried.
     pub retries: u64,
+    /// Remote answers that pushed back (429, 503, timeouts).
+    pub pushbacks: u64,
+    /// Time remote requests waited to be admitted, summed.
+    pub admission_wait: Duration,
+    /// The remote endpoint's in-flight target at the last admission (0: not remote).
+    pub in_flight_target: u64,
     /// Rows given NULL because their request failed (`on_error 'null'`).
     pub failed: u64,
     /// Time inside the function, summed over partitions.
@@ -235,6 +253,24 @@ pub fn record_failed(rows: u64, why: &str) {
         if let Ok(mut last) = s.last_failure.lock() {
             *last = Some(why.to_string());
         }
+    });
+}
+
+/// A remote answer that pushed back (429, 503, a timeout).
+pub fn record_pushback() {
+    let _ = CALL.try_with(|s| {
+        s.pushbacks.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// A remote request admitted after `waited`, under an in-flight target of `target`.
+pub fn record_admission(waited: Duration, target: usize) {
+    let _ = CALL.try_with(|s| {
+        s.admission_nanos.fetch_add(
+            waited.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        s.in_flight_target.store(target as u64, Ordering::Relaxed);
     });
 }
 

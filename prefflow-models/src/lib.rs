@@ -12,7 +12,7 @@
 //!   architectures.
 //! - runtimes: `encode` (token-budget batches for encoders and classifiers), `decode`
 //!   (continuous batching for decoder LLMs), `marian` (batched greedy over `marian_net`),
-//!   `remote` (OpenAI-compatible servers).
+//!   `remote` (OpenAI-compatible servers, with `admission`: adaptive requests in flight).
 //! - `summary` (what SHOW MODELS says of a model, from file headers), `model` (one resolved
 //!   handle over the runtimes, with capability checks), `identity`
 //!   (what the result cache keys a model by), `registry` (declared and loaded models).
@@ -23,6 +23,7 @@
 //! The SQL functions (`prefflow-udfs`, one file each) parse their arguments and options and
 //! call these; this crate knows nothing of them (the compiler holds the direction).
 
+pub mod admission;
 pub mod bert;
 pub mod boundary;
 pub mod call_stats;

@@ -3,7 +3,9 @@
 //! or `'openai+https://HOST/v1/MODEL'`.
 //!
 //! Requests go to `/chat/completions`, `/completions` and `/embeddings` under the address's
-//! `/v1`. At most `concurrency` requests are open at once (a semaphore per model); a request
+//! `/v1`. How many requests are open at once adapts to the server (`admission`: AIMD with a
+//! start ramp, between 1 and the `concurrency` cap, default 256; 429, 503 and timeouts push the
+//! target down, answers let it grow), one controller per model; a request
 //! that times out, loses its connection, gets 429 or 5xx, or an answer that is not JSON, is
 //! retried up to `max_retries` times with exponential backoff and full jitter, waiting at least
 //! what a Retry-After header asks. The API key is read from the environment variable named by
@@ -102,7 +104,7 @@ pub struct RemoteSettings {
     pub model: String,
     /// The environment variable holding the API key.
     pub api_key_env: Option<String>,
-    /// Requests open at once.
+    /// The most requests open at once (the adaptive target's cap).
     pub concurrency: usize,
     /// Retries after the first attempt.
     pub max_retries: u32,
@@ -152,7 +154,12 @@ impl RemoteSettings {
             }
             Ok(n)
         };
-        let concurrency = whole("concurrency", 8.0, 1.0, MAX_CONCURRENCY as f64)?;
+        let concurrency = whole(
+            "concurrency",
+            DEFAULT_CONCURRENCY as f64,
+            1.0,
+            MAX_CONCURRENCY as f64,
+        )?;
         let max_retries = whole("max_retries", 6.0, 0.0, 100.0)?;
         // A day is the longest wait any of these may ask for.
         const DAY: f64 = 86_400.0;
@@ -208,6 +215,10 @@ fn preview(text: &str) -> String {
 /// The most requests a model may keep open at once.
 pub const MAX_CONCURRENCY: usize = 65_536;
 
+/// The default cap on requests in flight: servers such as vLLM are fastest with hundreds; the
+/// adaptive target finds what a smaller one takes.
+pub const DEFAULT_CONCURRENCY: usize = 256;
+
 /// Seconds a Retry-After header asks for: a non-negative finite number (a NaN, an infinity, a
 /// negative value or an HTTP date are not honoured; the backoff applies), at most a day (and
 /// `max_wait` caps it further).
@@ -245,7 +256,7 @@ impl std::fmt::Display for RemoteError {
     }
 }
 
-/// A remote model: its settings, an HTTP client and the concurrency limit.
+/// A remote model: its settings, an HTTP client and its endpoint's admission controller.
 #[derive(Debug)]
 pub struct RemoteModel {
     /// The name SQL uses.
@@ -253,7 +264,7 @@ pub struct RemoteModel {
     /// Address and options.
     pub settings: RemoteSettings,
     client: reqwest::Client,
-    slots: tokio::sync::Semaphore,
+    admission: super::admission::Admission,
     jitter: AtomicU64,
 }
 
@@ -269,7 +280,7 @@ impl RemoteModel {
             })?;
         Ok(Self {
             name: spec.name.clone(),
-            slots: tokio::sync::Semaphore::new(settings.concurrency),
+            admission: super::admission::Admission::new(settings.concurrency),
             settings,
             client,
             jitter: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
@@ -393,7 +404,12 @@ impl RemoteModel {
         Ok(out)
     }
 
-    /// POSTs JSON with the concurrency limit and retries; the answer's JSON.
+    /// What the endpoint's admission controller has seen.
+    pub fn admission(&self) -> super::admission::Gauge {
+        self.admission.gauge()
+    }
+
+    /// POSTs JSON through the admission controller, with retries; the answer's JSON.
     async fn post(&self, path: &str, body: &Value) -> Result<Value, RemoteError> {
         let url = format!("{}/{path}", self.settings.base);
         let attempts = self.settings.max_retries + 1;
@@ -401,7 +417,16 @@ impl RemoteModel {
         for attempt in 0..attempts {
             let mut wait = None;
             {
-                let _slot = self.slots.acquire().await.expect("semaphore never closed");
+                let mut ticket = Some(self.admission.admit().await);
+                let gauge = self.admission.gauge();
+                crate::call_stats::record_admission(gauge.waited, gauge.target);
+                // How the server took the request, for the admission controller.
+                let pushed_back = |ticket: &mut Option<super::admission::Ticket<'_>>| {
+                    crate::call_stats::record_pushback();
+                    if let Some(t) = ticket.take() {
+                        t.pushed_back();
+                    }
+                };
                 let mut request = self.client.post(&url).json(body);
                 if let Some(var) = &self.settings.api_key_env {
                     match std::env::var(var) {
@@ -422,6 +447,14 @@ impl RemoteModel {
                             .and_then(|v| v.to_str().ok())
                             .and_then(retry_after_seconds);
                         let text = response.text().await;
+                        if (200..=299).contains(&status)
+                            && let Some(t) = ticket.take()
+                        {
+                            t.answered();
+                        }
+                        if matches!(status, 429 | 503) {
+                            pushed_back(&mut ticket);
+                        }
                         match (status, text) {
                             (200..=299, Ok(text)) => match serde_json::from_str::<Value>(&text) {
                                 Ok(v) => return Ok(v),
@@ -444,7 +477,12 @@ impl RemoteModel {
                             }
                         }
                     }
-                    Err(e) => last = self.mask(&plain(&e)),
+                    Err(e) => {
+                        if e.is_timeout() {
+                            pushed_back(&mut ticket);
+                        }
+                        last = self.mask(&plain(&e));
+                    }
                 }
             }
             if attempt + 1 < attempts {

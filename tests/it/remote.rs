@@ -434,3 +434,119 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A server with `slots` request slots: beyond them it answers 429 (Retry-After 0.05 s) at
+/// once; within them it answers after `delay`. It logs the most requests it held at once, the
+/// refusals and the answers per prompt.
+#[derive(Debug, Default)]
+struct Capacity {
+    open: usize,
+    most_open: usize,
+    refused: usize,
+    answered: HashMap<String, u32>,
+}
+
+async fn capped_server(slots: usize, delay: Duration) -> (String, Arc<Mutex<Capacity>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = Arc::new(Mutex::new(Capacity::default()));
+    let state = Arc::clone(&log);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&state);
+            tokio::spawn(async move {
+                let Some(request) = super::support::read_request(&mut stream).await else {
+                    return;
+                };
+                let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                let key = body["messages"][0]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let admitted = {
+                    let mut l = log.lock().unwrap();
+                    if l.open >= slots {
+                        l.refused += 1;
+                        false
+                    } else {
+                        l.open += 1;
+                        l.most_open = l.most_open.max(l.open);
+                        true
+                    }
+                };
+                let reply = if admitted {
+                    tokio::time::sleep(delay).await;
+                    let mut l = log.lock().unwrap();
+                    l.open -= 1;
+                    *l.answered.entry(key.clone()).or_insert(0) += 1;
+                    let answer = json!({"choices": [{"message": {"role": "assistant", "content": format!("echo: {key}")}}]}).to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    )
+                } else {
+                    "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0.05\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_string()
+                };
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// Against a server with 12 slots and a cap of 128: the in-flight target adapts down to what
+/// the server takes, so few requests are refused (a fixed 128 in flight would have most of
+/// them refused), every row is answered exactly once, and EXPLAIN ANALYZE shows the target,
+/// the push-backs and the time spent waiting for admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_target_adapts_to_the_servers_capacity() {
+    const N: usize = 300;
+    let (addr, log) = capped_server(12, Duration::from_millis(30)).await;
+    let e = engine();
+    e.sql(&format!(
+        "CREATE MODEL small FROM 'openai://{addr}/v1/m'
+         OPTIONS (concurrency '128', backoff '0.01', max_retries '50', timeout '5')"
+    ))
+    .await
+    .unwrap();
+    let rows = (0..N)
+        .map(|i| format!("('row {i}')"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let query = format!(
+        "SELECT p, ai_generate('small', p, named_struct('max_tokens', 4)) AS a FROM (VALUES {rows}) t(p)"
+    );
+    let out = e.query(&query).await.unwrap();
+    assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), N);
+    let (refused, most_open) = {
+        let l = log.lock().unwrap();
+        assert_eq!(l.answered.len(), N, "one answer per row");
+        assert!(l.answered.values().all(|&n| n == 1), "exactly once");
+        (l.refused, l.most_open)
+    };
+    eprintln!("{N} rows against 12 slots: {refused} refused, at most {most_open} held at once");
+    assert!(most_open <= 12);
+    // The start ramp's first round overshoots once (64 in flight against 12 slots); after
+    // that the target stays near the capacity.
+    assert!(refused < N / 2, "{refused} of {N} requests refused");
+    let analyze = text(&e, &format!("EXPLAIN ANALYZE {query}")).await;
+    let field = |name: &str| -> f64 {
+        analyze
+            .split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{analyze}"))
+    };
+    let target = field("in_flight_target");
+    assert!(
+        (1.0..=40.0).contains(&target),
+        "target {target}:\n{analyze}"
+    );
+    assert!(field("pushbacks") >= 1.0, "{analyze}");
+    field("admission_wait");
+}
