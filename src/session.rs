@@ -186,6 +186,22 @@ pub(crate) fn build_state(
         .with_config(config)
         .with_default_features()
         .with_physical_optimizer_rules(rules)
+        // DataFusion's leaf-expression pushdown moves `r.field` below the projection that
+        // computes `r` and copies `r`'s expression into each: `SELECT r.value, r.error FROM
+        // (SELECT ai_generate(...) AS r ...)` then called the model once per field read
+        // (every struct a model function returns: on_error 'record', ai_judge).
+        .with_optimizer_rules(
+            datafusion::optimizer::Optimizer::new()
+                .rules
+                .into_iter()
+                .filter(|r| {
+                    !matches!(
+                        r.name(),
+                        "extract_leaf_expressions" | "push_down_leaf_projections"
+                    )
+                })
+                .collect(),
+        )
         // --shard: filters the input tables (see shard).
         .with_analyzer_rule(Arc::new(crate::shard::ShardRule))
         // Model calls inside aggregates and windows move to a projection below (async_args).

@@ -10,6 +10,7 @@
 //! Retry-After asks is honoured by the request that got it (see `remote.rs`), not by stopping
 //! every other request.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -37,7 +38,9 @@ struct State {
 pub struct Admission {
     cap: usize,
     state: std::sync::Mutex<State>,
-    freed: Notify,
+    /// Notified when a request leaves; shared by the endpoints of one model, so a request
+    /// waiting for any of them wakes when one frees a place.
+    freed: Arc<Notify>,
 }
 
 /// What an admission controller has seen.
@@ -64,6 +67,11 @@ pub struct Ticket<'a> {
 impl Admission {
     /// A controller allowing at most `cap` requests in flight.
     pub fn new(cap: usize) -> Self {
+        Self::sharing(cap, Arc::new(Notify::new()))
+    }
+
+    /// A controller that notifies `freed` when a request leaves.
+    pub fn sharing(cap: usize, freed: Arc<Notify>) -> Self {
         let cap = cap.max(1);
         Self {
             cap,
@@ -75,8 +83,28 @@ impl Admission {
                 pushbacks: 0,
                 waited: Duration::ZERO,
             }),
-            freed: Notify::new(),
+            freed,
         }
+    }
+
+    /// A place in flight if one is free now.
+    pub fn try_admit(&self) -> Option<Ticket<'_>> {
+        let mut s = self.state.lock().expect("admission lock");
+        if s.in_flight < (s.target.floor() as usize).max(1) {
+            s.in_flight += 1;
+            Some(Ticket {
+                admission: self,
+                round: s.round,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// How full the endpoint is: requests in flight over the target (below 1: a place is free).
+    pub fn load(&self) -> f64 {
+        let s = self.state.lock().expect("admission lock");
+        s.in_flight as f64 / s.target.floor().max(1.0)
     }
 
     /// Waits until a request may go out (fewer in flight than the target).

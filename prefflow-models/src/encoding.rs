@@ -164,7 +164,14 @@ async fn embed_remote(
     let chunks: Vec<&[usize]> = present.chunks(REMOTE_CHUNK).collect();
     let requests = chunks.iter().map(|rows| {
         let batch: Vec<String> = rows.iter().map(|&i| texts.value(i).to_string()).collect();
-        async move { remote.embed(&batch).await }
+        async move {
+            let (attempts, answer) =
+                crate::row_errors::counting_attempts(remote.embed(&batch)).await;
+            for &row in rows.iter() {
+                crate::row_errors::row_attempts(row, attempts);
+            }
+            answer
+        }
     });
     let answers = futures::future::join_all(requests).await;
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
@@ -183,8 +190,11 @@ async fn embed_remote(
                     vectors[i] = Some(v);
                 }
             }
-            Err(e) if remote.settings.on_error == OnError::Null => {
+            Err(e) if remote.settings.on_error != OnError::Error => {
                 crate::call_stats::record_failed(rows.len() as u64, &e.to_string());
+                for &row in rows.iter() {
+                    crate::row_errors::row_failed(row, &e.to_string());
+                }
             }
             Err(e) => {
                 return Err(DataFusionError::Execution(format!(

@@ -187,7 +187,7 @@ async fn generate_remote(
 ) -> Result<Vec<Option<Vec<String>>>> {
     use crate::remote::{OnError, Prompt};
     let nulls = prompts.logical_nulls();
-    let mut requests = Vec::new();
+    let mut pending = Vec::new();
     for row in 0..prompts.len() {
         if nulls.as_ref().is_some_and(|m| m.is_null(row)) {
             continue;
@@ -208,10 +208,24 @@ async fn generate_remote(
                 );
             }
         };
+        pending.push((row, prompt, seed_text));
+    }
+    // Rows that share a prompt prefix (a system prompt, a few-shot block, a judge's two orders)
+    // go out one after another, so the server's prefix cache still holds it. The sort is
+    // stable and keyed per row: a row's samples keep their order.
+    pending.sort_by(|a, b| a.2.cmp(&b.2));
+    let mut requests = Vec::new();
+    for (row, prompt, seed_text) in pending {
         for k in 0..n {
             let seed = row_seed(&seed_text, k as u64, options.seed);
             let prompt = prompt.clone();
-            requests.push(async move { (row, remote.generate(prompt, options, seed).await) });
+            requests.push(async move {
+                let (attempts, answer) =
+                    crate::row_errors::counting_attempts(remote.generate(prompt, options, seed))
+                        .await;
+                crate::row_errors::row_attempts(row, attempts);
+                (row, answer)
+            });
         }
     }
     let answers = futures::future::join_all(requests).await;
@@ -222,9 +236,10 @@ async fn generate_remote(
         match answer {
             Ok(text) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(text),
             Ok(_) => {}
-            Err(e) if remote.settings.on_error == OnError::Null => {
+            Err(e) if remote.settings.on_error != OnError::Error => {
                 if !failed[row] {
                     crate::call_stats::record_failed(1, &e.to_string());
+                    crate::row_errors::row_failed(row, &e.to_string());
                 }
                 failed[row] = true;
                 out[row] = None;

@@ -3,14 +3,18 @@
 //! or `'openai+https://HOST/v1/MODEL'`.
 //!
 //! Requests go to `/chat/completions`, `/completions` and `/embeddings` under the address's
-//! `/v1`. How many requests are open at once adapts to the server (`admission`: AIMD with a
-//! start ramp, between 1 and the `concurrency` cap, default 256; 429, 503 and timeouts push the
-//! target down, answers let it grow), one controller per model; a request
-//! that times out, loses its connection, gets 429 or 5xx, or an answer that is not JSON, is
-//! retried up to `max_retries` times with exponential backoff and full jitter, waiting at least
-//! what a Retry-After header asks. The API key is read from the environment variable named by
-//! `api_key_env` when a request is sent and goes only into the Authorization header: it is never
-//! stored in the model's declaration, and no error or plan shows it.
+//! `/v1`. A model may be served at several places (`endpoints`) and with several API keys
+//! (`api_key_env 'KEY_A,KEY_B'`): every address with every key is one endpoint, and a request
+//! goes to the least-loaded healthy one (`endpoints.rs`); which one answered does not change
+//! the result or its cache key. How many requests are open at once adapts to each endpoint
+//! (`admission`: AIMD with a start ramp, between 1 and the `concurrency` cap, default 256; 429,
+//! 503 and timeouts push the target down, answers let it grow), and `requests_per_minute` /
+//! `tokens_per_minute` bound each endpoint (`rate_limit.rs`). A request that times out, loses
+//! its connection, gets 429 or 5xx, or an answer that is not JSON, is retried up to
+//! `max_retries` times with exponential backoff and full jitter, waiting at least what a
+//! Retry-After header asks. API keys are read from the environment variables named by
+//! `api_key_env` when a request is sent and go only into the Authorization header: they are
+//! never stored in the model's declaration, and no error or plan shows them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,8 +25,11 @@ use super::error::{ModelError, ModelResult};
 use super::types::{GenerateParams, ModelSpec};
 
 /// CREATE MODEL options that only remote models take.
-pub const REMOTE_OPTIONS: [&str; 8] = [
+pub const REMOTE_OPTIONS: [&str; 11] = [
     "api_key_env",
+    "endpoints",
+    "requests_per_minute",
+    "tokens_per_minute",
     "concurrency",
     "max_retries",
     "timeout",
@@ -93,6 +100,8 @@ pub enum OnError {
     Error,
     /// Give NULL for that row.
     Null,
+    /// Give a struct {value, error, attempts} for every row (`row_errors.rs`).
+    Record,
 }
 
 /// A remote model's settings, from its address and OPTIONS.
@@ -102,10 +111,16 @@ pub struct RemoteSettings {
     pub base: String,
     /// The server's model name.
     pub model: String,
-    /// The environment variable holding the API key.
-    pub api_key_env: Option<String>,
-    /// The most requests open at once (the adaptive target's cap).
+    /// The environment variables holding API keys (one endpoint per key and base).
+    pub api_key_envs: Vec<String>,
+    /// More base addresses serving the same model (`endpoints`), each `http(s)://HOST/v1`.
+    pub more_bases: Vec<String>,
+    /// The most requests open at once per endpoint (the adaptive target's cap).
     pub concurrency: usize,
+    /// Requests a minute per endpoint.
+    pub requests_per_minute: Option<f64>,
+    /// Tokens a minute per endpoint (request estimate settled by the answer's usage).
+    pub tokens_per_minute: Option<f64>,
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Per-request timeout.
@@ -163,18 +178,69 @@ impl RemoteSettings {
         let max_retries = whole("max_retries", 6.0, 0.0, 100.0)?;
         // A day is the longest wait any of these may ask for.
         const DAY: f64 = 86_400.0;
-        if let Some(var) = spec.options.get("api_key_env")
-            && std::env::var_os(var).is_none_or(|v| v.is_empty())
-        {
-            return Err(ModelError::Declaration(format!(
-                "CREATE MODEL {}: api_key_env names the environment variable {var}, which is not set",
-                spec.name
-            )));
+        let api_key_envs: Vec<String> = match spec.options.get("api_key_env") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        };
+        if spec.options.contains_key("api_key_env") && api_key_envs.is_empty() {
+            return Err(bad(
+                "api_key_env",
+                &spec.options["api_key_env"],
+                "one or several environment variable names, separated by commas",
+            ));
         }
+        for var in &api_key_envs {
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                return Err(ModelError::Declaration(format!(
+                    "CREATE MODEL {}: api_key_env names the environment variable {var}, which is not set",
+                    spec.name
+                )));
+            }
+        }
+        let mut more_bases = Vec::new();
+        for address in spec
+            .options
+            .get("endpoints")
+            .map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()))
+            .into_iter()
+            .flatten()
+        {
+            // The same server API at another place: the model name is the FROM address's.
+            let with_model = format!("{}/{model}", address.trim_end_matches('/'));
+            let (other, _) = parse_address(&spec.name, &with_model).map_err(|_| {
+                ModelError::Declaration(format!(
+                    "CREATE MODEL {}: option endpoints: '{}' is not a server address: use openai://HOST:PORT/v1 or openai+https://HOST/v1, separated by commas",
+                    spec.name,
+                    redact_uri(address)
+                ))
+            })?;
+            if other != base && !more_bases.contains(&other) {
+                more_bases.push(other);
+            }
+        }
+        let per_minute = |k: &str| -> ModelResult<Option<f64>> {
+            match spec.options.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1e12)
+                    .map(Some)
+                    .ok_or_else(|| bad(k, v, "a number above 0 (per minute, per endpoint)")),
+            }
+        };
+        let requests_per_minute = per_minute("requests_per_minute")?;
+        let tokens_per_minute = per_minute("tokens_per_minute")?;
         let on_error = match spec.options.get("on_error").map(|s| s.as_str()) {
             None | Some("error") => OnError::Error,
             Some("null") => OnError::Null,
-            Some(other) => return Err(bad("on_error", other, "'error' or 'null'")),
+            Some("record") => OnError::Record,
+            Some(other) => return Err(bad("on_error", other, "'error', 'null' or 'record'")),
         };
         let dimensions = match spec.options.get("dimensions") {
             None => None,
@@ -189,8 +255,11 @@ impl RemoteSettings {
         Ok(Self {
             base,
             model,
-            api_key_env: spec.options.get("api_key_env").cloned(),
+            api_key_envs,
+            more_bases,
             concurrency: concurrency as usize,
+            requests_per_minute,
+            tokens_per_minute,
             max_retries: max_retries as u32,
             timeout: Duration::from_secs_f64(number("timeout", 120.0, DAY)?.max(0.001)),
             backoff: Duration::from_secs_f64(number("backoff", 0.5, DAY)?),
@@ -237,7 +306,12 @@ pub enum RemoteError {
     /// Retries exhausted on transient failures; the last one.
     Exhausted { attempts: u32, last: String },
     /// The server refused the request (4xx other than 429).
-    Refused { status: u16, body: String },
+    Refused {
+        /// What was asked (`/v1/completions`, `/tokenize`).
+        path: String,
+        status: u16,
+        body: String,
+    },
     /// The answer was JSON but not the expected shape.
     Shape(String),
 }
@@ -248,15 +322,18 @@ impl std::fmt::Display for RemoteError {
             RemoteError::Exhausted { attempts, last } => {
                 write!(f, "no answer after {attempts} attempts (last: {last})")
             }
-            RemoteError::Refused { status, body } => {
-                write!(f, "the server refused the request: HTTP {status}: {body}")
+            RemoteError::Refused { path, status, body } => {
+                write!(
+                    f,
+                    "the server refused the request to {path}: HTTP {status}: {body}"
+                )
             }
             RemoteError::Shape(what) => write!(f, "{what}"),
         }
     }
 }
 
-/// A remote model: its settings, an HTTP client and its endpoint's admission controller.
+/// A remote model: its settings, an HTTP client and its endpoints.
 #[derive(Debug)]
 pub struct RemoteModel {
     /// The name SQL uses.
@@ -264,7 +341,7 @@ pub struct RemoteModel {
     /// Address and options.
     pub settings: RemoteSettings,
     client: reqwest::Client,
-    admission: super::admission::Admission,
+    pool: super::endpoints::Pool,
     jitter: AtomicU64,
 }
 
@@ -280,7 +357,17 @@ impl RemoteModel {
             })?;
         Ok(Self {
             name: spec.name.clone(),
-            admission: super::admission::Admission::new(settings.concurrency),
+            pool: super::endpoints::Pool::new(
+                &std::iter::once(settings.base.clone())
+                    .chain(settings.more_bases.iter().cloned())
+                    .collect::<Vec<_>>(),
+                &settings.api_key_envs,
+                super::endpoints::Limits {
+                    concurrency: settings.concurrency,
+                    requests_per_minute: settings.requests_per_minute,
+                    tokens_per_minute: settings.tokens_per_minute,
+                },
+            ),
             settings,
             client,
             jitter: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
@@ -296,10 +383,10 @@ impl RemoteModel {
     /// credentials of the address replaced by `***`.
     fn mask(&self, text: &str) -> String {
         let mut secrets: Vec<String> = Vec::new();
-        if let Some(var) = &self.settings.api_key_env
-            && let Ok(key) = std::env::var(var)
-        {
-            secrets.push(key);
+        for var in &self.settings.api_key_envs {
+            if let Ok(key) = std::env::var(var) {
+                secrets.push(key);
+            }
         }
         secrets.extend(self.settings.uri_secret.clone());
         redact_uri(&super::secrets::mask(text, &secrets))
@@ -404,31 +491,44 @@ impl RemoteModel {
         Ok(out)
     }
 
-    /// What the endpoint's admission controller has seen.
+    /// What the endpoints' admission controllers have seen.
     pub fn admission(&self) -> super::admission::Gauge {
-        self.admission.gauge()
+        self.pool.gauge()
     }
 
-    /// POSTs JSON through the admission controller, with retries; the answer's JSON.
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, RemoteError> {
-        let url = format!("{}/{path}", self.settings.base);
+    /// How many endpoints (base address x key) the model sends to.
+    pub fn endpoint_count(&self) -> usize {
+        self.pool.endpoints().len()
+    }
+
+    /// POSTs JSON to the least-loaded healthy endpoint (`path` under `/v1`, or from the
+    /// server's root when it starts with '/'), through its admission controller and
+    /// rate limits, with retries (each attempt may go to another endpoint); the answer's JSON.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, RemoteError> {
         let attempts = self.settings.max_retries + 1;
+        // The token budget's estimate: about four bytes a token, plus what may be generated.
+        let estimate = if self.settings.tokens_per_minute.is_some() {
+            let max_tokens = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
+            (body.to_string().len() / 4) as f64 + max_tokens as f64
+        } else {
+            0.0
+        };
         let mut last = String::new();
         for attempt in 0..attempts {
             let mut wait = None;
             {
-                let mut ticket = Some(self.admission.admit().await);
-                let gauge = self.admission.gauge();
+                let lease = self.pool.acquire(estimate).await;
+                crate::row_errors::attempt();
+                let gauge = self.pool.gauge();
                 crate::call_stats::record_admission(gauge.waited, gauge.target);
-                // How the server took the request, for the admission controller.
-                let pushed_back = |ticket: &mut Option<super::admission::Ticket<'_>>| {
-                    crate::call_stats::record_pushback();
-                    if let Some(t) = ticket.take() {
-                        t.pushed_back();
-                    }
+                let url = match path.strip_prefix('/') {
+                    // vLLM and llama.cpp serve /tokenize, /pooling and /apply-template at the
+                    // server's root, not under /v1.
+                    Some(at_root) => format!("{}/{at_root}", server_root(&lease.endpoint.base)),
+                    None => format!("{}/{path}", lease.endpoint.base),
                 };
                 let mut request = self.client.post(&url).json(body);
-                if let Some(var) = &self.settings.api_key_env {
+                if let Some(var) = &lease.endpoint.key_env {
                     match std::env::var(var) {
                         Ok(key) if !key.is_empty() => request = request.bearer_auth(key),
                         _ => {
@@ -447,23 +547,39 @@ impl RemoteModel {
                             .and_then(|v| v.to_str().ok())
                             .and_then(retry_after_seconds);
                         let text = response.text().await;
-                        if (200..=299).contains(&status)
-                            && let Some(t) = ticket.take()
-                        {
-                            t.answered();
-                        }
-                        if matches!(status, 429 | 503) {
-                            pushed_back(&mut ticket);
-                        }
                         match (status, text) {
                             (200..=299, Ok(text)) => match serde_json::from_str::<Value>(&text) {
-                                Ok(v) => return Ok(v),
-                                Err(e) => last = format!("an answer that is not JSON ({e})"),
+                                Ok(v) => {
+                                    let used = v.get("usage").and_then(|u| {
+                                        u.get("total_tokens").and_then(Value::as_u64).or_else(
+                                            || {
+                                                let n = |k: &str| {
+                                                    u.get(k).and_then(Value::as_u64).unwrap_or(0)
+                                                };
+                                                Some(n("prompt_tokens") + n("completion_tokens"))
+                                            },
+                                        )
+                                    });
+                                    lease.answered(used.map(|u| u as f64));
+                                    return Ok(v);
+                                }
+                                Err(e) => {
+                                    lease.answered(None);
+                                    last = format!("an answer that is not JSON ({e})");
+                                }
                             },
                             (200..=299, Err(e)) => {
+                                lease.failed(false);
                                 last = format!("the answer broke off ({})", plain(&e))
                             }
-                            (429 | 500..=599, _) => {
+                            (429 | 503, _) => {
+                                crate::call_stats::record_pushback();
+                                lease.pushed_back();
+                                last = format!("HTTP {status}");
+                                wait = retry_after;
+                            }
+                            (500..=599, _) => {
+                                lease.failed(false);
                                 last = format!("HTTP {status}");
                                 wait = retry_after;
                             }
@@ -473,14 +589,19 @@ impl RemoteModel {
                                     .chars()
                                     .take(200)
                                     .collect();
-                                return Err(RemoteError::Refused { status, body });
+                                return Err(RemoteError::Refused {
+                                    path: shown_path(path),
+                                    status,
+                                    body,
+                                });
                             }
                         }
                     }
                     Err(e) => {
                         if e.is_timeout() {
-                            pushed_back(&mut ticket);
+                            crate::call_stats::record_pushback();
                         }
+                        lease.failed(e.is_timeout());
                         last = self.mask(&plain(&e));
                     }
                 }
@@ -527,6 +648,20 @@ impl RemoteModel {
         x ^= x << 17;
         self.jitter.store(x, Ordering::Relaxed);
         cap.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// `http://HOST:PORT` of `http://HOST:PORT/v1`.
+fn server_root(base: &str) -> &str {
+    base.strip_suffix("/v1").unwrap_or(base)
+}
+
+/// A request path as a user reads it: `/v1/completions`, `/tokenize`.
+fn shown_path(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/v1/{path}")
     }
 }
 

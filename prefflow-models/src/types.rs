@@ -76,7 +76,10 @@ impl ModelKind {
             (ModelKind::Encoder, Embed | Score)
                 | (ModelKind::Decoder, Generate | Logprob | Translate)
                 | (ModelKind::Marian, Translate)
-                | (ModelKind::Remote, Embed | Generate | Translate)
+                | (
+                    ModelKind::Remote,
+                    Embed | Score | Generate | Logprob | Translate
+                )
         )
     }
 }

@@ -122,7 +122,7 @@ async fn handle(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
                     "usage": {"prompt_tokens": 3, "completion_tokens": 2}
                 }),
                 "/v1/completions" => json!({"choices": [{"text": format!("completed: {key}")}]}),
-                _ => {
+                "/v1/embeddings" => {
                     let inputs = body["input"].as_array().cloned().unwrap_or_default();
                     json!({"data": inputs.iter().enumerate().map(|(i, t)| {
                         let t = t.as_str().unwrap_or("");
@@ -133,6 +133,15 @@ async fn handle(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
                         };
                         json!({"index": i, "embedding": embedding})
                     }).collect::<Vec<_>>()})
+                }
+                _ => {
+                    let _ = stream
+                        .write_all(
+                            respond("404 Not Found", "", "{\"error\": \"no such path\"}".into())
+                                .as_bytes(),
+                        )
+                        .await;
+                    return;
                 }
             };
             let mut log = log.lock().unwrap();
@@ -262,12 +271,17 @@ async fn generate_n_judge_translate_and_embed_run_remotely() {
     );
 
     // Functions that need weights say so.
+    // A server without /tokenize: the error names what was asked and what it answered.
     let err = e
         .query("SELECT ai_logprob('remote', 'a', 'b')")
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("remote (OpenAI-compatible) model"), "{err}");
+    assert!(
+        err.contains("POST /tokenize with messages gave the server refused the request to /tokenize: HTTP 404")
+            && err.contains("POST /apply-template: the server refused the request to /apply-template: HTTP 404"),
+        "{err}"
+    );
     // ai_embed needs the width up front.
     declare(&e, "nowidth", &addr, "").await;
     let err = e
@@ -444,23 +458,33 @@ struct Capacity {
     most_open: usize,
     refused: usize,
     answered: HashMap<String, u32>,
+    /// When each request arrived.
+    arrivals: Vec<std::time::Instant>,
+    /// Each request's first message, in the order they arrived.
+    order: Vec<String>,
+    /// Dead: it answers nothing more and accepts no connection.
+    dead: bool,
 }
 
-async fn capped_server(slots: usize, delay: Duration) -> (String, Arc<Mutex<Capacity>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+/// `die_after`: after that many answers the server stops: open requests get no answer and new
+/// connections are refused.
+async fn capped_server(
+    slots: usize,
+    delay: Duration,
+    die_after: Option<usize>,
+) -> (String, Arc<Mutex<Capacity>>) {
     let log = Arc::new(Mutex::new(Capacity::default()));
     let state = Arc::clone(&log);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
+    let alive = Arc::clone(&log);
+    let addr = listen(
+        move || !alive.lock().unwrap().dead,
+        move |mut stream| {
             let log = Arc::clone(&state);
-            tokio::spawn(async move {
+            async move {
                 let Some(request) = super::support::read_request(&mut stream).await else {
                     return;
                 };
+                log.lock().unwrap().arrivals.push(std::time::Instant::now());
                 let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                 let key = body["messages"][0]["content"]
                     .as_str()
@@ -468,6 +492,7 @@ async fn capped_server(slots: usize, delay: Duration) -> (String, Arc<Mutex<Capa
                     .to_string();
                 let admitted = {
                     let mut l = log.lock().unwrap();
+                    l.order.push(key.clone());
                     if l.open >= slots {
                         l.refused += 1;
                         false
@@ -477,25 +502,68 @@ async fn capped_server(slots: usize, delay: Duration) -> (String, Arc<Mutex<Capa
                         true
                     }
                 };
-                let reply = if admitted {
+                let (status, extra, body) = if admitted {
                     tokio::time::sleep(delay).await;
                     let mut l = log.lock().unwrap();
                     l.open -= 1;
+                    if l.dead {
+                        return;
+                    }
                     *l.answered.entry(key.clone()).or_insert(0) += 1;
-                    let answer = json!({"choices": [{"message": {"role": "assistant", "content": format!("echo: {key}")}}]}).to_string();
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    )
+                    if die_after.is_some_and(|n| l.answered.len() >= n) {
+                        l.dead = true;
+                    }
+                    let answer = json!({"choices": [{"message": {"role": "assistant", "content": format!("echo: {key}")}}]});
+                    ("200 OK", "", answer.to_string())
                 } else {
-                    "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0.05\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_string()
+                    ("429 Too Many Requests", "retry-after: 0.05\r\n", "{}".to_string())
                 };
-                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.write_all(http(status, extra, &body).as_bytes()).await;
                 let _ = stream.shutdown().await;
-            });
+            }
+        },
+    )
+    .await;
+    (addr, log)
+}
+
+/// `('row 0'), ('row 1'), ...`: a VALUES list of `n` distinct prompts.
+fn numbered_rows(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("('row {i}')"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An HTTP/1.1 answer with a JSON body (`extra`: more header lines, each ending in CRLF).
+fn http(status: &str, extra: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+/// A loopback server handling each connection with `handle` for as long as `open()` holds
+/// (then it stops listening: later connections are refused); its address.
+async fn listen<F, Fut>(open: impl Fn() -> bool + Send + 'static, handle: F) -> String
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            if !open() {
+                return;
+            }
+            tokio::spawn(handle(stream));
         }
     });
-    (addr, log)
+    addr
 }
 
 /// Against a server with 12 slots and a cap of 128: the in-flight target adapts down to what
@@ -505,7 +573,7 @@ async fn capped_server(slots: usize, delay: Duration) -> (String, Arc<Mutex<Capa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_flight_target_adapts_to_the_servers_capacity() {
     const N: usize = 300;
-    let (addr, log) = capped_server(12, Duration::from_millis(30)).await;
+    let (addr, log) = capped_server(12, Duration::from_millis(30), None).await;
     let e = engine();
     e.sql(&format!(
         "CREATE MODEL small FROM 'openai://{addr}/v1/m'
@@ -513,10 +581,7 @@ async fn the_in_flight_target_adapts_to_the_servers_capacity() {
     ))
     .await
     .unwrap();
-    let rows = (0..N)
-        .map(|i| format!("('row {i}')"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rows = numbered_rows(N);
     let query = format!(
         "SELECT p, ai_generate('small', p, named_struct('max_tokens', 4)) AS a FROM (VALUES {rows}) t(p)"
     );
@@ -549,4 +614,342 @@ async fn the_in_flight_target_adapts_to_the_servers_capacity() {
     );
     assert!(field("pushbacks") >= 1.0, "{analyze}");
     field("admission_wait");
+}
+
+/// One model over two servers, one of which dies after 30 answers: its requests fail over to
+/// the other (every row answered exactly once, with the same answer either would give), and
+/// both served part of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_model_over_two_endpoints_survives_one_dying() {
+    const N: usize = 200;
+    let (a, log_a) = capped_server(8, Duration::from_millis(20), None).await;
+    let (b, log_b) = capped_server(8, Duration::from_millis(20), Some(30)).await;
+    let e = engine();
+    e.sql(&format!(
+        "CREATE MODEL two FROM 'openai://{a}/v1/m'
+         OPTIONS (endpoints 'openai://{b}/v1', concurrency '16', backoff '0.01',
+                  max_retries '20', timeout '5')"
+    ))
+    .await
+    .unwrap();
+    let rows = numbered_rows(N);
+    // Each row's answer is the one either server gives it.
+    let check = text(
+        &e,
+        &format!(
+            "SELECT count(*) AS answered, count(*) FILTER (WHERE a <> 'echo: ' || p) AS wrong
+             FROM (SELECT p, ai_generate('two', p, named_struct('max_tokens', 4)) AS a
+                   FROM (VALUES {rows}) t(p))"
+        ),
+    )
+    .await;
+    assert!(check.contains("| 200      | 0     |"), "{check}");
+    let (la, lb) = (log_a.lock().unwrap(), log_b.lock().unwrap());
+    assert!(lb.dead, "the second server died mid-run");
+    assert_eq!(lb.answered.len(), 30);
+    let mut all: HashMap<&String, u32> = HashMap::new();
+    for (k, n) in la.answered.iter().chain(lb.answered.iter()) {
+        *all.entry(k).or_insert(0) += n;
+    }
+    assert_eq!(all.len(), N, "every row answered");
+    assert!(
+        all.values().all(|&n| n == 1),
+        "exactly once over both servers"
+    );
+    assert!(la.answered.len() >= N - 30);
+}
+
+/// `requests_per_minute` is kept at the server: 120 requests at 2,400 a minute (40 a second,
+/// a bucket of one second's worth) arrive over at least two seconds, and no half-second or
+/// one-second window holds more than the bucket and that window's refill; a rate of 0 is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_minute_is_respected_at_the_server() {
+    const N: usize = 120;
+    let (addr, log) = capped_server(256, Duration::from_millis(5), None).await;
+    let e = engine();
+    let bad = e
+        .sql(&format!(
+            "CREATE MODEL limited FROM 'openai://{addr}/v1/m' OPTIONS (requests_per_minute '0')"
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("requests_per_minute") && bad.contains("above 0"),
+        "{bad}"
+    );
+    e.sql(&format!(
+        "CREATE MODEL limited FROM 'openai://{addr}/v1/m'
+         OPTIONS (requests_per_minute '2400', concurrency '256', timeout '5')"
+    ))
+    .await
+    .unwrap();
+    let rows = numbered_rows(N);
+    e.query(&format!(
+        "SELECT ai_generate('limited', p, named_struct('max_tokens', 4)) FROM (VALUES {rows}) t(p)"
+    ))
+    .await
+    .unwrap();
+    let l = log.lock().unwrap();
+    assert_eq!(l.answered.len(), N);
+    let mut at = l.arrivals.clone();
+    at.sort();
+    let span = at[at.len() - 1].duration_since(at[0]);
+    assert!(
+        span >= Duration::from_millis(1900),
+        "120 requests in {span:?}"
+    );
+    for (window, most) in [
+        (Duration::from_millis(500), 61),
+        (Duration::from_secs(1), 81),
+    ] {
+        let busiest = (0..at.len())
+            .map(|i| {
+                at[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(at[i]) < window)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(busiest <= most, "{busiest} requests within {window:?}");
+    }
+}
+
+/// `on_error 'record'`: every row gives {value, error, attempts}; the failed row's error and
+/// attempts are there, a NULL input stays NULL, the good rows are cached and the failed one
+/// is not, so a second run sends requests only for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_record_keeps_good_rows_and_retries_only_failures() {
+    let (addr, log) = server().await;
+    let cache = tempfile::tempdir().unwrap();
+    let e = super::support::engine_with(prefflow::SessionOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        cache: Some(prefflow::CacheMode::ReadWrite),
+        ..Default::default()
+    });
+    declare(
+        &e,
+        "recorded",
+        &addr,
+        ", on_error 'record', max_retries '2'",
+    )
+    .await;
+    let query =
+        "SELECT p, r.value AS value, r.error AS error, r.attempts AS attempts, r IS NULL AS nothing
+         FROM (SELECT p, ai_generate('recorded', p, named_struct('max_tokens', 4)) AS r
+               FROM (VALUES ('fine'), ('this always fails'), (NULL)) t(p))
+         ORDER BY p NULLS LAST";
+    let t = text(&e, query).await;
+    let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("| ")).skip(1).collect();
+    assert_eq!(lines.len(), 3, "{t}");
+    assert!(
+        lines[0].starts_with("| fine ") && lines[0].contains("echo: fine"),
+        "{t}"
+    );
+    assert!(lines[0].contains("| false "), "{t}");
+    assert!(
+        lines[1].contains("no answer after 3 attempts (last: HTTP 500)"),
+        "{t}"
+    );
+    assert!(lines[1].contains("| 3        | false "), "{t}");
+    assert!(
+        lines[2].contains("| true "),
+        "the NULL prompt gives NULL: {t}"
+    );
+    let attempts = |log: &Arc<Mutex<Log>>, key: &str| {
+        log.lock().unwrap().attempts[&format!("/v1/chat/completions {key}")]
+    };
+    let (fine, failing) = (attempts(&log, "fine"), attempts(&log, "this always fails"));
+    assert_eq!(failing, 3);
+    // Again: the good row comes from the cache, the failed one is asked again.
+    let again = text(&e, query).await;
+    assert_eq!(attempts(&log, "fine"), fine, "{again}");
+    assert_eq!(attempts(&log, "this always fails"), 6);
+    // The typed record's fields.
+    let t = text(
+        &e,
+        "SELECT arrow_typeof(ai_generate('recorded', 'fine')) AS t",
+    )
+    .await;
+    assert!(
+        t.contains(r#"Struct("value": Utf8, "error": Utf8, "attempts": Int32)"#),
+        "{t}"
+    );
+}
+
+/// A stand-in that answers like vLLM: `/tokenize` (a token per character, its code point as
+/// the id; `messages` rendered as `<u>content<a>` per user turn), `/v1/completions` with
+/// `echo` + `logprobs` (token i's log-probability is -(id % 7 + 1) / 10; the model named
+/// `pl` answers in vLLM's `prompt_logprobs` form instead) and `/pooling` (the assistant
+/// turn's length as the score).
+async fn vllm_like() -> (String, Arc<Mutex<Vec<String>>>) {
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&paths);
+    let addr = listen(
+        || true,
+        move |mut stream| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let Some(request) = super::support::read_request(&mut stream).await else {
+                    return;
+                };
+                seen.lock().unwrap().push(request.path.clone());
+                let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                let ids = |t: &str| t.chars().map(|c| c as u64).collect::<Vec<_>>();
+                let lp = |id: u64| -((id % 7 + 1) as f64) / 10.0;
+                let answer = match request.path.as_str() {
+                    "/tokenize" => match body["messages"].as_array() {
+                        Some(m) => {
+                            let text: String = m
+                                .iter()
+                                .map(|t| format!("<u>{}", t["content"].as_str().unwrap()))
+                                .collect::<String>()
+                                + "<a>";
+                            json!({"tokens": ids(&text), "count": text.chars().count()})
+                        }
+                        None => json!({"tokens": ids(body["prompt"].as_str().unwrap())}),
+                    },
+                    "/v1/completions" => {
+                        let sent: Vec<u64> = body["prompt"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_u64().unwrap())
+                            .collect();
+                        assert_eq!(body["echo"], json!(true));
+                        let choice = if body["model"] == "pl" {
+                            let list: Vec<Value> = sent
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &id)| {
+                                    if i == 0 {
+                                        Value::Null
+                                    } else {
+                                        json!({id.to_string(): {"logprob": lp(id), "rank": 1}})
+                                    }
+                                })
+                                .collect();
+                            json!({"text": "x", "prompt_logprobs": list})
+                        } else {
+                            let mut list: Vec<Value> = vec![Value::Null];
+                            list.extend(sent.iter().skip(1).map(|&id| json!(lp(id))));
+                            list.push(json!(-0.5)); // the generated token
+                            json!({"text": "x", "logprobs": {"token_logprobs": list}})
+                        };
+                        json!({"choices": [choice], "usage": {"prompt_tokens": sent.len(), "completion_tokens": 1}})
+                    }
+                    "/pooling" => {
+                        let reply = body["messages"][1]["content"].as_str().unwrap();
+                        json!({"data": [{"index": 0, "data": [reply.chars().count() as f64]}]})
+                    }
+                    _ => Value::Null,
+                };
+                let (status, answer) = if answer.is_null() {
+                    ("404 Not Found", "{}".to_string())
+                } else {
+                    ("200 OK", answer.to_string())
+                };
+                let _ = stream.write_all(http(status, "", &answer).as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        },
+    )
+    .await;
+    (addr, paths)
+}
+
+/// ai_logprob, token_count and ai_reward on the server: the sums, counts and scores the
+/// stand-in's tokenizer and log-probabilities give, in both of vLLM's answer forms, with the
+/// prompt rendered by the server's chat template; NULL in, NULL out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprob_token_count_and_reward_are_computed_on_the_server() {
+    let (addr, paths) = vllm_like().await;
+    let e = engine();
+    for name in ["echo", "pl"] {
+        e.sql(&format!(
+            "CREATE MODEL {name} FROM 'openai://{addr}/v1/{name}' OPTIONS (timeout '5')"
+        ))
+        .await
+        .unwrap();
+    }
+    let lp = |t: &str| -> f64 {
+        t.chars()
+            .map(|c| -(((c as u64) % 7 + 1) as f64) / 10.0)
+            .sum()
+    };
+    let expected = lp("Paris.");
+    for name in ["echo", "pl"] {
+        let t = text(
+            &e,
+            &format!(
+                "SELECT ai_logprob('{name}', 'Capital of France?', 'Paris.') AS lp,
+                        ai_logprob('{name}', 'q', '') AS empty,
+                        ai_logprob('{name}', NULL, 'x') IS NULL AS null_in"
+            ),
+        )
+        .await;
+        let got: f64 = t
+            .lines()
+            .nth(3)
+            .and_then(|l| l.split('|').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{t}"));
+        assert!(
+            (got - expected).abs() < 1e-9,
+            "{name}: {got} vs {expected}\n{t}"
+        );
+        assert!(t.contains("| 0.0 ") && t.contains("| true "), "{t}");
+    }
+    let t = text(
+        &e,
+        "SELECT token_count('echo', 'hello wörld') AS n, token_count('echo', NULL) IS NULL AS null_in,
+                ai_reward('echo', 'q', 'four') AS score",
+    )
+    .await;
+    assert!(t.contains("| 11 | true    | 4.0   |"), "{t}");
+    let paths = paths.lock().unwrap();
+    assert!(paths.iter().any(|p| p == "/tokenize"));
+    assert!(paths.iter().any(|p| p == "/pooling"));
+    assert!(
+        !paths.iter().any(|p| p == "/apply-template"),
+        "vLLM renders messages itself"
+    );
+}
+
+/// Rows that share a system prompt go out one after another (so a server's prefix cache keeps
+/// it), whatever order they come in; each row still gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_sharing_a_prompt_prefix_go_out_together() {
+    let (addr, log) = capped_server(1, Duration::from_millis(2), None).await;
+    let e = engine();
+    // One partition: one batch, whose order the client chooses.
+    e.sql("SET datafusion.execution.target_partitions = 1")
+        .await
+        .unwrap();
+    e.sql(&format!(
+        "CREATE MODEL one FROM 'openai://{addr}/v1/m' OPTIONS (concurrency '1', timeout '5')"
+    ))
+    .await
+    .unwrap();
+    let rows = (0..12)
+        .map(|i| format!("('system {}', 'question {i}')", ["A", "B", "C"][i % 3]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = text(
+        &e,
+        &format!(
+            "SELECT count(DISTINCT a) AS answers FROM (
+               SELECT ai_generate('one', [named_struct('role', 'system', 'content', s),
+                                         named_struct('role', 'user', 'content', q)]) AS a
+               FROM (VALUES {rows}) t(s, q))"
+        ),
+    )
+    .await;
+    assert!(t.contains("| 3       |"), "{t}");
+    let order = log.lock().unwrap().order.clone();
+    assert_eq!(order.len(), 12);
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(switches, 2, "grouped by system prompt: {order:?}");
 }

@@ -285,6 +285,8 @@ impl ModelFunction for AiJudge {
             }
         }
         let prompts = StringArray::from(prompts);
+        // Under on_error 'record', both orders' requests belong to their row.
+        crate::models::row_errors::map_rows((0..2 * rows).map(|i| i % rows).collect());
         let replies = call.generate(name, &prompts, &gen_options, 1).await?;
         let reply = |i: usize| replies[i].as_ref().map(|r| r[0].clone());
 

@@ -63,6 +63,13 @@ impl ModelFunction for AiLogprob {
         let name = Self::NAME;
         let args = call.args;
         let rows = args.number_rows;
+        if let Some(remote) = call
+            .registry
+            .remote(call.spec)
+            .map_err(|e| model_err(name, e))?
+        {
+            return remote_logprobs(call, &remote).await;
+        }
         let decoder = call
             .model(name)
             .await?
@@ -103,4 +110,35 @@ impl ModelFunction for AiLogprob {
         }
         Ok(Arc::new(out.finish()))
     }
+}
+
+/// Every row's log-probability from the server (`remote_scoring.rs`): tokenized there, scored
+/// there, all rows at once.
+async fn remote_logprobs(
+    call: &Call<'_>,
+    remote: &crate::models::remote::RemoteModel,
+) -> Result<ArrayRef> {
+    use crate::models::remote_scoring::{conversation, each_row, label};
+    let name = AiLogprob::NAME;
+    let rows = call.args.number_rows;
+    let prompts: ArrayRef = call.args.args[1].to_array(rows)?;
+    let responses = string_arg(&call.args.args[2], rows)?;
+    let nulls = prompts.logical_nulls();
+    let mut requests = Vec::new();
+    for i in 0..rows {
+        if nulls.as_ref().is_some_and(|n| n.is_null(i)) || responses.is_null(i) {
+            continue;
+        }
+        let messages = conversation(name, prompts.as_ref(), i)?;
+        let response = responses.value(i).to_string();
+        let row = label(&messages.to_string());
+        requests.push((i, row, async move {
+            let p = remote.tokenize_chat(&messages).await?;
+            let r = remote.tokenize_text(&response).await?;
+            crate::models::call_stats::record_tokens((p.len() + r.len()) as u64, 0);
+            remote.logprob(&p, &r).await
+        }));
+    }
+    let out = each_row(name, remote, rows, requests).await?;
+    Ok(Arc::new(datafusion::arrow::array::Float64Array::from(out)))
 }

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{Signature, Volatility};
@@ -51,6 +51,10 @@ impl ModelFunction for AiReward {
 
     fn plan(&self, call: &Planning<'_>) -> Result<DataType> {
         call.text_args(&[(1, "the prompt"), (2, "the response")])?;
+        if crate::models::remote::is_remote(&call.spec.uri) {
+            // The server has the weights and their single score.
+            return Ok(DataType::Float64);
+        }
         let info = call
             .registry
             .info(&call.spec)
@@ -63,6 +67,29 @@ impl ModelFunction for AiReward {
     async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
         let prompts = string_arg(&call.args.args[1], call.rows())?;
         let responses = string_arg(&call.args.args[2], call.rows())?;
+        if let Some(remote) = call
+            .registry
+            .remote(call.spec)
+            .map_err(|e| model_err(Self::NAME, e))?
+        {
+            // A reward model served with vLLM's pooling runner scores the conversation.
+            use crate::models::remote_scoring::{each_row, label};
+            let requests = (0..call.rows())
+                .filter(|&i| prompts.is_valid(i) && responses.is_valid(i))
+                .map(|i| {
+                    let messages = serde_json::json!([
+                        {"role": "user", "content": prompts.value(i)},
+                        {"role": "assistant", "content": responses.value(i)},
+                    ]);
+                    let remote = &remote;
+                    (i, label(prompts.value(i)), async move {
+                        remote.reward(&messages).await
+                    })
+                })
+                .collect();
+            let scores = each_row(Self::NAME, &remote, call.rows(), requests).await?;
+            return Ok(Arc::new(Float64Array::from(scores)));
+        }
         let scores = encoding::score(
             Self::NAME,
             call.model(Self::NAME).await?,

@@ -55,7 +55,7 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
         "ai_reward",
         r#"`ai_reward(model, prompt, response)`"#,
         r#"Float64"#,
-        r#"score of a sequence-classification reward model: its single label, or `OPTIONS (label '...')`"#,
+        r#"score of a sequence-classification reward model: its single label, or `OPTIONS (label '...')`; a remote model scores on the server (`/pooling`)"#,
     ),
     (
         "ai_generate",
@@ -73,7 +73,7 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
         "ai_logprob",
         r#"`ai_logprob(model, prompt, response)`"#,
         r#"Float64"#,
-        r#"sum of the response tokens' log-probabilities after the chat-templated prompt (prompt and response tokenized separately)"#,
+        r#"sum of the response tokens' log-probabilities after the chat-templated prompt (prompt and response tokenized separately); a remote model is tokenized and scored on the server (`/tokenize`, `/v1/completions` with echo)"#,
     ),
     (
         "ai_judge",
@@ -103,7 +103,7 @@ pub const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
         "token_count",
         r#"`token_count(model, text)`"#,
         r#"Int64"#,
-        r#"the text's own tokens (no special tokens, no template, no truncation)"#,
+        r#"the text's own tokens (no special tokens, no template, no truncation); a remote model counts with the server's `/tokenize`"#,
     ),
     (
         "kmeans",

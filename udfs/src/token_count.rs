@@ -54,6 +54,27 @@ impl ModelFunction for TokenCount {
     async fn run(&self, call: &Call<'_>) -> Result<ArrayRef> {
         let name = Self::NAME;
         let rows = call.rows();
+        if let Some(remote) = call
+            .registry
+            .remote(call.spec)
+            .map_err(|e| model_err(name, e))?
+        {
+            // The server's tokenizer, through its /tokenize.
+            use crate::models::remote_scoring::{each_row, label};
+            let texts = string_arg(&call.args.args[1], rows)?;
+            let requests = (0..rows)
+                .filter(|&i| !texts.is_null(i))
+                .map(|i| {
+                    let text = texts.value(i).to_string();
+                    let remote = &remote;
+                    (i, label(&text), async move {
+                        remote.tokenize_text(&text).await.map(|t| t.len() as i64)
+                    })
+                })
+                .collect();
+            let counts = each_row(name, &remote, rows, requests).await?;
+            return Ok(Arc::new(Int64Array::from(counts)));
+        }
         let tokenizer = call
             .registry
             .counting_tokenizer(call.spec)

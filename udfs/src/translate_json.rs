@@ -191,6 +191,8 @@ impl Default for TranslateJson {
 impl ModelFunction for TranslateJson {
     const NAME: &'static str = "translate_json";
     const NEEDS: Option<Capability> = Some(Capability::Translate);
+    // One request serves every row holding the same string.
+    const RECORDS: bool = false;
 
     fn signature(&self) -> &Signature {
         &self.signature

@@ -72,7 +72,17 @@ impl<F: ModelFunction> ScalarUDFImpl for ModelCall<F> {
             registry: &self.registry.0,
             args: &args,
         };
+        let records = records(&planning.spec);
         let output = self.inner.plan(&planning)?;
+        if records && !F::RECORDS {
+            return datafusion::common::plan_err!(
+                "{}: model '{}' has OPTIONS (on_error 'record'), which {} does not support (its requests do not map to rows): use on_error 'null'",
+                F::NAME,
+                planning.spec.name,
+                F::NAME
+            );
+        }
+        let output = if records { record_type(output) } else { output };
         Ok(Arc::new(Field::new(F::NAME, output, true)))
     }
 
@@ -260,7 +270,11 @@ impl<F: ModelFunction> ModelCall<F> {
             needs: F::NEEDS,
             model: &batch.model,
         };
-        self.inner.run(&call).await
+        if !records(&batch.spec) {
+            return self.inner.run(&call).await;
+        }
+        let (log, values) = crate::models::row_errors::with_row_log(self.inner.run(&call)).await;
+        record_array(values?, &log)
     }
 
     /// Computes the rows `misses` in chunks that all go to the model at once (its worker
@@ -294,12 +308,17 @@ impl<F: ModelFunction> ModelCall<F> {
             let array = result?;
             if array.data_type() == &return_type {
                 // A NULL result is not kept: it is a request that failed (`on_error
-                // 'null'`), and a run after the cause is fixed must ask again.
+                // 'null'`), and a run after the cause is fixed must ask again; nor is a
+                // row whose record holds an error (`on_error 'record'`).
+                let errors = records(&batch.spec)
+                    .then(|| record_errors(&array))
+                    .flatten();
                 pending.extend(
                     chunks[c]
                         .iter()
                         .enumerate()
                         .filter(|(j, _)| !array.is_null(*j))
+                        .filter(|(j, _)| errors.as_ref().is_none_or(|e| e.is_null(*j)))
                         .map(|(j, &i)| (keys[i], array.slice(j, 1))),
                 );
             }
@@ -317,6 +336,53 @@ impl<F: ModelFunction> ModelCall<F> {
         let parts: Vec<&dyn Array> = done.iter().flatten().map(|a| a.as_ref()).collect();
         Ok(concat(&parts)?)
     }
+}
+
+/// Whether a call with this model returns records (`on_error 'record'`, remote models).
+fn records(spec: &ModelSpec) -> bool {
+    crate::models::remote::is_remote(&spec.uri)
+        && spec.options.get("on_error").map(String::as_str) == Some("record")
+}
+
+/// `STRUCT<value T, error VARCHAR, attempts INT>` around a function's output type `T`.
+pub fn record_type(value: DataType) -> DataType {
+    DataType::Struct(record_fields(value))
+}
+
+fn record_fields(value: DataType) -> datafusion::arrow::datatypes::Fields {
+    vec![
+        Field::new("value", value, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("attempts", DataType::Int32, true),
+    ]
+    .into()
+}
+
+/// The function's values with each row's error and attempts; a row with neither a value nor
+/// an error (a NULL input) is NULL.
+fn record_array(values: ArrayRef, log: &crate::models::row_errors::RowLog) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{Int32Array, StringArray, StructArray};
+    use datafusion::arrow::buffer::NullBuffer;
+    let rows = values.len();
+    let errors = StringArray::from_iter((0..rows).map(|i| log.error(i)));
+    let attempts = Int32Array::from_iter_values(
+        (0..rows).map(|i| log.attempts(i).min(i32::MAX as u32) as i32),
+    );
+    let valid = NullBuffer::from_iter((0..rows).map(|i| values.is_valid(i) || errors.is_valid(i)));
+    let fields = record_fields(values.data_type().clone());
+    Ok(Arc::new(StructArray::try_new(
+        fields,
+        vec![values, Arc::new(errors), Arc::new(attempts)],
+        Some(valid),
+    )?))
+}
+
+/// The `error` column of a record array.
+fn record_errors(array: &ArrayRef) -> Option<ArrayRef> {
+    array
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StructArray>()
+        .and_then(|s| s.column_by_name("error").cloned())
 }
 
 /// Rows per chunk of a record batch sent to the model while caching: the decode worker's

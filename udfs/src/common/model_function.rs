@@ -26,6 +26,8 @@ pub trait ModelFunction:
     const NEEDS: Option<Capability>;
     /// Whether results go to the result cache (not when they are cheaper to recompute).
     const CACHED: bool = true;
+    /// Whether `on_error 'record'` can say which row failed (its requests map to rows).
+    const RECORDS: bool = true;
 
     /// The arguments it takes.
     fn signature(&self) -> &Signature;
