@@ -513,7 +513,10 @@ async fn capped_server(
                     if die_after.is_some_and(|n| l.answered.len() >= n) {
                         l.dead = true;
                     }
-                    let answer = json!({"choices": [{"message": {"role": "assistant", "content": format!("echo: {key}")}}]});
+                    let answer = json!({
+                        "choices": [{"message": {"role": "assistant", "content": format!("echo: {key}")}}],
+                        "usage": {"total_tokens": 200}
+                    });
                     ("200 OK", "", answer.to_string())
                 } else {
                     ("429 Too Many Requests", "retry-after: 0.05\r\n", "{}".to_string())
@@ -952,4 +955,42 @@ async fn rows_sharing_a_prompt_prefix_go_out_together() {
     assert_eq!(order.len(), 12);
     let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
     assert_eq!(switches, 2, "grouped by system prompt: {order:?}");
+}
+
+/// `tokens_per_minute`: a request takes its estimate (about 30 tokens here), the answer's
+/// usage (200) settles it, and the debt that leaves is paid back before the next request goes:
+/// after 20 answers at once (4,000 tokens against a bucket of 1,000 refilling 1,000 a second)
+/// one more request waits about three seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_counts_the_answers_usage() {
+    let (addr, log) = capped_server(256, Duration::from_millis(5), None).await;
+    let e = engine();
+    e.sql(&format!(
+        "CREATE MODEL metered FROM 'openai://{addr}/v1/m'
+         OPTIONS (tokens_per_minute '60000', timeout '10')"
+    ))
+    .await
+    .unwrap();
+    let generate = |rows: String| {
+        format!(
+            "SELECT ai_generate('metered', p, named_struct('max_tokens', 4)) FROM (VALUES {rows}) t(p)"
+        )
+    };
+    let t0 = std::time::Instant::now();
+    e.query(&generate(numbered_rows(20))).await.unwrap();
+    let first = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    e.query(&generate("('one more')".to_string()))
+        .await
+        .unwrap();
+    let waited = t1.elapsed();
+    assert!(
+        first < Duration::from_secs(2),
+        "estimates fit the bucket: {first:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "the usage's debt is paid back first: {waited:?}"
+    );
+    assert_eq!(log.lock().unwrap().answered.len(), 21);
 }
