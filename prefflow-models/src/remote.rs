@@ -578,9 +578,16 @@ impl RemoteModel {
                                 last = format!("HTTP {status}");
                                 wait = retry_after;
                             }
-                            (500..=599, _) => {
+                            (500..=599, text) => {
                                 lease.failed(false);
-                                last = format!("HTTP {status}");
+                                // What the server says goes into the final error: a 500 such
+                                // as llama.cpp's "Only no echo is supported" is the answer.
+                                let said = server_message(&self.mask(&text.unwrap_or_default()));
+                                last = if said.is_empty() {
+                                    format!("HTTP {status}")
+                                } else {
+                                    format!("HTTP {status}: {said}")
+                                };
                                 wait = retry_after;
                             }
                             (_, text) => {
@@ -649,6 +656,24 @@ impl RemoteModel {
         self.jitter.store(x, Ordering::Relaxed);
         cap.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
     }
+}
+
+/// The message of an error answer (`{"error": {"message": ...}}`, `{"error": "..."}`, or the
+/// text itself), at most 200 characters.
+fn server_message(body: &str) -> String {
+    let parsed = serde_json::from_str::<Value>(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("error"))
+                .or_else(|| v.get("message"))
+                .or_else(|| v.get("detail"))
+        })
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| body.trim().to_string());
+    message.chars().take(200).collect()
 }
 
 /// `http://HOST:PORT` of `http://HOST:PORT/v1`.

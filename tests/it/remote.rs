@@ -350,7 +350,7 @@ async fn failures_name_the_row_or_give_null() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("no answer after 5 attempts (last: HTTP 500)"),
+        err.contains("no answer after 5 attempts (last: HTTP 500: boom)"),
         "{err}"
     );
     // on_error 'null': NULL, never an empty string.
@@ -753,7 +753,7 @@ async fn on_error_record_keeps_good_rows_and_retries_only_failures() {
     );
     assert!(lines[0].contains("| false "), "{t}");
     assert!(
-        lines[1].contains("no answer after 3 attempts (last: HTTP 500)"),
+        lines[1].contains("no answer after 3 attempts (last: HTTP 500: boom)"),
         "{t}"
     );
     assert!(lines[1].contains("| 3        | false "), "{t}");
@@ -921,8 +921,9 @@ async fn logprob_token_count_and_reward_are_computed_on_the_server() {
     );
 }
 
-/// Rows that share a system prompt go out one after another (so a server's prefix cache keeps
-/// it), whatever order they come in; each row still gets its own answer.
+/// Rows that share a system prompt stay on one lane (so a server's prefix cache keeps it),
+/// whatever order they come in: with one request in flight, one lane, a context's rows go one
+/// after another (generation::dispatch_tests checks the lanes taking turns).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_sharing_a_prompt_prefix_go_out_together() {
     let (addr, log) = capped_server(1, Duration::from_millis(2), None).await;
