@@ -803,6 +803,26 @@ async fn vllm_like() -> (String, Arc<Mutex<Vec<String>>>) {
                 let ids = |t: &str| t.chars().map(|c| c as u64).collect::<Vec<_>>();
                 let lp = |id: u64| -((id % 7 + 1) as f64) / 10.0;
                 let answer = match request.path.as_str() {
+                    // llama.cpp's server reads `content` and ignores `messages`.
+                    "/tokenize" if body["model"] == "llama" => {
+                        json!({"tokens": ids(body["content"].as_str().unwrap_or(""))})
+                    }
+                    "/apply-template" => {
+                        let m = body["messages"].as_array().unwrap();
+                        let text: String = m
+                            .iter()
+                            .map(|t| format!("<u>{}", t["content"].as_str().unwrap()))
+                            .collect::<String>()
+                            + "<a>";
+                        json!({"prompt": text})
+                    }
+                    "/v1/completions" if body["model"] == "llama" => {
+                        let said = json!({"error": {"code": 500, "message": "Only no echo is supported"}});
+                        let _ = stream
+                            .write_all(http("500 Internal Server Error", "", &said.to_string()).as_bytes())
+                            .await;
+                        return;
+                    }
                     "/tokenize" => match body["messages"].as_array() {
                         Some(m) => {
                             let text: String = m
@@ -994,4 +1014,31 @@ async fn tokens_per_minute_counts_the_answers_usage() {
         "the usage's debt is paid back first: {waited:?}"
     );
     assert_eq!(log.lock().unwrap().answered.len(), 21);
+}
+
+/// Against a server that answers like llama.cpp's: `/tokenize` ignores `messages`, so the
+/// prompt is rendered through `/apply-template`; token_count uses the `content` field; and
+/// ai_logprob ends with the server's own reason (it refuses `echo`), not a bare HTTP 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_cpp_like_server_renders_through_apply_template_and_refuses_echo() {
+    let (addr, paths) = vllm_like().await;
+    let e = engine();
+    e.sql(&format!(
+        "CREATE MODEL llama FROM 'openai://{addr}/v1/llama'
+         OPTIONS (timeout '5', backoff '0.01', max_retries '1')"
+    ))
+    .await
+    .unwrap();
+    let t = text(&e, "SELECT token_count('llama', 'hello') AS n").await;
+    assert!(t.contains("| 5 |"), "{t}");
+    let err = e
+        .query("SELECT ai_logprob('llama', 'q', 'r')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no answer after 2 attempts (last: HTTP 500: Only no echo is supported)"),
+        "{err}"
+    );
+    assert!(paths.lock().unwrap().iter().any(|p| p == "/apply-template"));
 }
