@@ -97,7 +97,11 @@ impl Pool {
             .map(|(base, key)| Endpoint {
                 base: base.clone(),
                 key_env: key.clone(),
-                admission: Admission::sharing(limits.concurrency, Arc::clone(&freed)),
+                admission: Admission::sharing(
+                    limits.concurrency,
+                    Arc::clone(&freed),
+                    Some(super::admission::RAMP_STEP),
+                ),
                 limits: Mutex::new(RateLimits::new(
                     limits.requests_per_minute,
                     limits.tokens_per_minute,
@@ -171,7 +175,17 @@ impl Pool {
                     break;
                 }
             }
-            match budget_in {
+            // The start ramp may raise a target before any place frees.
+            let growth = self
+                .endpoints
+                .iter()
+                .filter_map(|e| e.admission.next_growth())
+                .min();
+            let wake = match (budget_in, growth) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wake {
                 Some(wait) => {
                     tokio::select! {
                         _ = freed => {}
