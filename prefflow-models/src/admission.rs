@@ -84,7 +84,8 @@ pub struct Ticket<'a> {
 }
 
 impl Admission {
-    /// A controller allowing at most `cap` requests in flight.
+    /// A controller allowing at most `cap` requests in flight, clocked by answers only.
+    #[cfg(test)]
     pub fn new(cap: usize) -> Self {
         Self::sharing(cap, Arc::new(Notify::new()), None)
     }
@@ -169,6 +170,8 @@ impl Admission {
     }
 
     /// Waits until a request may go out (fewer in flight than the target).
+    // Requests wait in `endpoints::Pool::acquire`, over all of a model's endpoints.
+    #[cfg(test)]
     pub async fn admit(&self) -> Ticket<'_> {
         let asked = Instant::now();
         loop {

@@ -131,26 +131,19 @@ impl Pool {
             tokio::pin!(freed);
             freed.as_mut().enable();
             let now = Instant::now();
-            let mut order: Vec<(bool, Option<Instant>, f64, usize)> = self
+            // (until when it rests, load, index): healthy ones (None) first, least loaded
+            // first; rested ones by when their rest ends.
+            let mut order: Vec<(Option<Instant>, f64, usize)> = self
                 .endpoints
                 .iter()
                 .enumerate()
-                .map(|(i, e)| {
-                    let rested = e.rested(now);
-                    (rested.is_some(), rested, e.admission.load(), i)
-                })
+                .map(|(i, e)| (e.rested(now), e.admission.load(), i))
                 .collect();
-            // Healthy first, least loaded first; rested ones by when their rest ends.
-            order.sort_by(|a, b| {
-                a.0.cmp(&b.0)
-                    .then(a.1.cmp(&b.1))
-                    .then(a.2.total_cmp(&b.2))
-                    .then(a.3.cmp(&b.3))
-            });
-            let all_rested = order.iter().all(|o| o.0);
+            order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let all_rested = order.iter().all(|o| o.0.is_some());
             let mut budget_in: Option<Duration> = None;
-            for &(rested, _, _, i) in &order {
-                if rested && !all_rested {
+            for &(rested, _, i) in &order {
+                if rested.is_some() && !all_rested {
                     continue;
                 }
                 let endpoint = &self.endpoints[i];

@@ -185,7 +185,7 @@ async fn generate_remote(
     options: &GenerateParams,
     n: usize,
 ) -> Result<Vec<Option<Vec<String>>>> {
-    use crate::remote::{OnError, Prompt};
+    use crate::remote::Prompt;
     let nulls = prompts.logical_nulls();
     let mut pending = Vec::new();
     for row in 0..prompts.len() {
@@ -230,43 +230,13 @@ async fn generate_remote(
     for (row, prompt, seed_text) in pending {
         for k in 0..n {
             let seed = row_seed(&seed_text, k as u64, options.seed);
-            let prompt = prompt.clone();
-            requests.push(async move {
-                let (attempts, answer) =
-                    crate::row_errors::counting_attempts(remote.generate(prompt, options, seed))
-                        .await;
-                crate::row_errors::row_attempts(row, attempts);
-                (row, answer)
-            });
+            requests.push((row, remote.generate(prompt.clone(), options, seed)));
         }
     }
-    let answers = futures::future::join_all(requests).await;
-    let label = |row: usize| prompt_label(prompts, row);
-    let mut out: Vec<Option<Vec<String>>> = (0..prompts.len()).map(|_| None).collect();
-    let mut failed = vec![false; prompts.len()];
-    for (row, answer) in answers {
-        match answer {
-            Ok(text) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(text),
-            Ok(_) => {}
-            Err(e) if remote.settings.on_error != OnError::Error => {
-                if !failed[row] {
-                    crate::call_stats::record_failed(1, &e.to_string());
-                    crate::row_errors::row_failed(row, &e.to_string());
-                }
-                failed[row] = true;
-                out[row] = None;
-            }
-            Err(e) => {
-                return exec_err!(
-                    "{name}: model '{}' at {}: {}: {e}",
-                    remote.name,
-                    remote.address(),
-                    label(row)
-                );
-            }
-        }
-    }
-    Ok(out)
+    crate::remote::each_row(name, remote, prompts.len(), requests, |row| {
+        prompt_label(prompts, row)
+    })
+    .await
 }
 
 /// What a prompt shares with others: every message but the last (a system prompt, few-shot
@@ -316,7 +286,7 @@ fn dispatch_order(keys: &[(String, &str)], lanes: usize) -> Vec<usize> {
 
 /// Names a row by the start of its prompt as the user wrote it (text, or a conversation as
 /// JSON), which can be searched for in the input.
-fn prompt_label(prompts: &dyn Array, row: usize) -> String {
+pub fn prompt_label(prompts: &dyn Array, row: usize) -> String {
     crate::values::to_template_value(prompts, row)
         .ok()
         .and_then(|v| serde_json::to_value(&v).ok())

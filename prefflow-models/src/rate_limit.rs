@@ -116,6 +116,7 @@ impl RateLimits {
     }
 
     /// [`RateLimits::check`], then [`RateLimits::take`] if allowed.
+    #[cfg(test)]
     pub fn try_take(&mut self, tokens: f64, now: Instant) -> Result<(), Duration> {
         self.check(tokens, now)?;
         self.take(tokens, now);

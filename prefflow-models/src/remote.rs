@@ -223,15 +223,13 @@ impl RemoteSettings {
             }
         }
         let per_minute = |k: &str| -> ModelResult<Option<f64>> {
-            match spec.options.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1e12)
-                    .map(Some)
-                    .ok_or_else(|| bad(k, v, "a number above 0 (per minute, per endpoint)")),
+            let want = "a number above 0 (per minute, per endpoint)";
+            let Some(v) = spec.options.get(k) else {
+                return Ok(None);
+            };
+            match number(k, 0.0, 1e12) {
+                Ok(x) if x > 0.0 => Ok(Some(x)),
+                _ => Err(bad(k, v, want)),
             }
         };
         let requests_per_minute = per_minute("requests_per_minute")?;
@@ -273,7 +271,12 @@ impl RemoteSettings {
 
 /// The start of a row's text, to name the row in an error.
 fn preview(text: &str) -> String {
-    let short: String = text.chars().take(40).collect();
+    shortened(text, 40)
+}
+
+/// At most `n` characters of `text`, with `…` when cut.
+pub(crate) fn shortened(text: &str, n: usize) -> String {
+    let short: String = text.chars().take(n).collect();
     if short.len() < text.len() {
         format!("{short}…")
     } else {
@@ -656,6 +659,54 @@ impl RemoteModel {
         self.jitter.store(x, Ordering::Relaxed);
         cap.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
     }
+}
+
+/// Runs every request at once (admission decides how many are in flight). Each request names
+/// its row, and a row may have several (the samples of `ai_generate_n`): a row's answers are
+/// in its requests' order. Applies the model's `on_error`: the query fails naming the row
+/// (`label` is asked only then), or the row is NULL, all its answers dropped, with its error
+/// noted under `'record'` (`row_errors.rs`), as are every row's attempts.
+pub async fn each_row<T, Fut>(
+    function: &str,
+    remote: &RemoteModel,
+    rows: usize,
+    requests: Vec<(usize, Fut)>,
+    label: impl Fn(usize) -> String,
+) -> datafusion::common::Result<Vec<Option<Vec<T>>>>
+where
+    Fut: std::future::Future<Output = Result<T, RemoteError>>,
+{
+    let running = requests.into_iter().map(|(row, f)| async move {
+        let (attempts, answer) = crate::row_errors::counting_attempts(f).await;
+        crate::row_errors::row_attempts(row, attempts);
+        (row, answer)
+    });
+    let answers = futures::future::join_all(running).await;
+    let mut out: Vec<Option<Vec<T>>> = (0..rows).map(|_| None).collect();
+    let mut failed = vec![false; rows];
+    for (row, answer) in answers {
+        match answer {
+            Ok(v) if !failed[row] => out[row].get_or_insert_with(Vec::new).push(v),
+            Ok(_) => {}
+            Err(e) if remote.settings.on_error != OnError::Error => {
+                if !failed[row] {
+                    crate::call_stats::record_failed(1, &e.to_string());
+                    crate::row_errors::row_failed(row, &e.to_string());
+                }
+                failed[row] = true;
+                out[row] = None;
+            }
+            Err(e) => {
+                return Err(datafusion::common::DataFusionError::Execution(format!(
+                    "{function}: model '{}' at {}: {}: {e}",
+                    remote.name,
+                    remote.address(),
+                    label(row)
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The message of an error answer (`{"error": {"message": ...}}`, `{"error": "..."}`, or the

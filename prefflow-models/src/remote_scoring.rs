@@ -20,7 +20,7 @@ use std::future::Future;
 use datafusion::common::{DataFusionError, Result};
 use serde_json::{Value, json};
 
-use super::remote::{OnError, RemoteError, RemoteModel};
+use super::remote::{RemoteError, RemoteModel};
 
 fn shape(what: String) -> RemoteError {
     RemoteError::Shape(what)
@@ -28,13 +28,7 @@ fn shape(what: String) -> RemoteError {
 
 /// The start of a JSON answer, for an error.
 fn brief(v: &Value) -> String {
-    let t = v.to_string();
-    let short: String = t.chars().take(160).collect();
-    if short.len() < t.len() {
-        format!("{short}…")
-    } else {
-        short
-    }
+    super::remote::shortened(&v.to_string(), 160)
 }
 
 /// Token ids from a `/tokenize` answer: `tokens` as ids or `{id, piece}` objects.
@@ -224,42 +218,23 @@ impl RemoteModel {
     }
 }
 
-/// Runs one request per row at once (admission decides how many are in flight) and applies
-/// the model's `on_error`: the query fails naming the row, or the row is NULL (and, under
-/// `'record'`, its error is noted).
-pub async fn each_row<T, Fut>(
+/// One request per row through [`crate::remote::each_row`] (on_error, attempts, the row's
+/// label asked only for an error): each row's single answer.
+pub async fn one_per_row<T, Fut>(
     function: &str,
     remote: &RemoteModel,
     rows: usize,
-    requests: Vec<(usize, String, Fut)>,
+    requests: Vec<(usize, Fut)>,
+    label: impl Fn(usize) -> String,
 ) -> Result<Vec<Option<T>>>
 where
     Fut: Future<Output = Result<T, RemoteError>>,
 {
-    let running = requests.into_iter().map(|(row, label, f)| async move {
-        let (attempts, answer) = crate::row_errors::counting_attempts(f).await;
-        crate::row_errors::row_attempts(row, attempts);
-        (row, label, answer)
-    });
-    let answers = futures::future::join_all(running).await;
-    let mut out: Vec<Option<T>> = (0..rows).map(|_| None).collect();
-    for (row, label, answer) in answers {
-        match answer {
-            Ok(v) => out[row] = Some(v),
-            Err(e) if remote.settings.on_error != OnError::Error => {
-                crate::call_stats::record_failed(1, &e.to_string());
-                crate::row_errors::row_failed(row, &e.to_string());
-            }
-            Err(e) => {
-                return Err(DataFusionError::Execution(format!(
-                    "{function}: model '{}' at {}: {label}: {e}",
-                    remote.name,
-                    remote.address()
-                )));
-            }
-        }
-    }
-    Ok(out)
+    let answers = crate::remote::each_row(function, remote, rows, requests, label).await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| a.and_then(|mut v| v.pop()))
+        .collect())
 }
 
 /// Row `row` of a prompt column as chat messages: text is one user turn.
@@ -275,9 +250,4 @@ pub fn conversation(
         Value::String(t) => json!([{"role": "user", "content": t}]),
         other => other,
     })
-}
-
-/// Names a row in an error by the start of its text.
-pub fn label(text: &str) -> String {
-    crate::values::row_label(text)
 }

@@ -118,7 +118,7 @@ async fn remote_logprobs(
     call: &Call<'_>,
     remote: &crate::models::remote::RemoteModel,
 ) -> Result<ArrayRef> {
-    use crate::models::remote_scoring::{conversation, each_row, label};
+    use crate::models::remote_scoring::{conversation, one_per_row};
     let name = AiLogprob::NAME;
     let rows = call.args.number_rows;
     let prompts: ArrayRef = call.args.args[1].to_array(rows)?;
@@ -131,14 +131,16 @@ async fn remote_logprobs(
         }
         let messages = conversation(name, prompts.as_ref(), i)?;
         let response = responses.value(i).to_string();
-        let row = label(&messages.to_string());
-        requests.push((i, row, async move {
+        requests.push((i, async move {
             let p = remote.tokenize_chat(&messages).await?;
             let r = remote.tokenize_text(&response).await?;
             crate::models::call_stats::record_tokens((p.len() + r.len()) as u64, 0);
             remote.logprob(&p, &r).await
         }));
     }
-    let out = each_row(name, remote, rows, requests).await?;
+    let out = one_per_row(name, remote, rows, requests, |i| {
+        crate::models::generation::prompt_label(prompts.as_ref(), i)
+    })
+    .await?;
     Ok(Arc::new(datafusion::arrow::array::Float64Array::from(out)))
 }

@@ -73,7 +73,7 @@ impl ModelFunction for AiReward {
             .map_err(|e| model_err(Self::NAME, e))?
         {
             // A reward model served with vLLM's pooling runner scores the conversation.
-            use crate::models::remote_scoring::{each_row, label};
+            use crate::models::remote_scoring::one_per_row;
             let requests = (0..call.rows())
                 .filter(|&i| prompts.is_valid(i) && responses.is_valid(i))
                 .map(|i| {
@@ -82,12 +82,13 @@ impl ModelFunction for AiReward {
                         {"role": "assistant", "content": responses.value(i)},
                     ]);
                     let remote = &remote;
-                    (i, label(prompts.value(i)), async move {
-                        remote.reward(&messages).await
-                    })
+                    (i, async move { remote.reward(&messages).await })
                 })
                 .collect();
-            let scores = each_row(Self::NAME, &remote, call.rows(), requests).await?;
+            let scores = one_per_row(Self::NAME, &remote, call.rows(), requests, |i| {
+                crate::models::values::row_label(prompts.value(i))
+            })
+            .await?;
             return Ok(Arc::new(Float64Array::from(scores)));
         }
         let scores = encoding::score(

@@ -60,19 +60,22 @@ impl ModelFunction for TokenCount {
             .map_err(|e| model_err(name, e))?
         {
             // The server's tokenizer, through its /tokenize.
-            use crate::models::remote_scoring::{each_row, label};
+            use crate::models::remote_scoring::one_per_row;
             let texts = string_arg(&call.args.args[1], rows)?;
             let requests = (0..rows)
                 .filter(|&i| !texts.is_null(i))
                 .map(|i| {
                     let text = texts.value(i).to_string();
                     let remote = &remote;
-                    (i, label(&text), async move {
+                    (i, async move {
                         remote.tokenize_text(&text).await.map(|t| t.len() as i64)
                     })
                 })
                 .collect();
-            let counts = each_row(name, &remote, rows, requests).await?;
+            let counts = one_per_row(name, &remote, rows, requests, |i| {
+                crate::models::values::row_label(texts.value(i))
+            })
+            .await?;
             return Ok(Arc::new(Int64Array::from(counts)));
         }
         let tokenizer = call

@@ -72,7 +72,7 @@ impl<F: ModelFunction> ScalarUDFImpl for ModelCall<F> {
             registry: &self.registry.0,
             args: &args,
         };
-        let records = records(&planning.spec);
+        let records = records(planning.registry, &planning.spec);
         let output = self.inner.plan(&planning)?;
         if records && !F::RECORDS {
             return datafusion::common::plan_err!(
@@ -270,7 +270,7 @@ impl<F: ModelFunction> ModelCall<F> {
             needs: F::NEEDS,
             model: &batch.model,
         };
-        if !records(&batch.spec) {
+        if !records(&self.registry.0, &batch.spec) {
             return self.inner.run(&call).await;
         }
         let (log, values) = crate::models::row_errors::with_row_log(self.inner.run(&call)).await;
@@ -310,7 +310,7 @@ impl<F: ModelFunction> ModelCall<F> {
                 // A NULL result is not kept: it is a request that failed (`on_error
                 // 'null'`), and a run after the cause is fixed must ask again; nor is a
                 // row whose record holds an error (`on_error 'record'`).
-                let errors = records(&batch.spec)
+                let errors = records(&self.registry.0, &batch.spec)
                     .then(|| record_errors(&array))
                     .flatten();
                 pending.extend(
@@ -338,14 +338,18 @@ impl<F: ModelFunction> ModelCall<F> {
     }
 }
 
-/// Whether a call with this model returns records (`on_error 'record'`, remote models).
-fn records(spec: &ModelSpec) -> bool {
-    crate::models::remote::is_remote(&spec.uri)
-        && spec.options.get("on_error").map(String::as_str) == Some("record")
+/// Whether a call with this model returns records: a remote model whose settings (parsed and
+/// checked at CREATE MODEL) say `on_error 'record'`.
+fn records(registry: &crate::models::ModelRegistry, spec: &ModelSpec) -> bool {
+    registry
+        .remote(spec)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.settings.on_error == crate::models::remote::OnError::Record)
 }
 
 /// `STRUCT<value T, error VARCHAR, attempts INT>` around a function's output type `T`.
-pub fn record_type(value: DataType) -> DataType {
+fn record_type(value: DataType) -> DataType {
     DataType::Struct(record_fields(value))
 }
 
